@@ -1,0 +1,343 @@
+//! Blocking filesystem operations, run on tokio's blocking pool by the storage.
+//!
+//! Confinement: keys are already free of `..` and absolute forms (see `ObjectKey`); what is left
+//! is symlinks planted inside the root. Every parent directory is checked with `lstat` and the file
+//! itself is opened with `O_NOFOLLOW`, so no symlink is ever followed out of the root.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use externalsource_core::digest::DigestHasher;
+use externalsource_core::{Digest, ObjectKey, ObjectMeta, StorageError};
+
+use crate::ScanReport;
+
+/// Prefix of temporary files; `~` cannot appear in a key, so a temp file is never an object.
+const TEMP_PREFIX: &str = ".~tmp-";
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Identity of a file version: an index entry is valid only while the file still has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+}
+
+impl FileId {
+    pub fn of(md: &fs::Metadata) -> Self {
+        Self {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.size(),
+            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
+        }
+    }
+}
+
+pub fn io_error(operation: &'static str, key: &str, source: io::Error) -> StorageError {
+    StorageError::Io {
+        operation,
+        key: key.to_owned(),
+        source,
+    }
+}
+
+fn is_missing(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    ) || e.raw_os_error() == Some(libc::ELOOP)
+}
+
+/// Parent directories of `key` exist as real directories (not symlinks) under `root`.
+fn parents_are_real_dirs(root: &Path, key: &ObjectKey) -> io::Result<bool> {
+    let segments: Vec<&str> = key.segments().collect();
+    let mut path = root.to_owned();
+    for segment in &segments[..segments.len() - 1] {
+        path.push(segment);
+        match fs::symlink_metadata(&path) {
+            Ok(md) if md.file_type().is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if is_missing(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn path_of(root: &Path, key: &ObjectKey) -> PathBuf {
+    key.segments().fold(root.to_owned(), |p, s| p.join(s))
+}
+
+/// Opens the regular file at `key`, or `None` when there is none (or only a symlink, a directory).
+pub fn open_confined(root: &Path, key: &ObjectKey) -> Result<Option<File>, StorageError> {
+    let err = |e| io_error("open", key.as_str(), e);
+    if !parents_are_real_dirs(root, key).map_err(err)? {
+        return Ok(None);
+    }
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path_of(root, key))
+    {
+        Ok(f) => f,
+        Err(e) if is_missing(&e) => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    let md = file.metadata().map_err(err)?;
+    Ok(md.file_type().is_file().then_some(file))
+}
+
+/// Hashes an opened file from its start.
+pub fn hash_file(
+    key: &ObjectKey,
+    file: &mut File,
+    md: &fs::Metadata,
+) -> Result<ObjectMeta, StorageError> {
+    use std::io::Seek;
+    let err = |e| io_error("hash", key.as_str(), e);
+    file.seek(io::SeekFrom::Start(0)).map_err(err)?;
+    let mut hasher = DigestHasher::default();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(ObjectMeta {
+        key: key.clone(),
+        size,
+        digest: hasher.finish(),
+        last_modified: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    })
+}
+
+/// Creates the parent directories of `key`, refusing to pass through anything but directories.
+fn create_parents(root: &Path, key: &ObjectKey) -> io::Result<PathBuf> {
+    let segments: Vec<&str> = key.segments().collect();
+    let mut dir = root.to_owned();
+    for segment in &segments[..segments.len() - 1] {
+        dir.push(segment);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.file_type().is_dir() => {}
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a directory", dir.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            },
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(dir)
+}
+
+/// Temp file in the target directory, fsync, rename, fsync of the directory.
+pub fn write_atomic(
+    root: &Path,
+    key: &ObjectKey,
+    body: &[u8],
+) -> Result<(FileId, ObjectMeta), StorageError> {
+    let err = |e| io_error("put", key.as_str(), e);
+    let dir = create_parents(root, key).map_err(err)?;
+    let temp = dir.join(format!(
+        "{TEMP_PREFIX}{}-{}-{}",
+        std::process::id(),
+        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed),
+        key.file_name()
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&temp)?;
+        file.write_all(body)?;
+        file.sync_all()?;
+        let md = file.metadata()?;
+        fs::rename(&temp, path_of(root, key))?;
+        File::open(&dir)?.sync_all()?;
+        Ok::<_, io::Error>(md)
+    })();
+    match result {
+        Ok(md) => Ok((
+            FileId::of(&md),
+            ObjectMeta {
+                key: key.clone(),
+                size: body.len() as u64,
+                digest: Digest::of(body),
+                last_modified: md.modified().unwrap_or_else(|_| SystemTime::now()),
+            },
+        )),
+        Err(e) => {
+            let _ = fs::remove_file(&temp);
+            Err(err(e))
+        }
+    }
+}
+
+/// Removes the file of `key` (a missing one is fine) and the directories it leaves empty.
+pub fn remove(root: &Path, key: &ObjectKey) -> Result<(), StorageError> {
+    let err = |e| io_error("delete", key.as_str(), e);
+    if !parents_are_real_dirs(root, key).map_err(err)? {
+        return Ok(());
+    }
+    let path = path_of(root, key);
+    match fs::symlink_metadata(&path) {
+        Ok(md) if md.file_type().is_file() => fs::remove_file(&path).map_err(err)?,
+        Ok(_) => return Ok(()),
+        Err(e) if is_missing(&e) => return Ok(()),
+        Err(e) => return Err(err(e)),
+    }
+    let mut dir = path.parent();
+    while let Some(d) = dir.filter(|d| *d != root) {
+        if fs::remove_dir(d).is_err() {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// Walks `dir` (never following symlinks) and calls `f` with each regular file's key.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    f: &mut dyn FnMut(&Path, Option<ObjectKey>, &fs::Metadata),
+) -> io::Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if is_missing(&e) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let md = fs::symlink_metadata(&path)?;
+        if md.file_type().is_dir() {
+            walk(root, &path, f)?;
+        } else {
+            let key = path
+                .strip_prefix(root)
+                .ok()
+                .and_then(|rel| rel.to_str())
+                .and_then(|rel| ObjectKey::parse(rel).ok());
+            f(&path, key, &md);
+        }
+    }
+    Ok(())
+}
+
+/// Keys of the regular files whose key starts with `prefix`, sorted.
+pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+    let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
+    let start = if dir_part.is_empty() {
+        root.to_owned()
+    } else {
+        match ObjectKey::parse(dir_part) {
+            Ok(k)
+                if parents_are_real_dirs(
+                    root,
+                    &ObjectKey::parse(&format!("{dir_part}/x")).unwrap_or(k.clone()),
+                )
+                .unwrap_or(false) =>
+            {
+                path_of(root, &k)
+            }
+            _ => return Ok(Vec::new()),
+        }
+    };
+    if fs::symlink_metadata(&start)
+        .map(|m| !m.file_type().is_dir())
+        .unwrap_or(true)
+    {
+        return Ok(Vec::new());
+    }
+    let mut keys = Vec::new();
+    walk(root, &start, &mut |_, key, md| {
+        if let Some(key) =
+            key.filter(|k| md.file_type().is_file() && k.as_str().starts_with(prefix))
+        {
+            keys.push(key);
+        }
+    })
+    .map_err(|e| io_error("list", prefix, e))?;
+    keys.sort();
+    Ok(keys)
+}
+
+/// The name an artifact must have for its content: `<digest hex>.tar.gz`.
+fn expected_hex(key: &ObjectKey) -> Option<&str> {
+    let hex = key.file_name().strip_suffix(".tar.gz")?;
+    (key.as_str()
+        .starts_with(externalsource_core::key::ARTIFACT_PREFIX)
+        && hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+    .then_some(hex)
+}
+
+/// Creates the root if needed, removes temp leftovers and corrupt artifacts, hashes the rest.
+#[allow(clippy::type_complexity)]
+pub fn scan(root: &Path) -> Result<(PathBuf, Vec<(FileId, ObjectMeta)>, ScanReport), StorageError> {
+    let err = |e| io_error("scan", &root.display().to_string(), e);
+    fs::create_dir_all(root).map_err(err)?;
+    let root = fs::canonicalize(root).map_err(err)?;
+    let mut report = ScanReport::default();
+    let mut found = Vec::new();
+    let mut failure = None;
+    walk(&root, &root, &mut |path, key, md| {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with(TEMP_PREFIX) && md.file_type().is_file() {
+            if fs::remove_file(path).is_ok() {
+                report.temp_files_removed += 1;
+            }
+            return;
+        }
+        let Some(key) = key.filter(|_| md.file_type().is_file()) else {
+            report.ignored.push(path.display().to_string());
+            return;
+        };
+        let hashed = File::open(path).map_err(|e| io_error("scan", key.as_str(), e)).and_then(|mut f| {
+            let md = f.metadata().map_err(|e| io_error("scan", key.as_str(), e))?;
+            hash_file(&key, &mut f, &md).map(|meta| (FileId::of(&md), meta))
+        });
+        match hashed {
+            Ok((id, meta)) => {
+                if expected_hex(&key).is_some_and(|hex| hex != meta.digest.hex()) {
+                    tracing::warn!(key = %key, digest = %meta.digest, "stored artifact does not match its name; removed so it is rebuilt");
+                    let _ = fs::remove_file(path);
+                    report.corrupt_removed.push(key.to_string());
+                    return;
+                }
+                report.objects += 1;
+                report.bytes += meta.size;
+                found.push((id, meta));
+            }
+            Err(e) => failure = Some(e),
+        }
+    })
+    .map_err(err)?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    for ignored in &report.ignored {
+        tracing::warn!(path = %ignored, "ignoring an entry that is not a regular file with a valid key");
+    }
+    Ok((root, found, report))
+}

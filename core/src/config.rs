@@ -1,0 +1,620 @@
+//! Configuration: built-in defaults < TOML file < environment < flags.
+//!
+//! All sources are merged into one TOML table first, remembering where each key came from, and
+//! the merged table is then validated in one place. So an error always names the key, the value,
+//! where the value came from, and the rule it broke, whatever the source.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::registry::{self, BackendContext, BackendSettings, Env};
+use crate::units::{self, format_duration, format_size};
+
+/// Default location of the configuration file, read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/externalsource/config.toml";
+
+/// Default name of the artifact Service (the seed's).
+pub const DEFAULT_SERVICE_NAME: &str = "flux-externalsource-controller-artifacts";
+
+/// A configuration that cannot be used, with enough context to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid {key} = {value}: {rule}")]
+    Invalid {
+        key: String,
+        value: String,
+        rule: String,
+    },
+    #[error(
+        "unknown configuration key {key} (from {source_name}); known keys of [{table}] are: {known}"
+    )]
+    UnknownKey {
+        key: String,
+        source_name: String,
+        table: String,
+        known: String,
+    },
+    #[error("unknown storage backend {name:?}; linked backends: {linked}")]
+    UnknownBackend { name: String, linked: String },
+    #[error("cannot read configuration file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// The artifact server (seed step 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub enabled: bool,
+    pub bind_address: String,
+    pub port: u16,
+    pub service_name: String,
+    pub service_namespace: String,
+    /// Replaces the in-cluster base URL, for out-of-cluster runs and other layouts.
+    pub advertise_url: Option<String>,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl ServerConfig {
+    /// The base URL consumers download from, or `None` when the server is disabled.
+    pub fn base_url(&self) -> Option<String> {
+        if !self.enabled {
+            return None;
+        }
+        Some(match &self.advertise_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!(
+                "http://{}.{}.svc.cluster.local:{}",
+                self.service_name, self.service_namespace, self.port
+            ),
+        })
+    }
+}
+
+/// Health, readiness and metrics endpoints, on their own port so a NetworkPolicy can keep the
+/// artifact port to Flux and the metrics port to Prometheus.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpsConfig {
+    pub bind_address: String,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControllerConfig {
+    pub concurrency: u16,
+    pub min_interval: Duration,
+    pub retention: u16,
+    pub leader_election: bool,
+    pub lease_name: String,
+    pub pod_name: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FetchConfig {
+    pub timeout: Duration,
+    pub max_size: u64,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+/// The effective configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub ops: OpsConfig,
+    pub backend: &'static str,
+    pub storage: Box<dyn BackendSettings>,
+    pub controller: ControllerConfig,
+    pub fetch: FetchConfig,
+    pub log: LogConfig,
+}
+
+/// Environment variables the core reads, with the key each one sets. Backends read their own.
+const ENV_KEYS: &[(&str, &str)] = &[
+    ("ARTIFACT_SERVER_ENABLED", "server.enabled"),
+    ("ARTIFACT_SERVER_PORT", "server.port"),
+    ("ARTIFACT_SERVER_ADVERTISE_URL", "server.advertise_url"),
+    ("SERVICE_NAME", "server.service_name"),
+    ("POD_NAMESPACE", "server.service_namespace"),
+    ("OPS_PORT", "ops.port"),
+    ("STORAGE_BACKEND", "storage.backend"),
+    ("CONTROLLER_CONCURRENCY", "controller.concurrency"),
+    ("MIN_INTERVAL", "controller.min_interval"),
+    ("LEADER_ELECTION", "controller.leader_election"),
+    ("POD_NAME", "controller.pod_name"),
+    ("HTTP_TIMEOUT", "fetch.timeout"),
+    ("HTTP_USER_AGENT", "fetch.user_agent"),
+    ("FETCH_MAX_SIZE", "fetch.max_size"),
+    ("LOG_FORMAT", "log.format"),
+    ("LOG_LEVEL", "log.level"),
+];
+
+/// Every key of the core tables, for unknown-key errors.
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "server",
+        &[
+            "enabled",
+            "bind_address",
+            "port",
+            "service_name",
+            "service_namespace",
+            "advertise_url",
+            "header_read_timeout",
+            "idle_timeout",
+            "shutdown_grace",
+        ],
+    ),
+    ("ops", &["bind_address", "port"]),
+    ("storage", &["backend"]),
+    (
+        "controller",
+        &[
+            "concurrency",
+            "min_interval",
+            "retention",
+            "leader_election",
+            "lease_name",
+            "pod_name",
+        ],
+    ),
+    ("fetch", &["timeout", "max_size", "user_agent"]),
+    ("log", &["format", "level"]),
+];
+
+/// Builds a [`Config`] from layered sources.
+#[derive(Debug, Default)]
+pub struct ConfigLoader {
+    table: toml::Table,
+    origin: BTreeMap<String, String>,
+    env: Env,
+}
+
+impl ConfigLoader {
+    pub fn new(env: Env) -> Self {
+        Self {
+            table: toml::Table::new(),
+            origin: BTreeMap::new(),
+            env,
+        }
+    }
+
+    /// Reads a TOML file. With `explicit == false` a missing file is fine (the default path).
+    pub fn file(mut self, path: &Path, explicit: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let parsed: toml::Table =
+            text.parse()
+                .map_err(|e: toml::de::Error| ConfigError::Parse {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
+        let source = format!("file {}", path.display());
+        for (table, value) in parsed {
+            match value {
+                toml::Value::Table(entries) => {
+                    for (k, v) in entries {
+                        self.set_value(&format!("{table}.{k}"), v, &source);
+                    }
+                }
+                other => {
+                    return Err(ConfigError::Invalid {
+                        key: table,
+                        value: other.to_string(),
+                        rule: format!("top-level keys must be tables ({source})"),
+                    });
+                }
+            }
+        }
+        Ok(self)
+    }
+
+    /// Applies the environment variables of [`ENV_KEYS`].
+    pub fn environment(mut self) -> Self {
+        let env = self.env.clone();
+        for (var, key) in ENV_KEYS {
+            if let Some(value) = env.get(var) {
+                self.set_str(key, value, &format!("env {var}"));
+            }
+        }
+        self
+    }
+
+    /// Sets a key from a string (flags and environment), typed later by validation.
+    pub fn set_str(&mut self, key: &str, value: &str, source: &str) {
+        self.set_value(key, toml::Value::String(value.to_owned()), source);
+    }
+
+    fn set_value(&mut self, key: &str, value: toml::Value, source: &str) {
+        let (table, field) = key.split_once('.').unwrap_or((key, ""));
+        let entry = self
+            .table
+            .entry(table)
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if let toml::Value::Table(t) = entry {
+            t.insert(field.to_owned(), value);
+        }
+        self.origin.insert(key.to_owned(), source.to_owned());
+    }
+
+    /// Validates everything and parses the selected backend's settings.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let mut r = Reader {
+            table: self.table,
+            origin: self.origin,
+        };
+        let backend_tables = r.take_backend_tables()?;
+        r.reject_unknown()?;
+
+        let server = ServerConfig {
+            enabled: r.bool("server.enabled", true)?,
+            bind_address: r.string("server.bind_address", "0.0.0.0")?,
+            port: r.port("server.port", 8080)?,
+            service_name: r.string("server.service_name", DEFAULT_SERVICE_NAME)?,
+            service_namespace: r.string("server.service_namespace", "flux-system")?,
+            advertise_url: r.optional_url("server.advertise_url")?,
+            header_read_timeout: r.duration(
+                "server.header_read_timeout",
+                "10s",
+                Duration::from_millis(100),
+            )?,
+            idle_timeout: r.duration("server.idle_timeout", "60s", Duration::from_millis(100))?,
+            shutdown_grace: r.duration("server.shutdown_grace", "25s", Duration::ZERO)?,
+        };
+        r.dns_label("server.service_name", &server.service_name)?;
+        r.dns_label("server.service_namespace", &server.service_namespace)?;
+        let ops = OpsConfig {
+            bind_address: r.string("ops.bind_address", "0.0.0.0")?,
+            port: r.port("ops.port", 8081)?,
+        };
+        if server.enabled && ops.port == server.port && ops.bind_address == server.bind_address {
+            return Err(r.invalid(
+                "ops.port",
+                &ops.port.to_string(),
+                "must differ from server.port",
+            ));
+        }
+        let backend_name = r.string("storage.backend", "memory")?;
+        let descriptor = registry::find(&backend_name)?;
+        let empty = toml::Table::new();
+        let table = backend_tables.get(descriptor.name).unwrap_or(&empty);
+        let storage = (descriptor.parse)(&BackendContext {
+            table,
+            env: &self.env,
+        })?;
+
+        let default_pod = hostname();
+        let controller = ControllerConfig {
+            concurrency: r.int_in("controller.concurrency", 4, 1, 1024)? as u16,
+            min_interval: r.duration("controller.min_interval", "1m", Duration::from_secs(1))?,
+            retention: r.int_in("controller.retention", 2, 1, 100)? as u16,
+            leader_election: r.bool("controller.leader_election", true)?,
+            lease_name: r.string("controller.lease_name", "externalsource-controller-leader")?,
+            pod_name: r.string("controller.pod_name", &default_pod)?,
+        };
+        r.dns_label("controller.lease_name", &controller.lease_name)?;
+        let fetch = FetchConfig {
+            timeout: r.duration("fetch.timeout", "30s", Duration::from_secs(1))?,
+            max_size: r.size("fetch.max_size", "64MiB", 1)?,
+            user_agent: r.string(
+                "fetch.user_agent",
+                concat!("externalsource-controller/", env!("CARGO_PKG_VERSION")),
+            )?,
+        };
+        let log = LogConfig {
+            format: match r.string("log.format", "text")?.as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(r.invalid("log.format", other, "must be \"text\" or \"json\""));
+                }
+            },
+            level: r.string("log.level", "info")?,
+        };
+        Ok(Config {
+            server,
+            ops,
+            backend: descriptor.name,
+            storage,
+            controller,
+            fetch,
+            log,
+        })
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "externalsource-controller".to_owned())
+}
+
+/// Typed access to the merged table; every accessor names key, value, origin and rule on error.
+struct Reader {
+    table: toml::Table,
+    origin: BTreeMap<String, String>,
+}
+
+impl Reader {
+    fn source(&self, key: &str) -> String {
+        self.origin
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    fn invalid(&self, key: &str, value: &str, rule: &str) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_owned(),
+            value: format!("{value:?} (from {})", self.source(key)),
+            rule: rule.to_owned(),
+        }
+    }
+
+    fn raw(&self, key: &str) -> Option<&toml::Value> {
+        let (table, field) = key.split_once('.')?;
+        self.table.get(table)?.as_table()?.get(field)
+    }
+
+    /// Splits `[storage.<backend>]` tables off `[storage]`; names must be linked backends.
+    fn take_backend_tables(&mut self) -> Result<BTreeMap<String, toml::Table>, ConfigError> {
+        let mut out = BTreeMap::new();
+        if let Some(toml::Value::Table(storage)) = self.table.get_mut("storage") {
+            let names: Vec<String> = storage
+                .iter()
+                .filter(|(_, v)| v.is_table())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for name in names {
+                if let Some(toml::Value::Table(t)) = storage.remove(&name) {
+                    if registry::find(&name).is_err() {
+                        return Err(ConfigError::UnknownBackend {
+                            name,
+                            linked: registry::backend_names().join(", "),
+                        });
+                    }
+                    out.insert(name, t);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn reject_unknown(&self) -> Result<(), ConfigError> {
+        for (table, value) in &self.table {
+            let known = KNOWN_KEYS.iter().find(|(t, _)| t == table).map(|(_, k)| *k);
+            let Some(known) = known else {
+                let tables: Vec<_> = KNOWN_KEYS.iter().map(|(t, _)| *t).collect();
+                return Err(ConfigError::UnknownKey {
+                    key: table.clone(),
+                    source_name: self.source(table),
+                    table: "top level".to_owned(),
+                    known: tables.join(", "),
+                });
+            };
+            if let Some(entries) = value.as_table() {
+                for field in entries.keys() {
+                    if !known.contains(&field.as_str()) {
+                        let key = format!("{table}.{field}");
+                        return Err(ConfigError::UnknownKey {
+                            source_name: self.source(&key),
+                            key,
+                            table: table.clone(),
+                            known: known.join(", "),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn string(&self, key: &str, default: &str) -> Result<String, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default.to_owned()),
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
+            Some(v) => Err(self.invalid(key, &v.to_string(), "must be a non-empty string")),
+        }
+    }
+
+    fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.raw(key) {
+            None => Ok(default),
+            Some(toml::Value::Boolean(b)) => Ok(*b),
+            Some(toml::Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" => Ok(true),
+                "false" | "0" | "no" => Ok(false),
+                _ => Err(self.invalid(key, s, "must be true or false")),
+            },
+            Some(v) => Err(self.invalid(key, &v.to_string(), "must be true or false")),
+        }
+    }
+
+    fn int_in(&self, key: &str, default: i64, min: i64, max: i64) -> Result<i64, ConfigError> {
+        let rule = format!("must be an integer from {min} to {max}");
+        let value = match self.raw(key) {
+            None => return Ok(default),
+            Some(toml::Value::Integer(i)) => *i,
+            Some(toml::Value::String(s)) => {
+                s.trim().parse().map_err(|_| self.invalid(key, s, &rule))?
+            }
+            Some(v) => return Err(self.invalid(key, &v.to_string(), &rule)),
+        };
+        if (min..=max).contains(&value) {
+            Ok(value)
+        } else {
+            Err(self.invalid(key, &value.to_string(), &rule))
+        }
+    }
+
+    fn port(&self, key: &str, default: u16) -> Result<u16, ConfigError> {
+        Ok(self.int_in(key, default.into(), 1, 65535)? as u16)
+    }
+
+    fn duration(&self, key: &str, default: &str, min: Duration) -> Result<Duration, ConfigError> {
+        let text = self.string(key, default)?;
+        let value =
+            units::parse_duration(&text).map_err(|e| self.invalid(key, &text, &e.to_string()))?;
+        if value < min {
+            return Err(self.invalid(
+                key,
+                &text,
+                &format!("must be at least {}", format_duration(min)),
+            ));
+        }
+        Ok(value)
+    }
+
+    fn size(&self, key: &str, default: &str, min: u64) -> Result<u64, ConfigError> {
+        let text = match self.raw(key) {
+            Some(toml::Value::Integer(i)) => i.to_string(),
+            _ => self.string(key, default)?,
+        };
+        let value =
+            units::parse_size(&text).map_err(|e| self.invalid(key, &text, &e.to_string()))?;
+        if value < min {
+            return Err(self.invalid(key, &text, &format!("must be at least {min} bytes")));
+        }
+        Ok(value)
+    }
+
+    fn optional_url(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        if self.raw(key).is_none() {
+            return Ok(None);
+        }
+        let url = self.string(key, "")?;
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"));
+        match rest {
+            Some(host)
+                if !host.is_empty() && !host.starts_with('/') && !url.contains(['?', '#', ' ']) =>
+            {
+                Ok(Some(url))
+            }
+            _ => Err(self.invalid(
+                key,
+                &url,
+                "must be an absolute http:// or https:// URL without query or fragment",
+            )),
+        }
+    }
+
+    fn dns_label(&self, key: &str, value: &str) -> Result<(), ConfigError> {
+        let ok = value.len() <= 63
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !value.starts_with('-')
+            && !value.ends_with('-');
+        if ok {
+            Ok(())
+        } else {
+            Err(self.invalid(
+                key,
+                value,
+                "must be a DNS label (lowercase letters, digits and '-', at most 63)",
+            ))
+        }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML, with secrets redacted (for `--print-config`).
+    pub fn to_toml(&self) -> String {
+        use toml::Value as V;
+        let s = |x: &str| V::String(x.to_owned());
+        let mut server = toml::Table::new();
+        server.insert("enabled".into(), V::Boolean(self.server.enabled));
+        server.insert("bind_address".into(), s(&self.server.bind_address));
+        server.insert("port".into(), V::Integer(self.server.port.into()));
+        server.insert("service_name".into(), s(&self.server.service_name));
+        server.insert(
+            "service_namespace".into(),
+            s(&self.server.service_namespace),
+        );
+        if let Some(url) = &self.server.advertise_url {
+            server.insert("advertise_url".into(), s(url));
+        }
+        server.insert(
+            "header_read_timeout".into(),
+            s(&format_duration(self.server.header_read_timeout)),
+        );
+        server.insert(
+            "idle_timeout".into(),
+            s(&format_duration(self.server.idle_timeout)),
+        );
+        server.insert(
+            "shutdown_grace".into(),
+            s(&format_duration(self.server.shutdown_grace)),
+        );
+        let mut ops = toml::Table::new();
+        ops.insert("bind_address".into(), s(&self.ops.bind_address));
+        ops.insert("port".into(), V::Integer(self.ops.port.into()));
+        let mut storage = toml::Table::new();
+        storage.insert("backend".into(), s(self.backend));
+        storage.insert(self.backend.into(), V::Table(self.storage.redacted()));
+        let c = &self.controller;
+        let mut controller = toml::Table::new();
+        controller.insert("concurrency".into(), V::Integer(c.concurrency.into()));
+        controller.insert("min_interval".into(), s(&format_duration(c.min_interval)));
+        controller.insert("retention".into(), V::Integer(c.retention.into()));
+        controller.insert("leader_election".into(), V::Boolean(c.leader_election));
+        controller.insert("lease_name".into(), s(&c.lease_name));
+        controller.insert("pod_name".into(), s(&c.pod_name));
+        let mut fetch = toml::Table::new();
+        fetch.insert("timeout".into(), s(&format_duration(self.fetch.timeout)));
+        fetch.insert("max_size".into(), s(&format_size(self.fetch.max_size)));
+        fetch.insert("user_agent".into(), s(&self.fetch.user_agent));
+        let mut log = toml::Table::new();
+        log.insert(
+            "format".into(),
+            s(if self.log.format == LogFormat::Json {
+                "json"
+            } else {
+                "text"
+            }),
+        );
+        log.insert("level".into(), s(&self.log.level));
+        let mut root = toml::Table::new();
+        for (name, table) in [
+            ("server", server),
+            ("ops", ops),
+            ("storage", storage),
+            ("controller", controller),
+            ("fetch", fetch),
+            ("log", log),
+        ] {
+            root.insert(name.into(), V::Table(table));
+        }
+        toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}

@@ -1,0 +1,246 @@
+//! Deterministic packaging: a payload and its destination path become `.tar.gz` bytes whose
+//! digest is computed while they are written.
+//!
+//! Same payload and path give the same bytes, hence the same digest and revision, so Flux sees no
+//! churn: entries carry mtime 0, uid/gid 0, empty owner names, mode 0644 (directories 0755), and
+//! the gzip header has no file name and no timestamp.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use flate2::{Compression, GzBuilder};
+
+use crate::digest::{Digest, DigestWriter};
+
+/// Longest destination path accepted, in bytes.
+pub const MAX_PATH_LEN: usize = 1024;
+
+/// Compression level: zlib's default, the level the `gzip` CLI uses.
+const LEVEL: u32 = 6;
+
+/// A validated, normalised, relative file path inside the artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationPath(String);
+
+/// Why a destination path was refused. Messages name the rule so the status can quote them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("{0:?} is absolute; it must be relative to the artifact root")]
+    Absolute(String),
+    #[error("{0:?} contains a backslash; use '/' as the separator")]
+    Backslash(String),
+    #[error("{0:?} contains a '..' segment; it must stay inside the artifact")]
+    ParentSegment(String),
+    #[error("{0:?} contains a control character")]
+    ControlCharacter(String),
+    #[error("{0:?} names a directory; it must name a file")]
+    Directory(String),
+    #[error("is {0} bytes long; the limit is {MAX_PATH_LEN}")]
+    TooLong(usize),
+}
+
+impl DestinationPath {
+    /// Validates and normalises (`./a//b` becomes `a/b`).
+    pub fn parse(input: &str) -> Result<Self, PathError> {
+        if input.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if input.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong(input.len()));
+        }
+        if input.contains('\\') {
+            return Err(PathError::Backslash(input.to_owned()));
+        }
+        if input.chars().any(char::is_control) {
+            return Err(PathError::ControlCharacter(input.to_owned()));
+        }
+        if input.starts_with('/') {
+            return Err(PathError::Absolute(input.to_owned()));
+        }
+        if input.ends_with('/') || input.ends_with("/.") || input == "." {
+            return Err(PathError::Directory(input.to_owned()));
+        }
+        let mut segments = Vec::new();
+        for segment in input.split('/') {
+            match segment {
+                "" | "." => {}
+                ".." => return Err(PathError::ParentSegment(input.to_owned())),
+                s => segments.push(s),
+            }
+        }
+        if segments.is_empty() {
+            return Err(PathError::Empty);
+        }
+        Ok(Self(segments.join("/")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parent directories, outermost first, each with a trailing '/'.
+    fn parents(&self) -> impl Iterator<Item = &str> {
+        self.0.match_indices('/').map(|(i, _)| &self.0[..=i])
+    }
+}
+
+/// A packaged artifact.
+#[derive(Debug, Clone)]
+pub struct Package {
+    pub bytes: Bytes,
+    pub size: u64,
+    pub digest: Digest,
+}
+
+/// Packages `payload` as the single file `path` of a deterministic `.tar.gz`.
+pub fn package(payload: &[u8], path: &DestinationPath) -> std::io::Result<Package> {
+    // Compressed output is roughly a quarter of JSON-like input; start there to avoid regrowth.
+    let sink = DigestWriter::new(Vec::with_capacity(payload.len() / 4 + 1024));
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(sink, Compression::new(LEVEL));
+    let mut tar = tar::Builder::new(gz);
+    tar.mode(tar::HeaderMode::Deterministic);
+    for dir in path.parents() {
+        let mut header = header(tar::EntryType::Directory, 0o755, 0);
+        tar.append_data(&mut header, dir, std::io::empty())?;
+    }
+    let mut header = header(tar::EntryType::Regular, 0o644, payload.len() as u64);
+    tar.append_data(&mut header, path.as_str(), payload)?;
+    let mut gz = tar.into_inner()?;
+    gz.flush()?;
+    let (bytes, size, digest) = gz.finish()?.finish();
+    Ok(Package {
+        bytes: bytes.into(),
+        size,
+        digest,
+    })
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    // Empty user and group names: `new_gnu` leaves them zeroed, which is what we want.
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(p: &str) -> DestinationPath {
+        DestinationPath::parse(p).unwrap()
+    }
+
+    #[test]
+    fn same_input_same_bytes() {
+        let a = package(b"{\"a\":1}", &path("data")).unwrap();
+        let b = package(b"{\"a\":1}", &path("data")).unwrap();
+        assert_eq!(a.bytes, b.bytes);
+        assert_eq!(a.digest, b.digest);
+        assert_eq!(a.digest, Digest::of(&a.bytes));
+        assert_eq!(a.size, a.bytes.len() as u64);
+        let c = package(b"{\"a\":2}", &path("data")).unwrap();
+        assert_ne!(a.digest, c.digest);
+        let d = package(b"{\"a\":1}", &path("other")).unwrap();
+        assert_ne!(a.digest, d.digest);
+    }
+
+    #[test]
+    fn gzip_header_has_no_name_and_no_mtime() {
+        let p = package(b"x", &path("data")).unwrap();
+        assert_eq!(&p.bytes[..3], &[0x1f, 0x8b, 8]);
+        assert_eq!(p.bytes[3] & 0x08, 0, "FNAME flag set");
+        assert_eq!(&p.bytes[4..8], &[0, 0, 0, 0], "MTIME not zero");
+    }
+
+    #[test]
+    fn entries_are_normalised() {
+        let p = package(b"hello", &path("./a//b/c.yaml")).unwrap();
+        let gz = flate2::read::GzDecoder::new(&p.bytes[..]);
+        let mut archive = tar::Archive::new(gz);
+        let entries: Vec<(String, u32, u64, u64, bool)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let h = e.header();
+                (
+                    e.path().unwrap().to_string_lossy().into_owned(),
+                    h.mode().unwrap(),
+                    h.mtime().unwrap(),
+                    h.uid().unwrap() + h.gid().unwrap(),
+                    h.username().unwrap().unwrap_or("").is_empty()
+                        && h.groupname().unwrap().unwrap_or("").is_empty(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            entries,
+            vec![
+                ("a/".into(), 0o755, 0, 0, true),
+                ("a/b/".into(), 0o755, 0, 0, true),
+                ("a/b/c.yaml".into(), 0o644, 0, 0, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn path_rules() {
+        assert_eq!(path("data").as_str(), "data");
+        assert_eq!(path("./x/./y.json").as_str(), "x/y.json");
+        assert!(matches!(
+            DestinationPath::parse("../x"),
+            Err(PathError::ParentSegment(_))
+        ));
+        assert!(matches!(
+            DestinationPath::parse("a/../../x"),
+            Err(PathError::ParentSegment(_))
+        ));
+        assert!(matches!(
+            DestinationPath::parse("/etc/passwd"),
+            Err(PathError::Absolute(_))
+        ));
+        assert!(matches!(
+            DestinationPath::parse("a\\b"),
+            Err(PathError::Backslash(_))
+        ));
+        assert!(matches!(
+            DestinationPath::parse("a/"),
+            Err(PathError::Directory(_))
+        ));
+        assert!(matches!(DestinationPath::parse(""), Err(PathError::Empty)));
+        assert!(matches!(
+            DestinationPath::parse("./"),
+            Err(PathError::Directory(_))
+        ));
+        assert!(matches!(
+            DestinationPath::parse("a\nb"),
+            Err(PathError::ControlCharacter(_))
+        ));
+        assert!(matches!(
+            DestinationPath::parse(&"a".repeat(2000)),
+            Err(PathError::TooLong(2000))
+        ));
+    }
+
+    #[test]
+    fn long_paths_survive() {
+        let long = format!("{}/{}.yaml", "d".repeat(120), "f".repeat(120));
+        let p = package(b"x", &path(&long)).unwrap();
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&p.bytes[..]));
+        let names: Vec<String> = archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.last().unwrap(), &long);
+    }
+}

@@ -1,0 +1,131 @@
+//! The backend registry: backend crates announce themselves with `inventory::submit!`, the binary
+//! links the ones its cargo features select, and start-up builds the one the configuration names.
+//!
+//! A backend crate that nothing references is not linked and its submission silently vanishes, so
+//! the binary keeps one `use <crate> as _;` per enabled backend (see `bin/src/backends.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::config::ConfigError;
+use crate::storage::{Capabilities, Storage, StorageError};
+
+/// A linked backend, as submitted by its crate.
+pub struct BackendDescriptor {
+    /// The name `storage.backend` selects and the TOML table `[storage.<name>]` is read from.
+    pub name: &'static str,
+    /// What the backend offers in its default mode.
+    pub capabilities: Capabilities,
+    /// A word on capabilities that depend on settings (printed by `--list-backends`).
+    pub note: &'static str,
+    /// Parses and validates the backend's own table and environment.
+    pub parse: fn(&BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigError>,
+}
+
+inventory::collect!(BackendDescriptor);
+
+/// A snapshot of the process environment, so configuration is a pure function of its inputs.
+#[derive(Debug, Clone, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    /// The environment of this process.
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// A variable's value; an empty variable counts as unset, as in the predecessor.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// What a backend's parser sees.
+pub struct BackendContext<'a> {
+    /// The `[storage.<name>]` table (empty when the file has none).
+    pub table: &'a toml::Table,
+    /// The environment, for the backend's own variables (`PVC_STORAGE_PATH`, `S3_*`, …).
+    pub env: &'a Env,
+}
+
+impl BackendContext<'_> {
+    /// Deserializes the table into the backend's settings type, naming the table on error.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(
+        &self,
+        backend: &str,
+    ) -> Result<T, ConfigError> {
+        toml::Value::Table(self.table.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                key: format!("storage.{backend}"),
+                value: self.table.to_string().trim().replace('\n', "; "),
+                rule: e.message().trim().to_owned(),
+            })
+    }
+}
+
+/// A backend's validated settings, ready to build the storage.
+#[async_trait]
+pub trait BackendSettings: Send + Sync + fmt::Debug {
+    /// The effective settings as TOML, secrets replaced by `"<redacted>"`.
+    fn redacted(&self) -> toml::Table;
+
+    /// Builds the storage. `base_url` is where the controller's artifact server is reached by
+    /// consumers, or `None` when the server is disabled.
+    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError>;
+}
+
+/// Every linked backend, sorted by name.
+pub fn backends() -> Vec<&'static BackendDescriptor> {
+    let mut all: Vec<_> = inventory::iter::<BackendDescriptor>.into_iter().collect();
+    all.sort_by_key(|d| d.name);
+    all
+}
+
+/// The names of the linked backends, sorted.
+pub fn backend_names() -> Vec<&'static str> {
+    backends().into_iter().map(|d| d.name).collect()
+}
+
+/// The descriptor for `name`, or an error listing what is linked.
+pub fn find(name: &str) -> Result<&'static BackendDescriptor, ConfigError> {
+    backends()
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| ConfigError::UnknownBackend {
+            name: name.to_owned(),
+            linked: backend_names().join(", "),
+        })
+}
+
+/// One line per linked backend: name, capabilities, and the note if any.
+pub fn describe_backends() -> String {
+    backends()
+        .into_iter()
+        .map(|d| {
+            let note = if d.note.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", d.note)
+            };
+            format!("{} {}{}\n", d.name, d.capabilities, note)
+        })
+        .collect()
+}

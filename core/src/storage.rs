@@ -1,0 +1,207 @@
+//! The storage contract every backend fulfils.
+//!
+//! Bodies travel as streams of [`Bytes`] so the serving path never copies a whole object; puts take
+//! one [`Bytes`] because an artifact is packaged in memory (bounded by `fetch.max_size`) before it
+//! is stored.
+
+use std::fmt;
+use std::io;
+use std::ops::RangeInclusive;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::digest::Digest;
+use crate::key::{KeyError, ObjectKey};
+
+/// What a backend can do, as far as the rest of the controller cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// The controller's own HTTP server may serve this backend's objects; when false the
+    /// artifact routes are not mounted and consumers download from [`Storage::url`] directly.
+    pub serves_http: bool,
+    /// Every replica sees the same objects, so every replica may serve and be Ready.
+    pub shared: bool,
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names = Vec::new();
+        if self.serves_http {
+            names.push("serves_http");
+        }
+        if self.shared {
+            names.push("shared");
+        }
+        if names.is_empty() {
+            names.push("-");
+        }
+        f.write_str(&names.join(" "))
+    }
+}
+
+/// What is known about a stored object without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: ObjectKey,
+    pub size: u64,
+    /// Digest of the stored bytes; every backend knows it for every object it holds.
+    pub digest: Digest,
+    pub last_modified: SystemTime,
+}
+
+/// An inclusive byte range already validated against the object's size.
+pub type ByteRange = RangeInclusive<u64>;
+
+/// A body being read: the object's metadata, the range served (if any) and the bytes.
+pub struct ObjectBody {
+    pub meta: ObjectMeta,
+    pub range: Option<ByteRange>,
+    pub stream: BoxStream<'static, io::Result<Bytes>>,
+}
+
+impl ObjectBody {
+    /// Number of bytes the stream yields.
+    pub fn len(&self) -> u64 {
+        match &self.range {
+            Some(r) => r.end() - r.start() + 1,
+            None => self.meta.size,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Collects the whole stream; meant for tests and small objects.
+    pub async fn collect(self) -> io::Result<Bytes> {
+        use futures::TryStreamExt;
+        let chunks: Vec<Bytes> = self.stream.try_collect().await?;
+        Ok(chunks.concat().into())
+    }
+}
+
+impl fmt::Debug for ObjectBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBody")
+            .field("meta", &self.meta)
+            .field("range", &self.range)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Storage failures, typed so callers can tell a missing object from an outage.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object {0} not found")]
+    NotFound(ObjectKey),
+    #[error(transparent)]
+    InvalidKey(#[from] KeyError),
+    #[error("range {start}-{end} is not satisfiable for object {key} of {size} bytes")]
+    RangeNotSatisfiable {
+        key: ObjectKey,
+        start: u64,
+        end: u64,
+        size: u64,
+    },
+    #[error(
+        "storing {key} ({size} bytes) would exceed the byte budget of {budget} bytes ({used} in use)"
+    )]
+    OverBudget {
+        key: ObjectKey,
+        size: u64,
+        used: u64,
+        budget: u64,
+    },
+    #[error("access to {key} denied: {message}")]
+    AccessDenied { key: String, message: String },
+    #[error("storage unavailable during {operation} of {key}: {message}")]
+    Unavailable {
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("I/O error during {operation} of {key}: {source}")]
+    Io {
+        operation: &'static str,
+        key: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("object {key} is corrupt: {message}")]
+    Corrupt { key: ObjectKey, message: String },
+}
+
+impl StorageError {
+    /// Transient failures are worth retrying with backoff; the others are not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable { .. } | Self::Io { .. })
+    }
+
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::InvalidKey(_) => "invalid_key",
+            Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Self::OverBudget { .. } => "over_budget",
+            Self::AccessDenied { .. } => "access_denied",
+            Self::Unavailable { .. } => "unavailable",
+            Self::Io { .. } => "io",
+            Self::Corrupt { .. } => "corrupt",
+        }
+    }
+}
+
+/// Checks a requested range against an object's size; backends share this so they agree.
+pub fn check_range(
+    meta: &ObjectMeta,
+    range: Option<ByteRange>,
+) -> Result<Option<ByteRange>, StorageError> {
+    match range {
+        Some(r) if r.start() > r.end() || *r.end() >= meta.size => {
+            Err(StorageError::RangeNotSatisfiable {
+                key: meta.key.clone(),
+                start: *r.start(),
+                end: *r.end(),
+                size: meta.size,
+            })
+        }
+        other => Ok(other),
+    }
+}
+
+/// A storage backend. Implementations must be safe to call concurrently; a put of an existing
+/// key replaces it atomically (readers see the old or the new object, never a mix).
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// The registry name of the backend (`memory`, `filesystem`, `s3`, …).
+    fn name(&self) -> &'static str;
+
+    /// What this instance, as configured, can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Stores `body` under `key` and returns its size and digest.
+    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError>;
+
+    /// Reads an object, or the given inclusive byte range of it.
+    async fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> Result<ObjectBody, StorageError>;
+
+    /// Metadata of an object.
+    async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError>;
+
+    /// Removes an object; removing a missing object succeeds.
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
+
+    /// Every object whose key starts with `prefix`, in key order.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// The URL a consumer (Flux) downloads `key` from.
+    fn url(&self, key: &ObjectKey) -> String;
+}

@@ -1,0 +1,1 @@
+//! The artifact HTTP server (being written).
