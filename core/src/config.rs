@@ -21,20 +21,9 @@ pub const DEFAULT_SERVICE_NAME: &str = "flux-externalsource-controller-artifacts
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("invalid {key} = {value}: {rule}")]
-    Invalid {
-        key: String,
-        value: String,
-        rule: String,
-    },
-    #[error(
-        "unknown configuration key {key} (from {source_name}); known keys of [{table}] are: {known}"
-    )]
-    UnknownKey {
-        key: String,
-        source_name: String,
-        table: String,
-        known: String,
-    },
+    Invalid { key: String, value: String, rule: String },
+    #[error("unknown configuration key {key} (from {source_name}); known keys of [{table}] are: {known}")]
+    UnknownKey { key: String, source_name: String, table: String, known: String },
     #[error("unknown storage backend {name:?}; linked backends: {linked}")]
     UnknownBackend { name: String, linked: String },
     #[error("cannot read configuration file {path}: {source}")]
@@ -70,10 +59,7 @@ impl ServerConfig {
         }
         Some(match &self.advertise_url {
             Some(url) => url.trim_end_matches('/').to_owned(),
-            None => format!(
-                "http://{}.{}.svc.cluster.local:{}",
-                self.service_name, self.service_namespace, self.port
-            ),
+            None => format!("http://{}.{}.svc.cluster.local:{}", self.service_name, self.service_namespace, self.port),
         })
     }
 }
@@ -165,17 +151,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
     ("ops", &["bind_address", "port"]),
     ("storage", &["backend"]),
-    (
-        "controller",
-        &[
-            "concurrency",
-            "min_interval",
-            "retention",
-            "leader_election",
-            "lease_name",
-            "pod_name",
-        ],
-    ),
+    ("controller", &["concurrency", "min_interval", "retention", "leader_election", "lease_name", "pod_name"]),
     ("fetch", &["timeout", "max_size", "user_agent"]),
     ("log", &["format", "level"]),
 ];
@@ -190,11 +166,7 @@ pub struct ConfigLoader {
 
 impl ConfigLoader {
     pub fn new(env: Env) -> Self {
-        Self {
-            table: toml::Table::new(),
-            origin: BTreeMap::new(),
-            env,
-        }
+        Self { table: toml::Table::new(), origin: BTreeMap::new(), env }
     }
 
     /// Reads a TOML file. With `explicit == false` a missing file is fine (the default path).
@@ -203,18 +175,12 @@ impl ConfigLoader {
             Ok(text) => text,
             Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
             Err(source) => {
-                return Err(ConfigError::Read {
-                    path: path.to_owned(),
-                    source,
-                });
+                return Err(ConfigError::Read { path: path.to_owned(), source });
             }
         };
-        let parsed: toml::Table =
-            text.parse()
-                .map_err(|e: toml::de::Error| ConfigError::Parse {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })?;
+        let parsed: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
         let source = format!("file {}", path.display());
         for (table, value) in parsed {
             match value {
@@ -253,10 +219,7 @@ impl ConfigLoader {
 
     fn set_value(&mut self, key: &str, value: toml::Value, source: &str) {
         let (table, field) = key.split_once('.').unwrap_or((key, ""));
-        let entry = self
-            .table
-            .entry(table)
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = self.table.entry(table).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         if let toml::Value::Table(t) = entry {
             t.insert(field.to_owned(), value);
         }
@@ -265,10 +228,7 @@ impl ConfigLoader {
 
     /// Validates everything and parses the selected backend's settings.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let mut r = Reader {
-            table: self.table,
-            origin: self.origin,
-        };
+        let mut r = Reader { table: self.table, origin: self.origin };
         let backend_tables = r.take_backend_tables()?;
         r.reject_unknown()?;
 
@@ -279,35 +239,21 @@ impl ConfigLoader {
             service_name: r.string("server.service_name", DEFAULT_SERVICE_NAME)?,
             service_namespace: r.string("server.service_namespace", "flux-system")?,
             advertise_url: r.optional_url("server.advertise_url")?,
-            header_read_timeout: r.duration(
-                "server.header_read_timeout",
-                "10s",
-                Duration::from_millis(100),
-            )?,
+            header_read_timeout: r.duration("server.header_read_timeout", "10s", Duration::from_millis(100))?,
             idle_timeout: r.duration("server.idle_timeout", "60s", Duration::from_millis(100))?,
             shutdown_grace: r.duration("server.shutdown_grace", "25s", Duration::ZERO)?,
         };
         r.dns_label("server.service_name", &server.service_name)?;
         r.dns_label("server.service_namespace", &server.service_namespace)?;
-        let ops = OpsConfig {
-            bind_address: r.string("ops.bind_address", "0.0.0.0")?,
-            port: r.port("ops.port", 8081)?,
-        };
+        let ops = OpsConfig { bind_address: r.string("ops.bind_address", "0.0.0.0")?, port: r.port("ops.port", 8081)? };
         if server.enabled && ops.port == server.port && ops.bind_address == server.bind_address {
-            return Err(r.invalid(
-                "ops.port",
-                &ops.port.to_string(),
-                "must differ from server.port",
-            ));
+            return Err(r.invalid("ops.port", &ops.port.to_string(), "must differ from server.port"));
         }
         let backend_name = r.string("storage.backend", "memory")?;
         let descriptor = registry::find(&backend_name)?;
         let empty = toml::Table::new();
         let table = backend_tables.get(descriptor.name).unwrap_or(&empty);
-        let storage = (descriptor.parse)(&BackendContext {
-            table,
-            env: &self.env,
-        })?;
+        let storage = (descriptor.parse)(&BackendContext { table, env: &self.env })?;
 
         let default_pod = hostname();
         let controller = ControllerConfig {
@@ -322,10 +268,8 @@ impl ConfigLoader {
         let fetch = FetchConfig {
             timeout: r.duration("fetch.timeout", "30s", Duration::from_secs(1))?,
             max_size: r.size("fetch.max_size", "64MiB", 1)?,
-            user_agent: r.string(
-                "fetch.user_agent",
-                concat!("externalsource-controller/", env!("CARGO_PKG_VERSION")),
-            )?,
+            user_agent: r
+                .string("fetch.user_agent", concat!("externalsource-controller/", env!("CARGO_PKG_VERSION")))?,
         };
         let log = LogConfig {
             format: match r.string("log.format", "text")?.as_str() {
@@ -337,15 +281,7 @@ impl ConfigLoader {
             },
             level: r.string("log.level", "info")?,
         };
-        Ok(Config {
-            server,
-            ops,
-            backend: descriptor.name,
-            storage,
-            controller,
-            fetch,
-            log,
-        })
+        Ok(Config { server, ops, backend: descriptor.name, storage, controller, fetch, log })
     }
 }
 
@@ -365,10 +301,7 @@ struct Reader {
 
 impl Reader {
     fn source(&self, key: &str) -> String {
-        self.origin
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| "default".to_owned())
+        self.origin.get(key).cloned().unwrap_or_else(|| "default".to_owned())
     }
 
     fn invalid(&self, key: &str, value: &str, rule: &str) -> ConfigError {
@@ -388,18 +321,11 @@ impl Reader {
     fn take_backend_tables(&mut self) -> Result<BTreeMap<String, toml::Table>, ConfigError> {
         let mut out = BTreeMap::new();
         if let Some(toml::Value::Table(storage)) = self.table.get_mut("storage") {
-            let names: Vec<String> = storage
-                .iter()
-                .filter(|(_, v)| v.is_table())
-                .map(|(k, _)| k.clone())
-                .collect();
+            let names: Vec<String> = storage.iter().filter(|(_, v)| v.is_table()).map(|(k, _)| k.clone()).collect();
             for name in names {
                 if let Some(toml::Value::Table(t)) = storage.remove(&name) {
                     if registry::find(&name).is_err() {
-                        return Err(ConfigError::UnknownBackend {
-                            name,
-                            linked: registry::backend_names().join(", "),
-                        });
+                        return Err(ConfigError::UnknownBackend { name, linked: registry::backend_names().join(", ") });
                     }
                     out.insert(name, t);
                 }
@@ -463,16 +389,10 @@ impl Reader {
         let value = match self.raw(key) {
             None => return Ok(default),
             Some(toml::Value::Integer(i)) => *i,
-            Some(toml::Value::String(s)) => {
-                s.trim().parse().map_err(|_| self.invalid(key, s, &rule))?
-            }
+            Some(toml::Value::String(s)) => s.trim().parse().map_err(|_| self.invalid(key, s, &rule))?,
             Some(v) => return Err(self.invalid(key, &v.to_string(), &rule)),
         };
-        if (min..=max).contains(&value) {
-            Ok(value)
-        } else {
-            Err(self.invalid(key, &value.to_string(), &rule))
-        }
+        if (min..=max).contains(&value) { Ok(value) } else { Err(self.invalid(key, &value.to_string(), &rule)) }
     }
 
     fn port(&self, key: &str, default: u16) -> Result<u16, ConfigError> {
@@ -481,14 +401,9 @@ impl Reader {
 
     fn duration(&self, key: &str, default: &str, min: Duration) -> Result<Duration, ConfigError> {
         let text = self.string(key, default)?;
-        let value =
-            units::parse_duration(&text).map_err(|e| self.invalid(key, &text, &e.to_string()))?;
+        let value = units::parse_duration(&text).map_err(|e| self.invalid(key, &text, &e.to_string()))?;
         if value < min {
-            return Err(self.invalid(
-                key,
-                &text,
-                &format!("must be at least {}", format_duration(min)),
-            ));
+            return Err(self.invalid(key, &text, &format!("must be at least {}", format_duration(min))));
         }
         Ok(value)
     }
@@ -498,8 +413,7 @@ impl Reader {
             Some(toml::Value::Integer(i)) => i.to_string(),
             _ => self.string(key, default)?,
         };
-        let value =
-            units::parse_size(&text).map_err(|e| self.invalid(key, &text, &e.to_string()))?;
+        let value = units::parse_size(&text).map_err(|e| self.invalid(key, &text, &e.to_string()))?;
         if value < min {
             return Err(self.invalid(key, &text, &format!("must be at least {min} bytes")));
         }
@@ -511,38 +425,22 @@ impl Reader {
             return Ok(None);
         }
         let url = self.string(key, "")?;
-        let rest = url
-            .strip_prefix("http://")
-            .or_else(|| url.strip_prefix("https://"));
+        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
         match rest {
-            Some(host)
-                if !host.is_empty() && !host.starts_with('/') && !url.contains(['?', '#', ' ']) =>
-            {
-                Ok(Some(url))
-            }
-            _ => Err(self.invalid(
-                key,
-                &url,
-                "must be an absolute http:// or https:// URL without query or fragment",
-            )),
+            Some(host) if !host.is_empty() && !host.starts_with('/') && !url.contains(['?', '#', ' ']) => Ok(Some(url)),
+            _ => Err(self.invalid(key, &url, "must be an absolute http:// or https:// URL without query or fragment")),
         }
     }
 
     fn dns_label(&self, key: &str, value: &str) -> Result<(), ConfigError> {
         let ok = value.len() <= 63
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !value.starts_with('-')
             && !value.ends_with('-');
         if ok {
             Ok(())
         } else {
-            Err(self.invalid(
-                key,
-                value,
-                "must be a DNS label (lowercase letters, digits and '-', at most 63)",
-            ))
+            Err(self.invalid(key, value, "must be a DNS label (lowercase letters, digits and '-', at most 63)"))
         }
     }
 }
@@ -557,25 +455,13 @@ impl Config {
         server.insert("bind_address".into(), s(&self.server.bind_address));
         server.insert("port".into(), V::Integer(self.server.port.into()));
         server.insert("service_name".into(), s(&self.server.service_name));
-        server.insert(
-            "service_namespace".into(),
-            s(&self.server.service_namespace),
-        );
+        server.insert("service_namespace".into(), s(&self.server.service_namespace));
         if let Some(url) = &self.server.advertise_url {
             server.insert("advertise_url".into(), s(url));
         }
-        server.insert(
-            "header_read_timeout".into(),
-            s(&format_duration(self.server.header_read_timeout)),
-        );
-        server.insert(
-            "idle_timeout".into(),
-            s(&format_duration(self.server.idle_timeout)),
-        );
-        server.insert(
-            "shutdown_grace".into(),
-            s(&format_duration(self.server.shutdown_grace)),
-        );
+        server.insert("header_read_timeout".into(), s(&format_duration(self.server.header_read_timeout)));
+        server.insert("idle_timeout".into(), s(&format_duration(self.server.idle_timeout)));
+        server.insert("shutdown_grace".into(), s(&format_duration(self.server.shutdown_grace)));
         let mut ops = toml::Table::new();
         ops.insert("bind_address".into(), s(&self.ops.bind_address));
         ops.insert("port".into(), V::Integer(self.ops.port.into()));
@@ -595,14 +481,7 @@ impl Config {
         fetch.insert("max_size".into(), s(&format_size(self.fetch.max_size)));
         fetch.insert("user_agent".into(), s(&self.fetch.user_agent));
         let mut log = toml::Table::new();
-        log.insert(
-            "format".into(),
-            s(if self.log.format == LogFormat::Json {
-                "json"
-            } else {
-                "text"
-            }),
-        );
+        log.insert("format".into(), s(if self.log.format == LogFormat::Json { "json" } else { "text" }));
         log.insert("level".into(), s(&self.log.level));
         let mut root = toml::Table::new();
         for (name, table) in [

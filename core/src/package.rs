@@ -98,9 +98,7 @@ pub struct Package {
 pub fn package(payload: &[u8], path: &DestinationPath) -> std::io::Result<Package> {
     // Compressed output is roughly a quarter of JSON-like input; start there to avoid regrowth.
     let sink = DigestWriter::new(Vec::with_capacity(payload.len() / 4 + 1024));
-    let gz = GzBuilder::new()
-        .mtime(0)
-        .write(sink, Compression::new(LEVEL));
+    let gz = GzBuilder::new().mtime(0).write(sink, Compression::new(LEVEL));
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for dir in path.parents() {
@@ -112,11 +110,7 @@ pub fn package(payload: &[u8], path: &DestinationPath) -> std::io::Result<Packag
     let mut gz = tar.into_inner()?;
     gz.flush()?;
     let (bytes, size, digest) = gz.finish()?.finish();
-    Ok(Package {
-        bytes: bytes.into(),
-        size,
-        digest,
-    })
+    Ok(Package { bytes: bytes.into(), size, digest })
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -177,8 +171,7 @@ mod tests {
                     h.mode().unwrap(),
                     h.mtime().unwrap(),
                     h.uid().unwrap() + h.gid().unwrap(),
-                    h.username().unwrap().unwrap_or("").is_empty()
-                        && h.groupname().unwrap().unwrap_or("").is_empty(),
+                    h.username().unwrap().unwrap_or("").is_empty() && h.groupname().unwrap().unwrap_or("").is_empty(),
                 )
             })
             .collect();
@@ -196,39 +189,15 @@ mod tests {
     fn path_rules() {
         assert_eq!(path("data").as_str(), "data");
         assert_eq!(path("./x/./y.json").as_str(), "x/y.json");
-        assert!(matches!(
-            DestinationPath::parse("../x"),
-            Err(PathError::ParentSegment(_))
-        ));
-        assert!(matches!(
-            DestinationPath::parse("a/../../x"),
-            Err(PathError::ParentSegment(_))
-        ));
-        assert!(matches!(
-            DestinationPath::parse("/etc/passwd"),
-            Err(PathError::Absolute(_))
-        ));
-        assert!(matches!(
-            DestinationPath::parse("a\\b"),
-            Err(PathError::Backslash(_))
-        ));
-        assert!(matches!(
-            DestinationPath::parse("a/"),
-            Err(PathError::Directory(_))
-        ));
+        assert!(matches!(DestinationPath::parse("../x"), Err(PathError::ParentSegment(_))));
+        assert!(matches!(DestinationPath::parse("a/../../x"), Err(PathError::ParentSegment(_))));
+        assert!(matches!(DestinationPath::parse("/etc/passwd"), Err(PathError::Absolute(_))));
+        assert!(matches!(DestinationPath::parse("a\\b"), Err(PathError::Backslash(_))));
+        assert!(matches!(DestinationPath::parse("a/"), Err(PathError::Directory(_))));
         assert!(matches!(DestinationPath::parse(""), Err(PathError::Empty)));
-        assert!(matches!(
-            DestinationPath::parse("./"),
-            Err(PathError::Directory(_))
-        ));
-        assert!(matches!(
-            DestinationPath::parse("a\nb"),
-            Err(PathError::ControlCharacter(_))
-        ));
-        assert!(matches!(
-            DestinationPath::parse(&"a".repeat(2000)),
-            Err(PathError::TooLong(2000))
-        ));
+        assert!(matches!(DestinationPath::parse("./"), Err(PathError::Directory(_))));
+        assert!(matches!(DestinationPath::parse("a\nb"), Err(PathError::ControlCharacter(_))));
+        assert!(matches!(DestinationPath::parse(&"a".repeat(2000)), Err(PathError::TooLong(2000))));
     }
 
     #[test]
@@ -236,11 +205,8 @@ mod tests {
         let long = format!("{}/{}.yaml", "d".repeat(120), "f".repeat(120));
         let p = package(b"x", &path(&long)).unwrap();
         let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&p.bytes[..]));
-        let names: Vec<String> = archive
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
-            .collect();
+        let names: Vec<String> =
+            archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect();
         assert_eq!(names.last().unwrap(), &long);
     }
 }

@@ -37,23 +37,13 @@ impl Env {
         Self(std::env::vars().collect())
     }
 
-    pub fn from_pairs<K: Into<String>, V: Into<String>>(
-        pairs: impl IntoIterator<Item = (K, V)>,
-    ) -> Self {
-        Self(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.into()))
-                .collect(),
-        )
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
+        Self(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
     }
 
     /// A variable's value; an empty variable counts as unset, as in the predecessor.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 }
 
@@ -67,17 +57,12 @@ pub struct BackendContext<'a> {
 
 impl BackendContext<'_> {
     /// Deserializes the table into the backend's settings type, naming the table on error.
-    pub fn deserialize<T: serde::de::DeserializeOwned>(
-        &self,
-        backend: &str,
-    ) -> Result<T, ConfigError> {
-        toml::Value::Table(self.table.clone())
-            .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Invalid {
-                key: format!("storage.{backend}"),
-                value: self.table.to_string().trim().replace('\n', "; "),
-                rule: e.message().trim().to_owned(),
-            })
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self, backend: &str) -> Result<T, ConfigError> {
+        toml::Value::Table(self.table.clone()).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
+            key: format!("storage.{backend}"),
+            value: self.table.to_string().trim().replace('\n', "; "),
+            rule: e.message().trim().to_owned(),
+        })
     }
 }
 
@@ -109,10 +94,7 @@ pub fn find(name: &str) -> Result<&'static BackendDescriptor, ConfigError> {
     backends()
         .into_iter()
         .find(|d| d.name == name)
-        .ok_or_else(|| ConfigError::UnknownBackend {
-            name: name.to_owned(),
-            linked: backend_names().join(", "),
-        })
+        .ok_or_else(|| ConfigError::UnknownBackend { name: name.to_owned(), linked: backend_names().join(", ") })
 }
 
 /// One line per linked backend: name, capabilities, and the note if any.
@@ -120,11 +102,7 @@ pub fn describe_backends() -> String {
     backends()
         .into_iter()
         .map(|d| {
-            let note = if d.note.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", d.note)
-            };
+            let note = if d.note.is_empty() { String::new() } else { format!(" ({})", d.note) };
             format!("{} {}{}\n", d.name, d.capabilities, note)
         })
         .collect()

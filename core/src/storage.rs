@@ -85,10 +85,7 @@ impl ObjectBody {
 
 impl fmt::Debug for ObjectBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ObjectBody")
-            .field("meta", &self.meta)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
+        f.debug_struct("ObjectBody").field("meta", &self.meta).field("range", &self.range).finish_non_exhaustive()
     }
 }
 
@@ -100,29 +97,13 @@ pub enum StorageError {
     #[error(transparent)]
     InvalidKey(#[from] KeyError),
     #[error("range {start}-{end} is not satisfiable for object {key} of {size} bytes")]
-    RangeNotSatisfiable {
-        key: ObjectKey,
-        start: u64,
-        end: u64,
-        size: u64,
-    },
-    #[error(
-        "storing {key} ({size} bytes) would exceed the byte budget of {budget} bytes ({used} in use)"
-    )]
-    OverBudget {
-        key: ObjectKey,
-        size: u64,
-        used: u64,
-        budget: u64,
-    },
+    RangeNotSatisfiable { key: ObjectKey, start: u64, end: u64, size: u64 },
+    #[error("storing {key} ({size} bytes) would exceed the byte budget of {budget} bytes ({used} in use)")]
+    OverBudget { key: ObjectKey, size: u64, used: u64, budget: u64 },
     #[error("access to {key} denied: {message}")]
     AccessDenied { key: String, message: String },
     #[error("storage unavailable during {operation} of {key}: {message}")]
-    Unavailable {
-        operation: &'static str,
-        key: String,
-        message: String,
-    },
+    Unavailable { operation: &'static str, key: String, message: String },
     #[error("I/O error during {operation} of {key}: {source}")]
     Io {
         operation: &'static str,
@@ -156,19 +137,14 @@ impl StorageError {
 }
 
 /// Checks a requested range against an object's size; backends share this so they agree.
-pub fn check_range(
-    meta: &ObjectMeta,
-    range: Option<ByteRange>,
-) -> Result<Option<ByteRange>, StorageError> {
+pub fn check_range(meta: &ObjectMeta, range: Option<ByteRange>) -> Result<Option<ByteRange>, StorageError> {
     match range {
-        Some(r) if r.start() > r.end() || *r.end() >= meta.size => {
-            Err(StorageError::RangeNotSatisfiable {
-                key: meta.key.clone(),
-                start: *r.start(),
-                end: *r.end(),
-                size: meta.size,
-            })
-        }
+        Some(r) if r.start() > r.end() || *r.end() >= meta.size => Err(StorageError::RangeNotSatisfiable {
+            key: meta.key.clone(),
+            start: *r.start(),
+            end: *r.end(),
+            size: meta.size,
+        }),
         other => Ok(other),
     }
 }
@@ -187,11 +163,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError>;
 
     /// Reads an object, or the given inclusive byte range of it.
-    async fn get(
-        &self,
-        key: &ObjectKey,
-        range: Option<ByteRange>,
-    ) -> Result<ObjectBody, StorageError>;
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError>;
 
     /// Metadata of an object.
     async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError>;

@@ -29,11 +29,7 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self {
-            storage,
-            budget: None,
-            guard: Box::new(()),
-        }
+        Self { storage, budget: None, guard: Box::new(()) }
     }
 
     pub fn with_guard(mut self, guard: impl Any + Send) -> Self {
@@ -83,10 +79,7 @@ fn key(s: &str) -> ObjectKey {
 }
 
 fn payload(seed: u8, len: usize) -> Bytes {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect::<Vec<u8>>()
-        .into()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
 }
 
 /// The cases, one function each so failures name the behaviour.
@@ -118,10 +111,7 @@ pub mod cases {
             assert_eq!(got.range, Some(start..=end));
             assert_eq!(got.len(), end - start + 1);
             assert_eq!(got.meta.size, 4096, "meta describes the whole object");
-            assert_eq!(
-                got.collect().await.expect("read"),
-                body.slice(start as usize..=end as usize)
-            );
+            assert_eq!(got.collect().await.expect("read"), body.slice(start as usize..=end as usize));
         }
         for (start, end) in [(4096, 4096), (10, 5000), (5, 4)] {
             match s.get(&k, Some(start..=end)).await {
@@ -140,11 +130,7 @@ pub mod cases {
         let meta = s.stat(&k).await.expect("stat");
         assert_eq!(meta.size, 777);
         assert_eq!(meta.digest, Digest::of(&body));
-        assert!(
-            meta.last_modified >= before,
-            "last_modified {:?} is before the put",
-            meta.last_modified
-        );
+        assert!(meta.last_modified >= before, "last_modified {:?} is before the put", meta.last_modified);
         assert!(meta.last_modified <= SystemTime::now() + Duration::from_secs(5));
     }
 
@@ -153,32 +139,17 @@ pub mod cases {
         let k = key("artifacts/ns/none/missing.tar.gz");
         assert!(matches!(s.get(&k, None).await, Err(StorageError::NotFound(ref m)) if *m == k));
         assert!(matches!(s.stat(&k).await, Err(StorageError::NotFound(_))));
-        assert!(matches!(
-            s.get(&k, Some(0..=1)).await,
-            Err(StorageError::NotFound(_))
-        ));
+        assert!(matches!(s.get(&k, Some(0..=1)).await, Err(StorageError::NotFound(_))));
     }
 
     pub async fn list_returns_objects_under_a_prefix_in_order(f: &Fixture) {
         let s = &f.storage;
-        for (k, seed) in [
-            ("list/a/x/2", 2),
-            ("list/a/x/1", 1),
-            ("list/a/y/1", 3),
-            ("list/b/1", 4),
-            ("list/a/xx/1", 5),
-        ] {
-            s.put(&key(k), payload(seed, 10 + seed as usize))
-                .await
-                .expect("put");
+        for (k, seed) in [("list/a/x/2", 2), ("list/a/x/1", 1), ("list/a/y/1", 3), ("list/b/1", 4), ("list/a/xx/1", 5)]
+        {
+            s.put(&key(k), payload(seed, 10 + seed as usize)).await.expect("put");
         }
-        let names = |v: Vec<crate::ObjectMeta>| {
-            v.into_iter().map(|m| m.key.to_string()).collect::<Vec<_>>()
-        };
-        assert_eq!(
-            names(s.list("list/a/x/").await.expect("list")),
-            ["list/a/x/1", "list/a/x/2"]
-        );
+        let names = |v: Vec<crate::ObjectMeta>| v.into_iter().map(|m| m.key.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(s.list("list/a/x/").await.expect("list")), ["list/a/x/1", "list/a/x/2"]);
         assert_eq!(
             names(s.list("list/a/").await.expect("list")),
             ["list/a/x/1", "list/a/x/2", "list/a/xx/1", "list/a/y/1"]
@@ -207,15 +178,7 @@ pub mod cases {
         let v2 = payload(7, 200);
         let meta = s.put(&k, v2.clone()).await.expect("put v2");
         assert_eq!(meta.digest, Digest::of(&v2));
-        assert_eq!(
-            s.get(&k, None)
-                .await
-                .expect("get")
-                .collect()
-                .await
-                .expect("read"),
-            v2
-        );
+        assert_eq!(s.get(&k, None).await.expect("get").collect().await.expect("read"), v2);
         let listed = s.list("artifacts/ns/over/").await.expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].size, 200);
@@ -235,32 +198,12 @@ pub mod cases {
                 let mine = payload(100 + i, 1000 + i as usize);
                 for round in 0..10 {
                     s.put(&own, mine.clone()).await.expect("own put");
-                    assert_eq!(
-                        s.get(&own, None)
-                            .await
-                            .expect("own get")
-                            .collect()
-                            .await
-                            .expect("read"),
-                        mine
-                    );
+                    assert_eq!(s.get(&own, None).await.expect("own get").collect().await.expect("read"), mine);
                     if i % 2 == 0 {
-                        s.put(&shared, if round % 2 == 0 { b.clone() } else { a.clone() })
-                            .await
-                            .expect("shared put");
+                        s.put(&shared, if round % 2 == 0 { b.clone() } else { a.clone() }).await.expect("shared put");
                     } else {
-                        let got = s
-                            .get(&shared, None)
-                            .await
-                            .expect("shared get")
-                            .collect()
-                            .await
-                            .expect("read");
-                        assert!(
-                            got == a || got == b,
-                            "a reader saw a torn object of {} bytes",
-                            got.len()
-                        );
+                        let got = s.get(&shared, None).await.expect("shared get").collect().await.expect("read");
+                        assert!(got == a || got == b, "a reader saw a torn object of {} bytes", got.len());
                     }
                 }
             }));
@@ -268,36 +211,18 @@ pub mod cases {
         for t in tasks {
             t.await.expect("task");
         }
-        assert_eq!(
-            s.list("artifacts/ns/conc/own-").await.expect("list").len(),
-            8
-        );
+        assert_eq!(s.list("artifacts/ns/conc/own-").await.expect("list").len(), 8);
     }
 
     pub async fn only_exact_keys_are_objects(f: &Fixture) {
         let s = &f.storage;
-        s.put(&key("artifacts/ns/exact/deep/x.tar.gz"), payload(10, 10))
-            .await
-            .expect("put");
-        for k in [
-            "artifacts/ns/exact",
-            "artifacts/ns/exact/deep",
-            "artifacts/ns/exact/deep/x.tar",
-        ] {
-            assert!(
-                matches!(s.stat(&key(k)).await, Err(StorageError::NotFound(_))),
-                "{k} is not an object"
-            );
-            assert!(
-                matches!(s.get(&key(k), None).await, Err(StorageError::NotFound(_))),
-                "{k} is not an object"
-            );
+        s.put(&key("artifacts/ns/exact/deep/x.tar.gz"), payload(10, 10)).await.expect("put");
+        for k in ["artifacts/ns/exact", "artifacts/ns/exact/deep", "artifacts/ns/exact/deep/x.tar"] {
+            assert!(matches!(s.stat(&key(k)).await, Err(StorageError::NotFound(_))), "{k} is not an object");
+            assert!(matches!(s.get(&key(k), None).await, Err(StorageError::NotFound(_))), "{k} is not an object");
         }
         let listed = s.list("artifacts/ns/exact/").await.expect("list");
-        assert_eq!(
-            listed.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
-            ["artifacts/ns/exact/deep/x.tar.gz"]
-        );
+        assert_eq!(listed.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["artifacts/ns/exact/deep/x.tar.gz"]);
     }
 
     pub async fn empty_and_large_objects_round_trip(f: &Fixture) {
@@ -305,16 +230,7 @@ pub mod cases {
         let empty = key("artifacts/ns/sizes/empty.tar.gz");
         let meta = s.put(&empty, Bytes::new()).await.expect("put empty");
         assert_eq!(meta.size, 0);
-        assert_eq!(
-            s.get(&empty, None)
-                .await
-                .expect("get")
-                .collect()
-                .await
-                .expect("read")
-                .len(),
-            0
-        );
+        assert_eq!(s.get(&empty, None).await.expect("get").collect().await.expect("read").len(), 0);
         let large = key("artifacts/ns/sizes/large.tar.gz");
         let body = payload(11, 5 * 1024 * 1024 + 3);
         s.put(&large, body.clone()).await.expect("put large");
@@ -338,25 +254,13 @@ pub mod cases {
             Err(StorageError::OverBudget { budget: b, .. }) => assert_eq!(b, budget),
             other => panic!("a put over budget gave {other:?}"),
         }
-        assert!(
-            matches!(s.stat(&k).await, Err(StorageError::NotFound(_))),
-            "nothing is stored"
-        );
+        assert!(matches!(s.stat(&k).await, Err(StorageError::NotFound(_))), "nothing is stored");
         let half = budget as usize / 2;
-        s.put(&k, payload(13, half))
-            .await
-            .expect("half the budget fits");
-        s.put(&k, payload(14, half))
-            .await
-            .expect("replacing counts the old object out");
+        s.put(&k, payload(13, half)).await.expect("half the budget fits");
+        s.put(&k, payload(14, half)).await.expect("replacing counts the old object out");
         let other = key("artifacts/ns/budget/other.tar.gz");
-        assert!(matches!(
-            s.put(&other, payload(15, half + 1)).await,
-            Err(StorageError::OverBudget { .. })
-        ));
+        assert!(matches!(s.put(&other, payload(15, half + 1)).await, Err(StorageError::OverBudget { .. })));
         s.delete(&k).await.expect("delete");
-        s.put(&other, payload(15, half + 1))
-            .await
-            .expect("deleting frees the budget");
+        s.put(&other, payload(15, half + 1)).await.expect("deleting frees the budget");
     }
 }

@@ -8,13 +8,9 @@ use std::time::Duration;
 /// Why a duration or size was refused; the caller adds the key it came from.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum UnitError {
-    #[error(
-        "{0:?} is not a duration: expected a sequence of <number><unit> with unit ms, s, m or h (e.g. 30s, 1h30m)"
-    )]
+    #[error("{0:?} is not a duration: expected a sequence of <number><unit> with unit ms, s, m or h (e.g. 30s, 1h30m)")]
     Duration(String),
-    #[error(
-        "{0:?} is not a byte size: expected an integer with an optional unit B, KB, MB, GB, KiB, MiB or GiB"
-    )]
+    #[error("{0:?} is not a byte size: expected an integer with an optional unit B, KB, MB, GB, KiB, MiB or GiB")]
     Size(String),
 }
 
@@ -27,15 +23,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, UnitError> {
     }
     let mut total = 0f64;
     while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(err)?;
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
         let (number, tail) = rest.split_at(number_len);
-        if number.is_empty()
-            || number.starts_with('.')
-            || number.ends_with('.')
-            || number.matches('.').count() > 1
-        {
+        if number.is_empty() || number.starts_with('.') || number.ends_with('.') || number.matches('.').count() > 1 {
             return Err(err());
         }
         let value: f64 = number.parse().map_err(|_| err())?;
@@ -99,11 +89,7 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
 
 /// Renders a byte size with the largest binary unit that divides it exactly.
 pub fn format_size(bytes: u64) -> String {
-    for (unit, factor) in [
-        ("GiB", 1024_u64.pow(3)),
-        ("MiB", 1024_u64.pow(2)),
-        ("KiB", 1024),
-    ] {
+    for (unit, factor) in [("GiB", 1024_u64.pow(3)), ("MiB", 1024_u64.pow(2)), ("KiB", 1024)] {
         if bytes >= factor && bytes % factor == 0 {
             return format!("{}{unit}", bytes / factor);
         }
@@ -124,14 +110,8 @@ mod tests {
         for bad in ["", "10", "s", "1d", "1.s", "-1s", "1h 30m", ".5s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} was accepted");
         }
-        assert_eq!(
-            format_duration(Duration::from_millis(5_400_250)),
-            "1h30m250ms"
-        );
-        assert_eq!(
-            parse_duration(&format_duration(Duration::from_secs(61))),
-            Ok(Duration::from_secs(61))
-        );
+        assert_eq!(format_duration(Duration::from_millis(5_400_250)), "1h30m250ms");
+        assert_eq!(parse_duration(&format_duration(Duration::from_secs(61))), Ok(Duration::from_secs(61)));
     }
 
     #[test]

@@ -32,28 +32,16 @@ pub struct FileId {
 
 impl FileId {
     pub fn of(md: &fs::Metadata) -> Self {
-        Self {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.size(),
-            mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec(),
-        }
+        Self { dev: md.dev(), ino: md.ino(), size: md.size(), mtime_ns: md.mtime() * 1_000_000_000 + md.mtime_nsec() }
     }
 }
 
 pub fn io_error(operation: &'static str, key: &str, source: io::Error) -> StorageError {
-    StorageError::Io {
-        operation,
-        key: key.to_owned(),
-        source,
-    }
+    StorageError::Io { operation, key: key.to_owned(), source }
 }
 
 fn is_missing(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    ) || e.raw_os_error() == Some(libc::ELOOP)
+    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) || e.raw_os_error() == Some(libc::ELOOP)
 }
 
 /// Parent directories of `key` exist as real directories (not symlinks) under `root`.
@@ -82,11 +70,7 @@ pub fn open_confined(root: &Path, key: &ObjectKey) -> Result<Option<File>, Stora
     if !parents_are_real_dirs(root, key).map_err(err)? {
         return Ok(None);
     }
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path_of(root, key))
-    {
+    let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path_of(root, key)) {
         Ok(f) => f,
         Err(e) if is_missing(&e) => return Ok(None),
         Err(e) => return Err(err(e)),
@@ -96,11 +80,7 @@ pub fn open_confined(root: &Path, key: &ObjectKey) -> Result<Option<File>, Stora
 }
 
 /// Hashes an opened file from its start.
-pub fn hash_file(
-    key: &ObjectKey,
-    file: &mut File,
-    md: &fs::Metadata,
-) -> Result<ObjectMeta, StorageError> {
+pub fn hash_file(key: &ObjectKey, file: &mut File, md: &fs::Metadata) -> Result<ObjectMeta, StorageError> {
     use std::io::Seek;
     let err = |e| io_error("hash", key.as_str(), e);
     file.seek(io::SeekFrom::Start(0)).map_err(err)?;
@@ -149,11 +129,7 @@ fn create_parents(root: &Path, key: &ObjectKey) -> io::Result<PathBuf> {
 }
 
 /// Temp file in the target directory, fsync, rename, fsync of the directory.
-pub fn write_atomic(
-    root: &Path,
-    key: &ObjectKey,
-    body: &[u8],
-) -> Result<(FileId, ObjectMeta), StorageError> {
+pub fn write_atomic(root: &Path, key: &ObjectKey, body: &[u8]) -> Result<(FileId, ObjectMeta), StorageError> {
     let err = |e| io_error("put", key.as_str(), e);
     let dir = create_parents(root, key).map_err(err)?;
     let temp = dir.join(format!(
@@ -163,11 +139,7 @@ pub fn write_atomic(
         key.file_name()
     ));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&temp)?;
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(&temp)?;
         file.write_all(body)?;
         file.sync_all()?;
         let md = file.metadata()?;
@@ -216,11 +188,7 @@ pub fn remove(root: &Path, key: &ObjectKey) -> Result<(), StorageError> {
 }
 
 /// Walks `dir` (never following symlinks) and calls `f` with each regular file's key.
-fn walk(
-    root: &Path,
-    dir: &Path,
-    f: &mut dyn FnMut(&Path, Option<ObjectKey>, &fs::Metadata),
-) -> io::Result<()> {
+fn walk(root: &Path, dir: &Path, f: &mut dyn FnMut(&Path, Option<ObjectKey>, &fs::Metadata)) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if is_missing(&e) => return Ok(()),
@@ -233,11 +201,8 @@ fn walk(
         if md.file_type().is_dir() {
             walk(root, &path, f)?;
         } else {
-            let key = path
-                .strip_prefix(root)
-                .ok()
-                .and_then(|rel| rel.to_str())
-                .and_then(|rel| ObjectKey::parse(rel).ok());
+            let key =
+                path.strip_prefix(root).ok().and_then(|rel| rel.to_str()).and_then(|rel| ObjectKey::parse(rel).ok());
             f(&path, key, &md);
         }
     }
@@ -252,28 +217,20 @@ pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<ObjectKey>, StorageErr
     } else {
         match ObjectKey::parse(dir_part) {
             Ok(k)
-                if parents_are_real_dirs(
-                    root,
-                    &ObjectKey::parse(&format!("{dir_part}/x")).unwrap_or(k.clone()),
-                )
-                .unwrap_or(false) =>
+                if parents_are_real_dirs(root, &ObjectKey::parse(&format!("{dir_part}/x")).unwrap_or(k.clone()))
+                    .unwrap_or(false) =>
             {
                 path_of(root, &k)
             }
             _ => return Ok(Vec::new()),
         }
     };
-    if fs::symlink_metadata(&start)
-        .map(|m| !m.file_type().is_dir())
-        .unwrap_or(true)
-    {
+    if fs::symlink_metadata(&start).map(|m| !m.file_type().is_dir()).unwrap_or(true) {
         return Ok(Vec::new());
     }
     let mut keys = Vec::new();
     walk(root, &start, &mut |_, key, md| {
-        if let Some(key) =
-            key.filter(|k| md.file_type().is_file() && k.as_str().starts_with(prefix))
-        {
+        if let Some(key) = key.filter(|k| md.file_type().is_file() && k.as_str().starts_with(prefix)) {
             keys.push(key);
         }
     })
@@ -285,8 +242,7 @@ pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<ObjectKey>, StorageErr
 /// The name an artifact must have for its content: `<digest hex>.tar.gz`.
 fn expected_hex(key: &ObjectKey) -> Option<&str> {
     let hex = key.file_name().strip_suffix(".tar.gz")?;
-    (key.as_str()
-        .starts_with(externalsource_core::key::ARTIFACT_PREFIX)
+    (key.as_str().starts_with(externalsource_core::key::ARTIFACT_PREFIX)
         && hex.len() == 64
         && hex.bytes().all(|b| b.is_ascii_hexdigit()))
     .then_some(hex)

@@ -33,10 +33,7 @@ pub const DEFAULT_ROOT: &str = "/data/artifacts";
 /// Read buffer of response bodies: the most a slow client makes us hold per download.
 const CHUNK: usize = 64 * 1024;
 
-const CAPABILITIES: Capabilities = Capabilities {
-    serves_http: true,
-    shared: false,
-};
+const CAPABILITIES: Capabilities = Capabilities { serves_http: true, shared: false };
 
 externalsource_core::inventory::submit! {
     BackendDescriptor { name: NAME, capabilities: CAPABILITIES, note: "", parse }
@@ -75,17 +72,12 @@ fn parse(ctx: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigErr
 impl BackendSettings for FilesystemSettings {
     fn redacted(&self) -> toml::Table {
         let mut t = toml::Table::new();
-        t.insert(
-            "root".into(),
-            toml::Value::String(self.root.display().to_string()),
-        );
+        t.insert("root".into(), toml::Value::String(self.root.display().to_string()));
         t
     }
 
     async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError> {
-        Ok(Arc::new(
-            FilesystemStorage::open(&self.root, base_url.map(str::to_owned)).await?,
-        ))
+        Ok(Arc::new(FilesystemStorage::open(&self.root, base_url.map(str::to_owned)).await?))
     }
 }
 
@@ -126,12 +118,7 @@ impl FilesystemStorage {
         tracing::info!(root = %root.display(), objects = scan.objects, bytes = scan.bytes,
             temp_removed = scan.temp_files_removed, corrupt_removed = scan.corrupt_removed.len(),
             "filesystem storage opened");
-        Ok(Self {
-            root,
-            base_url,
-            index,
-            scan,
-        })
+        Ok(Self { root, base_url, index, scan })
     }
 
     /// The result of the start-up scan.
@@ -145,32 +132,18 @@ impl FilesystemStorage {
 
     /// Metadata of an opened file: from the index when the file is the one indexed, otherwise
     /// by hashing it (an object written by another process, or replaced since).
-    async fn meta_of(
-        &self,
-        key: &ObjectKey,
-        file: &mut tokio::fs::File,
-    ) -> Result<ObjectMeta, StorageError> {
-        let md = file
-            .metadata()
-            .await
-            .map_err(|e| io_error("stat", key.as_str(), e))?;
+    async fn meta_of(&self, key: &ObjectKey, file: &mut tokio::fs::File) -> Result<ObjectMeta, StorageError> {
+        let md = file.metadata().await.map_err(|e| io_error("stat", key.as_str(), e))?;
         let id = FileId::of(&md);
         if let Some(entry) = self.index.get(key).filter(|e| e.0 == id) {
             return Ok(entry.1.clone());
         }
-        let mut std_file = file
-            .try_clone()
-            .await
-            .map_err(|e| io_error("stat", key.as_str(), e))?
-            .into_std()
-            .await;
+        let mut std_file = file.try_clone().await.map_err(|e| io_error("stat", key.as_str(), e))?.into_std().await;
         let key2 = key.clone();
         let meta = tokio::task::spawn_blocking(move || fsops::hash_file(&key2, &mut std_file, &md))
             .await
             .map_err(|e| io_error("hash", key.as_str(), std::io::Error::other(e)))??;
-        file.seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(|e| io_error("seek", key.as_str(), e))?;
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_error("seek", key.as_str(), e))?;
         self.index.insert(key.clone(), (id, meta.clone()));
         Ok(meta)
     }
@@ -221,18 +194,12 @@ impl Storage for FilesystemStorage {
         let range = check_range(&meta, range)?;
         let stream = match &range {
             Some(r) => {
-                file.seek(std::io::SeekFrom::Start(*r.start()))
-                    .await
-                    .map_err(|e| io_error("seek", key.as_str(), e))?;
+                file.seek(std::io::SeekFrom::Start(*r.start())).await.map_err(|e| io_error("seek", key.as_str(), e))?;
                 ReaderStream::with_capacity(file.take(r.end() - r.start() + 1), CHUNK).boxed()
             }
             None => ReaderStream::with_capacity(file, CHUNK).boxed(),
         };
-        Ok(ObjectBody {
-            meta,
-            range,
-            stream,
-        })
+        Ok(ObjectBody { meta, range, stream })
     }
 
     async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {

@@ -4,12 +4,8 @@ use externalsource_core::testing::Fixture;
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let storage = FilesystemStorage::open(
-        dir.path(),
-        Some("http://svc.ns.svc.cluster.local:8080".into()),
-    )
-    .await
-    .unwrap();
+    let storage =
+        FilesystemStorage::open(dir.path(), Some("http://svc.ns.svc.cluster.local:8080".into())).await.unwrap();
     Fixture::new(Arc::new(storage)).with_guard(dir)
 }
 
@@ -29,24 +25,12 @@ async fn objects_live_at_root_slash_key_and_survive_a_restart() {
         s.put(&k, body.clone()).await.unwrap();
         assert!(s.url(&k).starts_with("file://"));
     }
-    assert_eq!(
-        std::fs::read(dir.path().join("artifacts/ns/src/file.bin")).unwrap(),
-        body
-    );
+    assert_eq!(std::fs::read(dir.path().join("artifacts/ns/src/file.bin")).unwrap(), body);
     let reopened = FilesystemStorage::open(dir.path(), None).await.unwrap();
     assert_eq!(reopened.scan_report().objects, 1);
     let meta = reopened.stat(&k).await.unwrap();
     assert_eq!(meta.digest, Digest::of(&body));
-    assert_eq!(
-        reopened
-            .get(&k, None)
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap(),
-        body
-    );
+    assert_eq!(reopened.get(&k, None).await.unwrap().collect().await.unwrap(), body);
 }
 
 #[tokio::test]
@@ -58,24 +42,15 @@ async fn start_up_scan_removes_temp_files_and_corrupt_artifacts() {
     {
         let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
         s.put(&key(&good_key), good.clone()).await.unwrap();
-        s.put(&key(&bad_key), Bytes::from_static(b"tampered"))
-            .await
-            .unwrap();
+        s.put(&key(&bad_key), Bytes::from_static(b"tampered")).await.unwrap();
     }
-    std::fs::write(
-        dir.path().join("artifacts/ns/a/.~tmp-1-2-x.tar.gz"),
-        b"half",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("artifacts/ns/a/.~tmp-1-2-x.tar.gz"), b"half").unwrap();
     let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
     let report = s.scan_report().clone();
     assert_eq!(report.temp_files_removed, 1);
     assert_eq!(report.corrupt_removed, vec![bad_key.clone()]);
     assert_eq!(report.objects, 1);
-    assert!(matches!(
-        s.stat(&key(&bad_key)).await,
-        Err(StorageError::NotFound(_))
-    ));
+    assert!(matches!(s.stat(&key(&bad_key)).await, Err(StorageError::NotFound(_))));
     assert_eq!(s.list("artifacts/").await.unwrap().len(), 1);
 }
 
@@ -88,42 +63,18 @@ async fn symlinks_never_lead_out_of_the_root() {
     let dir = tempfile::tempdir().unwrap();
     let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
     std::fs::create_dir_all(dir.path().join("artifacts/ns")).unwrap();
-    std::os::unix::fs::symlink(
-        outside.path().join("secret"),
-        dir.path().join("artifacts/ns/link"),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(
-        outside.path().join("dir"),
-        dir.path().join("artifacts/ns/linkdir"),
-    )
-    .unwrap();
+    std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("artifacts/ns/link")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("dir"), dir.path().join("artifacts/ns/linkdir")).unwrap();
     for k in ["artifacts/ns/link", "artifacts/ns/linkdir/secret"] {
-        assert!(
-            matches!(s.get(&key(k), None).await, Err(StorageError::NotFound(_))),
-            "{k} was readable"
-        );
-        assert!(
-            matches!(s.stat(&key(k)).await, Err(StorageError::NotFound(_))),
-            "{k} was stat-able"
-        );
+        assert!(matches!(s.get(&key(k), None).await, Err(StorageError::NotFound(_))), "{k} was readable");
+        assert!(matches!(s.stat(&key(k)).await, Err(StorageError::NotFound(_))), "{k} was stat-able");
     }
     assert!(s.list("artifacts/ns/").await.unwrap().is_empty());
     assert!(s.list("artifacts/ns/linkdir/").await.unwrap().is_empty());
-    assert!(
-        s.put(&key("artifacts/ns/linkdir/new"), Bytes::from_static(b"x"))
-            .await
-            .is_err()
-    );
-    assert!(
-        !outside.path().join("dir/new").exists(),
-        "a put went through a symlink"
-    );
+    assert!(s.put(&key("artifacts/ns/linkdir/new"), Bytes::from_static(b"x")).await.is_err());
+    assert!(!outside.path().join("dir/new").exists(), "a put went through a symlink");
     s.delete(&key("artifacts/ns/linkdir/secret")).await.unwrap();
-    assert!(
-        outside.path().join("dir/secret").exists(),
-        "a delete went through a symlink"
-    );
+    assert!(outside.path().join("dir/secret").exists(), "a delete went through a symlink");
 }
 
 #[tokio::test]
@@ -133,11 +84,7 @@ async fn files_changed_behind_our_back_are_rehashed() {
     let k = key("artifacts/ns/x/data");
     s.put(&k, Bytes::from_static(b"one")).await.unwrap();
     std::fs::write(dir.path().join("artifacts/ns/x/data.new"), b"twotwo").unwrap();
-    std::fs::rename(
-        dir.path().join("artifacts/ns/x/data.new"),
-        dir.path().join("artifacts/ns/x/data"),
-    )
-    .unwrap();
+    std::fs::rename(dir.path().join("artifacts/ns/x/data.new"), dir.path().join("artifacts/ns/x/data")).unwrap();
     let meta = s.stat(&k).await.unwrap();
     assert_eq!(meta.digest, Digest::of(b"twotwo"));
     assert_eq!(meta.size, 6);
@@ -148,23 +95,12 @@ fn settings_require_an_absolute_root_and_honour_the_predecessor_env() {
     use externalsource_core::registry::Env;
     let table = toml::Table::new();
     let env = Env::from_pairs([("PVC_STORAGE_PATH", "relative/path")]);
-    let err = parse(&BackendContext {
-        table: &table,
-        env: &env,
-    })
-    .unwrap_err()
-    .to_string();
+    let err = parse(&BackendContext { table: &table, env: &env }).unwrap_err().to_string();
     assert!(
-        err.contains("storage.filesystem.root")
-            && err.contains("relative/path")
-            && err.contains("absolute"),
+        err.contains("storage.filesystem.root") && err.contains("relative/path") && err.contains("absolute"),
         "{err}"
     );
     let env = Env::from_pairs([("PVC_STORAGE_PATH", "/pvc")]);
-    let ok = parse(&BackendContext {
-        table: &table,
-        env: &env,
-    })
-    .unwrap();
+    let ok = parse(&BackendContext { table: &table, env: &env }).unwrap();
     assert_eq!(ok.redacted().get("root").unwrap().as_str(), Some("/pvc"));
 }

@@ -14,9 +14,7 @@ use externalsource_core::config::ConfigError;
 use externalsource_core::registry::{BackendContext, BackendDescriptor, BackendSettings};
 use externalsource_core::storage::check_range;
 use externalsource_core::units::{format_size, parse_size};
-use externalsource_core::{
-    Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError,
-};
+use externalsource_core::{Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
 use futures::stream;
 
 /// The name selected by `storage.backend = "memory"`.
@@ -25,10 +23,7 @@ pub const NAME: &str = "memory";
 /// Chunk size of response bodies: slices of the stored `Bytes`, so no copy is made.
 const CHUNK: usize = 64 * 1024;
 
-const CAPABILITIES: Capabilities = Capabilities {
-    serves_http: true,
-    shared: false,
-};
+const CAPABILITIES: Capabilities = Capabilities { serves_http: true, shared: false };
 
 externalsource_core::inventory::submit! {
     BackendDescriptor { name: NAME, capabilities: CAPABILITIES, note: "", parse }
@@ -59,9 +54,7 @@ fn parse(ctx: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigErr
         (Some(toml::Value::String(s)), None) => (s.clone(), "file"),
         (Some(other), None) => (other.to_string(), "file"),
         (None, None) => {
-            return Ok(Box::new(MemorySettings {
-                max_bytes: DEFAULT_MAX_BYTES,
-            }));
+            return Ok(Box::new(MemorySettings { max_bytes: DEFAULT_MAX_BYTES }));
         }
     };
     let max_bytes = parse_size(&text).map_err(|e| ConfigError::Invalid {
@@ -83,18 +76,12 @@ fn parse(ctx: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigErr
 impl BackendSettings for MemorySettings {
     fn redacted(&self) -> toml::Table {
         let mut t = toml::Table::new();
-        t.insert(
-            "max_bytes".into(),
-            toml::Value::String(format_size(self.max_bytes)),
-        );
+        t.insert("max_bytes".into(), toml::Value::String(format_size(self.max_bytes)));
         t
     }
 
     async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError> {
-        Ok(Arc::new(MemoryStorage::new(
-            self.max_bytes,
-            base_url.map(str::to_owned),
-        )))
+        Ok(Arc::new(MemoryStorage::new(self.max_bytes, base_url.map(str::to_owned))))
     }
 }
 
@@ -115,12 +102,7 @@ impl MemoryStorage {
     /// `base_url` is the artifact server's; without one, URLs use the predecessor's
     /// `memory://localhost/` form.
     pub fn new(max_bytes: u64, base_url: Option<String>) -> Self {
-        Self {
-            objects: DashMap::new(),
-            used: AtomicU64::new(0),
-            max_bytes,
-            base_url,
-        }
+        Self { objects: DashMap::new(), used: AtomicU64::new(0), max_bytes, base_url }
     }
 
     /// Bytes currently held.
@@ -136,12 +118,7 @@ impl MemoryStorage {
                 (next <= self.max_bytes).then_some(next)
             })
             .map(|_| ())
-            .map_err(|used| StorageError::OverBudget {
-                key: key.clone(),
-                size: add,
-                used,
-                budget: self.max_bytes,
-            })
+            .map_err(|used| StorageError::OverBudget { key: key.clone(), size: add, used, budget: self.max_bytes })
     }
 }
 
@@ -162,10 +139,7 @@ impl Storage for MemoryStorage {
             digest: Digest::of(&body),
             last_modified: SystemTime::now(),
         };
-        let entry = Arc::new(Entry {
-            bytes: body,
-            meta: meta.clone(),
-        });
+        let entry = Arc::new(Entry { bytes: body, meta: meta.clone() });
         // The map's shard lock is held across reserve-and-insert so concurrent overwrites of one
         // key account for exactly the object they replace.
         match self.objects.entry(key.clone()) {
@@ -186,31 +160,18 @@ impl Storage for MemoryStorage {
         key: &ObjectKey,
         range: Option<std::ops::RangeInclusive<u64>>,
     ) -> Result<ObjectBody, StorageError> {
-        let entry = self
-            .objects
-            .get(key)
-            .map(|e| e.clone())
-            .ok_or_else(|| StorageError::NotFound(key.clone()))?;
+        let entry = self.objects.get(key).map(|e| e.clone()).ok_or_else(|| StorageError::NotFound(key.clone()))?;
         let range = check_range(&entry.meta, range)?;
         let bytes = match &range {
             Some(r) => entry.bytes.slice(*r.start() as usize..=*r.end() as usize),
             None => entry.bytes.clone(),
         };
-        let chunks = (0..bytes.len())
-            .step_by(CHUNK)
-            .map(move |at| Ok(bytes.slice(at..(at + CHUNK).min(bytes.len()))));
-        Ok(ObjectBody {
-            meta: entry.meta.clone(),
-            range,
-            stream: Box::pin(stream::iter(chunks.collect::<Vec<_>>())),
-        })
+        let chunks = (0..bytes.len()).step_by(CHUNK).map(move |at| Ok(bytes.slice(at..(at + CHUNK).min(bytes.len()))));
+        Ok(ObjectBody { meta: entry.meta.clone(), range, stream: Box::pin(stream::iter(chunks.collect::<Vec<_>>())) })
     }
 
     async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
-        self.objects
-            .get(key)
-            .map(|e| e.meta.clone())
-            .ok_or_else(|| StorageError::NotFound(key.clone()))
+        self.objects.get(key).map(|e| e.meta.clone()).ok_or_else(|| StorageError::NotFound(key.clone()))
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
@@ -221,12 +182,8 @@ impl Storage for MemoryStorage {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        let mut out: Vec<ObjectMeta> = self
-            .objects
-            .iter()
-            .filter(|e| e.key().as_str().starts_with(prefix))
-            .map(|e| e.meta.clone())
-            .collect();
+        let mut out: Vec<ObjectMeta> =
+            self.objects.iter().filter(|e| e.key().as_str().starts_with(prefix)).map(|e| e.meta.clone()).collect();
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
     }
@@ -248,11 +205,8 @@ mod tests {
     const BUDGET: u64 = 16 * 1024 * 1024;
 
     async fn fixture() -> Fixture {
-        Fixture::new(Arc::new(MemoryStorage::new(
-            BUDGET,
-            Some("http://svc.ns.svc.cluster.local:8080".into()),
-        )))
-        .with_budget(BUDGET)
+        Fixture::new(Arc::new(MemoryStorage::new(BUDGET, Some("http://svc.ns.svc.cluster.local:8080".into()))))
+            .with_budget(BUDGET)
     }
 
     externalsource_core::behaviour_suite!(fixture, with_budget);
@@ -261,14 +215,8 @@ mod tests {
     fn urls_use_the_base_url_or_the_memory_scheme() {
         let k = ObjectKey::parse("artifacts/ns/n/abc.tar.gz").unwrap();
         let served = MemoryStorage::new(1, Some("http://svc.ns.svc.cluster.local:8080".into()));
-        assert_eq!(
-            served.url(&k),
-            "http://svc.ns.svc.cluster.local:8080/artifacts/ns/n/abc.tar.gz"
-        );
-        assert_eq!(
-            MemoryStorage::new(1, None).url(&k),
-            "memory://localhost/artifacts/ns/n/abc.tar.gz"
-        );
+        assert_eq!(served.url(&k), "http://svc.ns.svc.cluster.local:8080/artifacts/ns/n/abc.tar.gz");
+        assert_eq!(MemoryStorage::new(1, None).url(&k), "memory://localhost/artifacts/ns/n/abc.tar.gz");
     }
 
     #[test]
@@ -276,34 +224,14 @@ mod tests {
         let env = Env::default();
         let mut table = toml::Table::new();
         table.insert("max_bytes".into(), "2MiB".into());
-        let s = parse(&BackendContext {
-            table: &table,
-            env: &env,
-        })
-        .unwrap();
-        assert_eq!(
-            s.redacted().get("max_bytes").unwrap().as_str(),
-            Some("2MiB")
-        );
+        let s = parse(&BackendContext { table: &table, env: &env }).unwrap();
+        assert_eq!(s.redacted().get("max_bytes").unwrap().as_str(), Some("2MiB"));
         table.insert("max_bytes".into(), "lots".into());
-        let err = parse(&BackendContext {
-            table: &table,
-            env: &env,
-        })
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("storage.memory.max_bytes") && err.contains("lots"),
-            "{err}"
-        );
+        let err = parse(&BackendContext { table: &table, env: &env }).unwrap_err().to_string();
+        assert!(err.contains("storage.memory.max_bytes") && err.contains("lots"), "{err}");
         table.clear();
         table.insert("max_byte".into(), 5.into());
-        let err = parse(&BackendContext {
-            table: &table,
-            env: &env,
-        })
-        .unwrap_err()
-        .to_string();
+        let err = parse(&BackendContext { table: &table, env: &env }).unwrap_err().to_string();
         assert!(err.contains("max_byte"), "{err}");
     }
 }
