@@ -22,3 +22,6 @@ pub use storage::{ByteRange, Capabilities, ObjectBody, ObjectMeta, Storage, Stor
 
 /// Re-exported so a backend crate's `inventory::submit!` resolves without its own dependency.
 pub use inventory;
+
+#[cfg(feature = "controller")]
+pub mod controller;

@@ -53,7 +53,6 @@ build_kube_apiserver() {
       while read -r m; do echo "	$m => $m v0.${K8S_VERSION#1.}"; done
     echo ")"
   } > go.mod
-  go mod tidy >&2 2>/dev/null || true
   cat > tools.go <<'GO'
 //go:build tools
 

@@ -1,0 +1,214 @@
+//! Start-up and shutdown: storage, servers, leader election, controller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use externalsource_core::config::Config;
+use externalsource_core::controller::fetch::Fetcher;
+use externalsource_core::controller::leader::{LeaderElector, Timings};
+use externalsource_core::controller::metrics::Metrics;
+use externalsource_core::controller::plan::Defaults;
+use externalsource_core::controller::reconcile::Context;
+use externalsource_core::controller::{self, StartError};
+use externalsource_core::{Storage, StorageError};
+use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions};
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::Command;
+
+/// Why the process stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot open the {backend} storage: {source}")]
+    Storage {
+        backend: &'static str,
+        #[source]
+        source: StorageError,
+    },
+    #[error("cannot listen on {key} = {addr}: {source}")]
+    Bind {
+        key: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot reach the Kubernetes API (KUBECONFIG or in-cluster config): {0}")]
+    Kube(#[source] kube::Error),
+    #[error(transparent)]
+    Start(#[from] StartError),
+    #[error("leadership was lost; exiting so a fresh process can compete again")]
+    LeadershipLost,
+}
+
+async fn bind(key: &'static str, host: &str, port: u16) -> Result<TcpListener, AppError> {
+    let addr = format!("{host}:{port}");
+    let parsed: Result<SocketAddr, _> = addr.parse();
+    let result = match parsed {
+        Ok(a) => TcpListener::bind(a).await,
+        Err(_) => TcpListener::bind(addr.as_str()).await,
+    };
+    result.map_err(|source| AppError::Bind { key, addr, source })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the process");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Runs `mode` until a termination signal (or lost leadership).
+pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            termination_signal().await;
+            tracing::info!("termination signal received; draining");
+            shutdown.cancel();
+        });
+    }
+    let base_url = config.server.base_url();
+    let storage: Arc<dyn Storage> = config
+        .storage
+        .build(base_url.as_deref())
+        .await
+        .map_err(|source| AppError::Storage { backend: config.backend, source })?;
+    let capabilities = storage.capabilities();
+    tracing::info!(backend = config.backend, %capabilities, base_url = ?base_url, "storage ready");
+
+    let mut registry = Registry::default();
+    let routes = if config.server.enabled { ArtifactRoutes::new(storage.clone(), &mut registry) } else { None };
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let readiness = Readiness::new(false);
+    let options = ServeOptions {
+        header_read_timeout: config.server.header_read_timeout,
+        idle_timeout: config.server.idle_timeout,
+        shutdown_grace: config.server.shutdown_grace,
+    };
+
+    let mut servers: Vec<JoinHandle<()>> = Vec::new();
+    let ops_listener = bind("ops.port", &config.ops.bind_address, config.ops.port).await?;
+    tracing::info!(addr = ?ops_listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics)");
+    if config.server.enabled {
+        let listener = bind("server.port", &config.server.bind_address, config.server.port).await?;
+        let mounted = routes.is_some();
+        tracing::info!(addr = ?listener.local_addr().ok(), artifact_routes = mounted, "artifact server listening");
+        let service = ArtifactService::new(routes);
+        let token = shutdown.clone();
+        servers.push(tokio::spawn(async move {
+            externalsource_server::serve(listener, service, options, token.cancelled_owned()).await;
+        }));
+    }
+    let registry = Arc::new(registry);
+    {
+        let token = shutdown.clone();
+        let (registry, readiness) = (registry.clone(), readiness.clone());
+        servers.push(tokio::spawn(async move {
+            externalsource_server::serve_ops(ops_listener, registry, readiness, token.cancelled_owned()).await;
+        }));
+    }
+
+    let result = match mode {
+        Command::Serve => {
+            readiness.set(true);
+            shutdown.cancelled().await;
+            Ok(())
+        }
+        _ => run_controller(&config, storage, metrics, readiness.clone(), shutdown.clone()).await,
+    };
+    readiness.set(false);
+    shutdown.cancel();
+    for server in servers {
+        let _ = server.await;
+    }
+    result
+}
+
+async fn run_controller(
+    config: &Config,
+    storage: Arc<dyn Storage>,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let client = kube::Client::try_default().await.map_err(AppError::Kube)?;
+    controller::check_crds(&client).await?;
+    let shared = storage.capabilities().shared;
+    // With a shared store every replica serves the same objects, so every replica is Ready;
+    // otherwise only the leader holds the artifacts and only it may receive downloads.
+    if shared || !config.controller.leader_election {
+        readiness.set(true);
+    }
+    let elector = config.controller.leader_election.then(|| {
+        LeaderElector::new(
+            client.clone(),
+            &config.server.service_namespace,
+            &config.controller.lease_name,
+            &config.controller.pod_name,
+            Timings::default(),
+        )
+    });
+    if let Some(elector) = &elector {
+        tracing::info!(lease = %config.controller.lease_name, identity = %config.controller.pod_name, "waiting for leadership");
+        tokio::select! {
+            _ = elector.acquire() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        readiness.set(true);
+    }
+    let reporter =
+        Reporter { controller: "externalsource-controller".into(), instance: Some(config.controller.pod_name.clone()) };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        storage,
+        Fetcher::new(config.fetch.user_agent.clone()),
+        Defaults {
+            min_interval: config.controller.min_interval,
+            timeout: config.fetch.timeout,
+            max_size: config.fetch.max_size,
+        },
+        config.controller.retention.into(),
+        Recorder::new(client, reporter),
+        metrics,
+    ));
+    tracing::info!(concurrency = config.controller.concurrency, "controller starting");
+    let controller = controller::run(ctx, config.controller.concurrency, shutdown.clone().cancelled_owned());
+    let lost = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        _ = controller => Ok(()),
+        _ = lost => {
+            readiness.set(false);
+            shutdown.cancel();
+            Err(AppError::LeadershipLost)
+        }
+    };
+    if let Some(elector) = &elector {
+        elector.release().await;
+    }
+    result
+}

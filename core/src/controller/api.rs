@@ -1,0 +1,229 @@
+//! The API types: our `ExternalSource` (wire-compatible with the predecessor) and the subset of
+//! Flux's `ExternalArtifact` that we write.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of `ExternalSource`.
+pub const GROUP: &str = "source.flux.oddkin.co";
+/// `apiVersion` of `ExternalSource`.
+pub const API_VERSION: &str = "source.flux.oddkin.co/v1alpha1";
+/// The CRD pattern of `interval` (Go duration syntax).
+pub const INTERVAL_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
+
+/// Fetches an HTTP resource on an interval and publishes it as a Flux artifact.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "source.flux.oddkin.co",
+    version = "v1alpha1",
+    kind = "ExternalSource",
+    namespaced,
+    status = "ExternalSourceStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
+    printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.artifact.revision","priority":1}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.artifact.url","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSourceSpec {
+    /// How often the source is fetched, in Go duration syntax (`30s`, `5m`, `1h30m`). Values below
+    /// the controller's minimum are raised to it.
+    #[schemars(schema_with = "interval_schema")]
+    pub interval: String,
+    /// Suspends fetching; the last artifact stays published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// Path of the payload inside the artifact; relative, without `..` (default `data`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_path: Option<String>,
+    /// Retries for hooks (predecessor field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "max_retries_schema")]
+    pub max_retries: Option<i32>,
+    /// Commands run before and after the request (predecessor field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<HooksSpec>,
+    /// Where the data comes from.
+    pub generator: GeneratorSpec,
+    /// Total timeout of the fetch, in Go duration syntax; defaults to the controller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Largest payload accepted (decoded bytes), e.g. `10MiB`; defaults to the controller's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_size: Option<String>,
+    /// Reshapes a JSON payload before packaging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformSpec>,
+}
+
+fn interval_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "minLength": 2, "pattern": INTERVAL_PATTERN })
+}
+
+fn max_retries_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "integer", "format": "int32", "minimum": 0, "maximum": 10, "default": 3 })
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HooksSpec {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pre_request: Vec<HookSpec>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub post_request: Vec<HookSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookSpec {
+    pub name: String,
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_policy: Option<RetryPolicy>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryPolicy {
+    Ignore,
+    Retry,
+    Fail,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct EnvVar {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct GeneratorSpec {
+    #[serde(rename = "type")]
+    pub type_: GeneratorType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpGeneratorSpec>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum GeneratorType {
+    Http,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpGeneratorSpec {
+    /// The URL fetched (http or https).
+    pub url: String,
+    /// HTTP method (default GET).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// A Secret in the same namespace whose keys and values are sent as request headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<SecretReference>,
+    /// A Secret key holding PEM certificates added to the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeyReference>,
+    /// Skips TLS verification; for tests only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insecure_skip_verify: Option<bool>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretReference {
+    pub name: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct SecretKeyReference {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct TransformSpec {
+    /// A jq expression applied to the JSON payload.
+    pub jq: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalSourceStatus {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_e_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The value of the `reconcile.fluxcd.io/requestedAt` annotation last handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// An artifact, in Flux's shape (also used in `ExternalArtifact.status.artifact`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub url: String,
+    pub revision: String,
+    pub digest: String,
+    pub path: String,
+    pub size: i64,
+    pub last_update_time: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Flux's `ExternalArtifact` (source.toolkit.fluxcd.io/v1); Flux owns the CRD.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "source.toolkit.fluxcd.io",
+    version = "v1",
+    kind = "ExternalArtifact",
+    namespaced,
+    status = "ExternalArtifactStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalArtifactSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ref: Option<SourceRef>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalArtifactStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<Artifact>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CRD of `ExternalSource` as YAML, exactly as committed under `deploy/`.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&ExternalSource::crd())
+}

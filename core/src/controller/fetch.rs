@@ -1,0 +1,248 @@
+//! The HTTP fetcher: one pooled client per TLS setting, bodies capped while streaming.
+//!
+//! The cap applies to decoded bytes (reqwest decodes gzip, deflate and brotli), so a small gzip
+//! bomb is refused like a large body. Headers from a Secret are never sent to another host: the
+//! redirect policy of clients that carry them refuses cross-host redirects.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
+use reqwest::{Method, StatusCode, Url, redirect};
+
+/// What to fetch and how.
+#[derive(Debug, Clone)]
+pub struct FetchRequest {
+    pub url: Url,
+    pub method: Method,
+    /// Headers from the headers Secret.
+    pub headers: HeaderMap,
+    pub tls: TlsSettings,
+    pub timeout: Duration,
+    pub max_size: u64,
+    /// The ETag of the stored artifact, sent as `If-None-Match`.
+    pub if_none_match: Option<String>,
+}
+
+/// TLS settings that need a client of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// PEM certificates added to the system roots.
+    pub ca_bundle: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+}
+
+/// The outcome of a successful request.
+#[derive(Debug)]
+pub enum FetchOutcome {
+    /// 304: the stored artifact is current.
+    NotModified,
+    Fetched {
+        body: Bytes,
+        etag: Option<String>,
+    },
+}
+
+/// Why a fetch failed, classified the way the reconciler retries.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: StatusCode, retry_after: Option<Duration> },
+    #[error("the response of {url} exceeds the size limit of {limit} bytes")]
+    TooLarge { url: String, limit: u64 },
+    #[error("request to {url} timed out after {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("request to {url} failed: {message}")]
+    Transport { url: String, message: String },
+    #[error("invalid CA bundle: {0}")]
+    InvalidCaBundle(String),
+    #[error("cannot build an HTTP client: {0}")]
+    Client(String),
+}
+
+impl FetchError {
+    /// 4xx other than 408 and 429 will not change by retrying soon; wait for the next interval.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Status { status, .. } => {
+                status.is_client_error()
+                    && *status != StatusCode::REQUEST_TIMEOUT
+                    && *status != StatusCode::TOO_MANY_REQUESTS
+            }
+            Self::TooLarge { .. } | Self::InvalidCaBundle(_) | Self::Client(_) => true,
+            Self::Timeout { .. } | Self::Transport { .. } => false,
+        }
+    }
+
+    /// A server-requested delay (429/503 `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    tls: TlsSettings,
+    /// Clients that carry Secret headers refuse cross-host redirects.
+    confine_redirects: bool,
+}
+
+/// Pooled clients, rebuilt only when TLS settings differ.
+pub struct Fetcher {
+    user_agent: String,
+    clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
+}
+
+/// Redirects followed at most.
+const MAX_REDIRECTS: usize = 10;
+
+impl Fetcher {
+    pub fn new(user_agent: impl Into<String>) -> Self {
+        Self { user_agent: user_agent.into(), clients: Mutex::new(HashMap::new()) }
+    }
+
+    fn client(&self, key: ClientKey) -> Result<reqwest::Client, FetchError> {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = clients.get(&key) {
+            return Ok(c.clone());
+        }
+        let confine = key.confine_redirects;
+        let policy = redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= MAX_REDIRECTS {
+                return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+            }
+            let scheme = attempt.url().scheme().to_owned();
+            if !matches!(scheme.as_str(), "http" | "https") {
+                return attempt.error(format!("redirect to non-HTTP scheme {scheme:?} refused"));
+            }
+            let first =
+                attempt.previous().first().map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()));
+            let next = (attempt.url().host_str().map(str::to_owned), attempt.url().port_or_known_default());
+            if confine && first.is_some_and(|f| f != next) {
+                return attempt.error("redirect to another host refused: the request carries headers from a Secret");
+            }
+            attempt.follow()
+        });
+        let mut builder = reqwest::Client::builder()
+            .redirect(policy)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(pem) = &key.tls.ca_bundle {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(pem).map_err(|e| FetchError::InvalidCaBundle(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(FetchError::InvalidCaBundle("no PEM certificate found".into()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        if key.tls.insecure_skip_verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let client = builder.build().map_err(|e| FetchError::Client(error_chain(&e)))?;
+        clients.insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// Performs the request; the body is read while counting decoded bytes against the cap.
+    pub async fn fetch(&self, req: &FetchRequest) -> Result<FetchOutcome, FetchError> {
+        let url = req.url.to_string();
+        let client = self.client(ClientKey { tls: req.tls.clone(), confine_redirects: !req.headers.is_empty() })?;
+        let mut builder = client
+            .request(req.method.clone(), req.url.clone())
+            .timeout(req.timeout)
+            .headers(req.headers.clone())
+            .header(USER_AGENT, &self.user_agent);
+        if let Some(etag) = &req.if_none_match {
+            builder = builder.header(IF_NONE_MATCH, etag);
+        }
+        let transport = |e: reqwest::Error| {
+            if e.is_timeout() {
+                FetchError::Timeout { url: url.clone(), timeout: req.timeout }
+            } else {
+                FetchError::Transport { url: url.clone(), message: error_chain(&e) }
+            }
+        };
+        let mut response = builder.send().await.map_err(transport)?;
+        let status = response.status();
+        if status == StatusCode::NOT_MODIFIED {
+            return Ok(FetchOutcome::NotModified);
+        }
+        if !status.is_success() {
+            let retry_after =
+                response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).and_then(parse_retry_after);
+            return Err(FetchError::Status { url, status, retry_after });
+        }
+        let too_large = || FetchError::TooLarge { url: url.clone(), limit: req.max_size };
+        // A declared length only counts when the body is not encoded (decoded sizes differ).
+        let encoded = response.headers().contains_key(reqwest::header::CONTENT_ENCODING);
+        if !encoded && response.content_length().is_some_and(|n| n > req.max_size) {
+            return Err(too_large());
+        }
+        let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() as u64 + chunk.len() as u64 > req.max_size {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(FetchOutcome::Fetched { body: body.freeze(), etag })
+    }
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(secs) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate_parse(value)?;
+    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+fn httpdate_parse(value: &str) -> Option<SystemTime> {
+    k8s_openapi::jiff::fmt::rfc2822::parse(value.trim()).ok().map(|z| SystemTime::from(z.timestamp()))
+}
+
+/// The error and its sources in one line (reqwest's top-level message hides the cause).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_forms() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn classification() {
+        let status = |s: u16| FetchError::Status {
+            url: "u".into(),
+            status: StatusCode::from_u16(s).unwrap(),
+            retry_after: None,
+        };
+        assert!(status(404).is_permanent());
+        assert!(status(403).is_permanent());
+        assert!(!status(408).is_permanent());
+        assert!(!status(429).is_permanent());
+        assert!(!status(500).is_permanent());
+        assert!(!status(503).is_permanent());
+    }
+}

@@ -1,0 +1,121 @@
+//! The Kubernetes side: API types, fetcher, reconciler, leader election and the wiring of the
+//! kube-runtime `Controller`.
+
+pub mod api;
+pub mod conditions;
+pub mod fetch;
+pub mod leader;
+pub mod metrics;
+pub mod plan;
+pub mod reconcile;
+pub mod revision;
+
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+
+use api::{ExternalArtifact, ExternalSource};
+use reconcile::{Context, REQUESTED_AT, error_policy, reconcile};
+
+/// Failures that stop the controller from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("the {kind} CRD ({group}) is not installed or not readable: {source}; {hint}")]
+    MissingCrd {
+        kind: &'static str,
+        group: &'static str,
+        hint: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// Checks that both CRDs we use are served, so a missing install fails fast and clearly.
+pub async fn check_crds(client: &kube::Client) -> Result<(), StartError> {
+    let sources: Api<ExternalSource> = Api::all(client.clone());
+    sources.list(&ListParams::default().limit(1)).await.map_err(|source| StartError::MissingCrd {
+        kind: "ExternalSource",
+        group: api::GROUP,
+        hint: "install it with `kubectl apply -k deploy/default` or `externalsource-controller crd | kubectl apply -f -`",
+        source,
+    })?;
+    let artifacts: Api<ExternalArtifact> = Api::all(client.clone());
+    artifacts.list(&ListParams::default().limit(1)).await.map_err(|source| StartError::MissingCrd {
+        kind: "ExternalArtifact",
+        group: "source.toolkit.fluxcd.io",
+        hint: "it ships with Flux 2.7 or later",
+        source,
+    })?;
+    Ok(())
+}
+
+/// What triggers a reconcile of an ExternalSource: a spec change (generation), Flux's
+/// requestedAt annotation, finalizer changes and deletion; never our own status writes.
+fn trigger_hash(es: &ExternalSource) -> Option<u64> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    es.metadata.generation.hash(&mut h);
+    es.annotations().get(REQUESTED_AT).hash(&mut h);
+    es.finalizers().hash(&mut h);
+    es.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Names of the Secrets a source reads.
+fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
+    let http = es.spec.generator.http.as_ref();
+    let headers = http.and_then(|h| h.headers_secret_ref.as_ref()).map(|r| r.name.as_str());
+    let ca = http.and_then(|h| h.ca_bundle_secret_ref.as_ref()).map(|r| r.name.as_str());
+    headers.into_iter().chain(ca)
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let client = ctx.client.clone();
+    let (reader, writer) = reflector::store();
+    let sources = watcher(Api::<ExternalSource>::all(client.clone()), watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash, Default::default());
+    // Secret changes arrive through a metadata-only watch: no Secret data is cached.
+    let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    let store = reader.clone();
+    let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
+        let ns = secret.namespace();
+        let name = secret.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|es| es.namespace() == ns && referenced_secrets(es).any(|s| s == name))
+            .map(|es| ObjectRef::from_obj(es.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    Controller::for_stream(sources, reader)
+        .owns(Api::<ExternalArtifact>::all(client), watcher::Config::default())
+        .watches_stream(secrets, secret_mapper)
+        .with_config(controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+/// The object reference of an ExternalSource, for events.
+pub fn object_ref(es: &ExternalSource) -> k8s_openapi::api::core::v1::ObjectReference {
+    es.object_ref(&())
+}

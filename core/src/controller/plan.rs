@@ -1,0 +1,225 @@
+//! Turns a spec into a validated fetch plan, or a configuration problem that names the field.
+//!
+//! Configuration problems are not retried: the object waits for a spec or Secret change.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+
+use super::api::{ExternalSourceSpec, GeneratorType};
+use super::conditions::reason;
+use crate::package::DestinationPath;
+use crate::units::{format_duration, parse_duration, parse_size};
+
+/// Default `destinationPath` (the predecessor's).
+pub const DEFAULT_DESTINATION: &str = "data";
+
+/// A configuration problem: the condition reason and a message naming field, value and rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ConfigProblem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl ConfigProblem {
+    pub fn invalid(field: &str, value: &str, rule: impl std::fmt::Display) -> Self {
+        Self { reason: reason::INVALID_SPEC, message: format!("{field}: {value:?} {rule}") }
+    }
+}
+
+/// Controller-wide defaults a plan falls back to.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub min_interval: Duration,
+    pub timeout: Duration,
+    pub max_size: u64,
+}
+
+/// A validated spec.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub url: Url,
+    pub method: Method,
+    pub interval: Duration,
+    /// Set when `interval` was below the minimum and raised to it.
+    pub interval_raised_from: Option<String>,
+    pub destination: DestinationPath,
+    pub timeout: Duration,
+    pub max_size: u64,
+    pub headers_secret: Option<String>,
+    pub ca_bundle: Option<(String, String)>,
+    pub insecure_skip_verify: bool,
+}
+
+/// Methods accepted for `generator.http.method`.
+const METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+
+impl Plan {
+    pub fn from_spec(spec: &ExternalSourceSpec, defaults: &Defaults) -> Result<Self, ConfigProblem> {
+        let requested = parse_duration(&spec.interval).map_err(|_| {
+            ConfigProblem::invalid("spec.interval", &spec.interval, "is not a Go duration such as 30s, 5m or 1h30m")
+        })?;
+        let (interval, interval_raised_from) = if requested < defaults.min_interval {
+            (defaults.min_interval, Some(spec.interval.clone()))
+        } else {
+            (requested, None)
+        };
+        let raw_path = spec.destination_path.as_deref().unwrap_or(DEFAULT_DESTINATION);
+        let destination = DestinationPath::parse(raw_path)
+            .map_err(|e| ConfigProblem::invalid("spec.destinationPath", raw_path, e))?;
+        if spec.hooks.as_ref().is_some_and(|h| !h.pre_request.is_empty() || !h.post_request.is_empty()) {
+            return Err(ConfigProblem {
+                reason: reason::UNSUPPORTED,
+                message: "spec.hooks: hooks are not supported by this controller; remove them (in-process transforms are the planned replacement)".into(),
+            });
+        }
+        if let Some(t) = &spec.transform {
+            return Err(ConfigProblem {
+                reason: reason::UNSUPPORTED,
+                message: format!(
+                    "spec.transform.jq: {:?} cannot be applied: jq transforms are not supported by this build",
+                    t.jq
+                ),
+            });
+        }
+        let GeneratorType::Http = spec.generator.type_;
+        let http = spec.generator.http.as_ref().ok_or_else(|| {
+            ConfigProblem::invalid("spec.generator.http", "", "is required when spec.generator.type is http")
+        })?;
+        let url = Url::parse(&http.url)
+            .map_err(|e| ConfigProblem::invalid("spec.generator.http.url", &http.url, format!("is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(ConfigProblem::invalid(
+                "spec.generator.http.url",
+                &http.url,
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        let method_text = http.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
+        if !METHODS.contains(&method_text.as_str()) {
+            return Err(ConfigProblem::invalid(
+                "spec.generator.http.method",
+                &method_text,
+                format!("must be one of {}", METHODS.join(", ")),
+            ));
+        }
+        let method = Method::from_bytes(method_text.as_bytes())
+            .map_err(|_| ConfigProblem::invalid("spec.generator.http.method", &method_text, "is not an HTTP method"))?;
+        let timeout = match &spec.timeout {
+            None => defaults.timeout,
+            Some(t) => parse_duration(t)
+                .ok()
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(600))
+                .ok_or_else(|| ConfigProblem::invalid("spec.timeout", t, "must be a duration from 1s to 10m"))?,
+        };
+        let max_size = match &spec.max_size {
+            None => defaults.max_size,
+            Some(s) => parse_size(s).ok().filter(|n| *n > 0 && *n <= defaults.max_size).ok_or_else(|| {
+                ConfigProblem::invalid(
+                    "spec.maxSize",
+                    s,
+                    format!("must be a byte size from 1 to the controller's limit of {} bytes", defaults.max_size),
+                )
+            })?,
+        };
+        Ok(Self {
+            url,
+            method,
+            interval,
+            interval_raised_from,
+            destination,
+            timeout,
+            max_size,
+            headers_secret: http.headers_secret_ref.as_ref().map(|r| r.name.clone()),
+            ca_bundle: http.ca_bundle_secret_ref.as_ref().map(|r| (r.name.clone(), r.key.clone())),
+            insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
+        })
+    }
+
+    /// Message of the `IntervalRaised` condition, when it applies.
+    pub fn interval_warning(&self) -> Option<String> {
+        self.interval_raised_from.as_ref().map(|from| {
+            format!("spec.interval {from:?} is below the controller minimum; using {}", format_duration(self.interval))
+        })
+    }
+}
+
+/// Builds request headers from a Secret's data; names and values are checked, values never shown.
+pub fn headers_from_secret(
+    secret_name: &str,
+    data: &std::collections::BTreeMap<String, k8s_openapi::ByteString>,
+) -> Result<HeaderMap, ConfigProblem> {
+    let mut headers = HeaderMap::new();
+    for (key, value) in data {
+        let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| ConfigProblem {
+            reason: reason::INVALID_SPEC,
+            message: format!("Secret {secret_name:?} key {key:?} is not a valid HTTP header name"),
+        })?;
+        let value = HeaderValue::from_bytes(&value.0).map_err(|_| ConfigProblem {
+            reason: reason::INVALID_SPEC,
+            message: format!("Secret {secret_name:?} key {key:?} holds a value that is not a valid HTTP header value"),
+        })?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::api::{GeneratorSpec, HttpGeneratorSpec};
+
+    fn spec(interval: &str, path: Option<&str>, url: &str) -> ExternalSourceSpec {
+        ExternalSourceSpec {
+            interval: interval.into(),
+            suspend: None,
+            destination_path: path.map(Into::into),
+            max_retries: None,
+            hooks: None,
+            generator: GeneratorSpec {
+                type_: GeneratorType::Http,
+                http: Some(HttpGeneratorSpec {
+                    url: url.into(),
+                    method: None,
+                    headers_secret_ref: None,
+                    ca_bundle_secret_ref: None,
+                    insecure_skip_verify: None,
+                }),
+            },
+            timeout: None,
+            max_size: None,
+            transform: None,
+        }
+    }
+
+    fn defaults() -> Defaults {
+        Defaults { min_interval: Duration::from_secs(60), timeout: Duration::from_secs(30), max_size: 1 << 20 }
+    }
+
+    #[test]
+    fn valid_spec_with_raised_interval() {
+        let p = Plan::from_spec(&spec("10s", None, "http://example.invalid/x"), &defaults()).unwrap();
+        assert_eq!(p.interval, Duration::from_secs(60));
+        assert_eq!(p.destination.as_str(), "data");
+        assert!(p.interval_warning().unwrap().contains("\"10s\""));
+        let p = Plan::from_spec(&spec("5m", Some("a/b.yaml"), "https://example.invalid/x"), &defaults()).unwrap();
+        assert_eq!(p.interval, Duration::from_secs(300));
+        assert!(p.interval_warning().is_none());
+    }
+
+    #[test]
+    fn problems_name_the_field_and_value() {
+        let e = Plan::from_spec(&spec("5m", Some("../etc/passwd"), "http://x.invalid/"), &defaults()).unwrap_err();
+        assert!(e.message.starts_with("spec.destinationPath: \"../etc/passwd\""), "{}", e.message);
+        let e = Plan::from_spec(&spec("often", None, "http://x.invalid/"), &defaults()).unwrap_err();
+        assert!(e.message.starts_with("spec.interval: \"often\""), "{}", e.message);
+        let e = Plan::from_spec(&spec("5m", None, "file:///etc/passwd"), &defaults()).unwrap_err();
+        assert!(e.message.starts_with("spec.generator.http.url: \"file:///etc/passwd\""), "{}", e.message);
+        let mut s = spec("5m", None, "http://x.invalid/");
+        s.max_size = Some("2MiB".into());
+        let e = Plan::from_spec(&s, &defaults()).unwrap_err();
+        assert!(e.message.starts_with("spec.maxSize: \"2MiB\""), "{}", e.message);
+    }
+}
