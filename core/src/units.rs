@@ -90,7 +90,7 @@ pub fn parse_size(input: &str) -> Result<u64, UnitError> {
 /// Renders a byte size with the largest binary unit that divides it exactly.
 pub fn format_size(bytes: u64) -> String {
     for (unit, factor) in [("GiB", 1024_u64.pow(3)), ("MiB", 1024_u64.pow(2)), ("KiB", 1024)] {
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{}{unit}", bytes / factor);
         }
     }

@@ -1,0 +1,134 @@
+//! The accept loop shared by the artifact and ops listeners.
+//!
+//! HTTP/1.1 only: Flux's source fetchers and the kubelet speak it, and it keeps the slowloris
+//! defences simple. Each connection runs in its own task beside an idle watchdog; all of them are
+//! watched by hyper-util's [`GracefulShutdown`] so a shutdown lets responses in flight finish.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+
+use crate::idle::{Progress, ProgressIo};
+
+/// Timeouts of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOptions {
+    /// Longest time a client may take to send a request head; a connection that dribbles a
+    /// request line (slowloris) is closed when it passes. Also bounds how long an idle
+    /// keep-alive connection waits for its next request.
+    pub header_read_timeout: Duration,
+    /// A connection that neither reads nor writes a byte for this long is closed: a client that
+    /// stopped reading a download cannot hold its connection and buffers forever.
+    pub idle_timeout: Duration,
+    /// After shutdown is signalled, in-flight responses may finish within this time; then the
+    /// remaining connections are closed. Keep it below the pod's termination grace period.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServeOptions {
+    /// 10 s for a request head, 60 s without progress, 25 s to drain (Kubernetes gives a pod 30 s
+    /// between SIGTERM and SIGKILL by default).
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// Pause after a failed `accept` (out of file descriptors, typically) so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves HTTP/1.1 on `listener` until `shutdown` completes, then stops accepting (the listener
+/// is closed, so new connections are refused), lets in-flight requests finish for at most
+/// `options.shutdown_grace`, closes whatever is left and returns.
+///
+/// Failed accepts are logged and retried: none of them is a reason to stop serving.
+pub async fn serve<S, B>(listener: TcpListener, service: S, options: ServeOptions, shutdown: impl Future<Output = ()>)
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
+    let graceful = GracefulShutdown::new();
+    let mut connections = JoinSet::new();
+    let local = listener.local_addr().ok();
+    let mut shutdown = pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let conn = connection(&builder, &graceful, stream, peer, service.clone(), options.idle_timeout);
+                    connections.spawn(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(listener = ?local, error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    tracing::info!(listener = ?local, connections = connections.len(), "stopped accepting; draining connections");
+    let drain = async {
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(options.shutdown_grace, drain).await.is_err() {
+        tracing::warn!(listener = ?local, connections = connections.len(), "shutdown grace period over; closing connections");
+    }
+    connections.shutdown().await;
+}
+
+/// One connection: hyper's HTTP/1 state machine over a progress-recording transport, raced
+/// against the idle watchdog (dropping the connection closes the socket).
+fn connection<S, B>(
+    builder: &http1::Builder,
+    graceful: &GracefulShutdown,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    idle_timeout: Duration,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let progress = Progress::new();
+    let io = TokioIo::new(ProgressIo::new(stream, progress.clone()));
+    let conn = graceful.watch(builder.serve_connection(io, service));
+    async move {
+        tokio::select! {
+            result = conn => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+            }
+            () = progress.idle_for(idle_timeout) => {
+                tracing::debug!(%peer, timeout = ?idle_timeout, "closing a connection without progress");
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The controller run in-process against a control plane, with its artifact server on loopback:
+//! the same `controller::run` and server the binary uses, with test-sized intervals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use externalsource_backend_memory::MemoryStorage;
+use externalsource_core::Storage;
+use externalsource_core::controller::fetch::Fetcher;
+use externalsource_core::controller::metrics::Metrics;
+use externalsource_core::controller::plan::Defaults;
+use externalsource_core::controller::reconcile::Context;
+use externalsource_server::{ArtifactRoutes, ArtifactService, ServeOptions};
+use kube::runtime::events::{Recorder, Reporter};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Knobs of a test controller.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub min_interval: Duration,
+    pub retention: usize,
+    pub max_size: u64,
+    pub timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { min_interval: Duration::from_secs(1), retention: 2, max_size: 1 << 20, timeout: Duration::from_secs(5) }
+    }
+}
+
+/// A running controller and artifact server; both stop when dropped.
+pub struct TestController {
+    pub storage: Arc<dyn Storage>,
+    pub base_url: String,
+    pub registry: Arc<Registry>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl TestController {
+    /// With a fresh memory backend.
+    pub async fn start(client: kube::Client, options: Options) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind artifact server");
+        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(256 << 20, Some(base_url.clone())));
+        Self::start_with(client, options, storage, listener, base_url).await
+    }
+
+    /// With a given storage whose URLs point at `base_url`, served from `listener`.
+    pub async fn start_with(
+        client: kube::Client,
+        options: Options,
+        storage: Arc<dyn Storage>,
+        listener: TcpListener,
+        base_url: String,
+    ) -> Self {
+        let mut registry = Registry::default();
+        let routes = ArtifactRoutes::new(storage.clone(), &mut registry);
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let token = stop.clone();
+        let opts = ServeOptions { shutdown_grace: Duration::from_millis(200), ..ServeOptions::default() };
+        tasks.push(tokio::spawn(async move {
+            externalsource_server::serve(listener, ArtifactService::new(routes), opts, token.cancelled_owned()).await;
+        }));
+        let reporter = Reporter { controller: "externalsource-controller".into(), instance: Some("test".into()) };
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            storage.clone(),
+            Fetcher::new("externalsource-controller/test"),
+            Defaults { min_interval: options.min_interval, timeout: options.timeout, max_size: options.max_size },
+            options.retention,
+            Recorder::new(client, reporter),
+            metrics,
+        ));
+        let token = stop.clone();
+        tasks.push(tokio::spawn(externalsource_core::controller::run(ctx, 4, token.cancelled_owned())));
+        Self { storage, base_url, registry: Arc::new(registry), stop, tasks }
+    }
+
+    /// Stops the controller and server and waits for them.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        for t in self.tasks.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+    }
+}
+
+impl Drop for TestController {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}

@@ -1,0 +1,188 @@
+//! A real HTTP(S) server on loopback that plays the upstream API: replies are set by the test,
+//! requests are recorded. Honours `If-None-Match` like a real API with ETags.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_rustls::rustls;
+use tokio_util::sync::CancellationToken;
+
+/// What the fixture answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Bytes,
+    pub etag: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Bytes>) -> Self {
+        Self { status: 200, body: body.into(), etag: None, headers: Vec::new() }
+    }
+
+    pub fn status(status: u16) -> Self {
+        Self { status, body: Bytes::from_static(b"error"), etag: None, headers: Vec::new() }
+    }
+
+    pub fn with_etag(mut self, etag: &str) -> Self {
+        self.etag = Some(etag.to_owned());
+        self
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A request the fixture received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    /// Status the fixture answered with.
+    pub status: u16,
+}
+
+struct State {
+    reply: Reply,
+    requests: Vec<Recorded>,
+}
+
+/// The running server; stops when dropped.
+pub struct Fixture {
+    addr: SocketAddr,
+    scheme: &'static str,
+    state: Arc<Mutex<State>>,
+    stop: CancellationToken,
+}
+
+impl Fixture {
+    /// Plain HTTP.
+    pub async fn start(reply: Reply) -> Self {
+        Self::start_inner(reply, None).await
+    }
+
+    /// HTTPS with the given PEM certificate chain and key.
+    pub async fn start_tls(reply: Reply, cert_pem: &str, key_pem: &str) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .expect("tls versions")
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .expect("server cert");
+        Self::start_inner(reply, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_inner(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fixture");
+        let addr = listener.local_addr().expect("addr");
+        let state = Arc::new(Mutex::new(State { reply, requests: Vec::new() }));
+        let stop = CancellationToken::new();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (st, token) = (state.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => match accepted { Ok(s) => s, Err(_) => continue },
+                    _ = token.cancelled() => return,
+                };
+                let st = st.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(st.clone(), req));
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(stream).await {
+                                let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                            }
+                        }
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, scheme, state, stop }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}://localhost:{}{path}", self.scheme, self.addr.port())
+    }
+
+    pub fn set(&self, reply: Reply) {
+        self.state.lock().expect("fixture state").reply = reply;
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.lock().expect("fixture state").requests.clone()
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.state.lock().expect("fixture state").requests.len()
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let mut st = state.lock().expect("fixture state");
+    let reply = st.reply.clone();
+    let not_modified = reply.status == 200
+        && reply.etag.as_deref().is_some_and(|etag| {
+            req.headers().get(http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag)
+        });
+    let status = if not_modified { 304 } else { reply.status };
+    st.requests.push(Recorded {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        headers: req.headers().clone(),
+        status,
+    });
+    let mut builder =
+        Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+    if let Some(etag) = &reply.etag {
+        builder = builder.header(http::header::ETAG, etag);
+    }
+    for (name, value) in &reply.headers {
+        builder = builder.header(name, value);
+    }
+    let body = if not_modified { Bytes::new() } else { reply.body };
+    Ok(builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+}
+
+/// A CA and a server certificate for `localhost` signed by it, as PEM: (ca, cert, key).
+pub fn tls_material() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "externalsource test CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+    let cert = params.signed_by(&key, &issuer).expect("server cert");
+    (ca.pem(), cert.pem(), key.serialize_pem())
+}
