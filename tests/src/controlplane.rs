@@ -80,6 +80,8 @@ impl ControlPlane {
         let key = rcgen::KeyPair::generate().expect("service account key");
         let sa_key = dir.path().join("sa.key");
         std::fs::write(&sa_key, key.serialize_pem()).expect("write key");
+        let sa_pub = dir.path().join("sa.pub");
+        std::fs::write(&sa_pub, key.public_key_pem()).expect("write public key");
         let tokens = dir.path().join("tokens.csv");
         std::fs::write(&tokens, format!("{TOKEN},admin,admin,\"system:masters\"\n")).expect("write tokens");
         let apiserver = spawn(
@@ -92,7 +94,7 @@ impl ControlPlane {
                 format!("--token-auth-file={}", tokens.display()),
                 "--authorization-mode=RBAC".into(),
                 format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-                format!("--service-account-key-file={}", sa_key.display()),
+                format!("--service-account-key-file={}", sa_pub.display()),
                 format!("--service-account-signing-key-file={}", sa_key.display()),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
                 "--disable-admission-plugins=ServiceAccount".into(),

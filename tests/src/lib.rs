@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod controlplane;
 pub mod fixture;
+pub mod process;
 
 pub use controller::TestController;
 pub use controlplane::ControlPlane;

@@ -1,0 +1,439 @@
+//! The reconciler against a real kube-apiserver, a real HTTP fixture and the real artifact server.
+
+use std::time::Duration;
+
+use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
+use externalsource_tests::controller::Options;
+use externalsource_tests::fixture::tls_material;
+use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn source(name: &str, url: &str, extra: serde_json::Value) -> ExternalSource {
+    let mut spec = json!({
+        "interval": "1h",
+        "generator": {"type": "http", "http": {"url": url}},
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        for (k, v) in extra {
+            spec.insert(k.clone(), v.clone());
+        }
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "source.flux.oddkin.co/v1alpha1",
+        "kind": "ExternalSource",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("ExternalSource")
+}
+
+fn ready(es: &ExternalSource) -> Option<(String, String, String)> {
+    let status = es.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.type_ == "Ready")?;
+    Some((c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until the source's Ready condition has `status` for the current generation.
+async fn wait_ready(api: &Api<ExternalSource>, name: &str, status: &str) -> ExternalSource {
+    eventually(&format!("{name} Ready={status}"), WAIT, || async {
+        let es = api.get(name).await.ok()?;
+        let (s, _, _) = ready(&es)?;
+        let current = es.status.as_ref()?.observed_generation == es.metadata.generation;
+        (s == status && current).then_some(es)
+    })
+    .await
+}
+
+/// Asks for an immediate reconcile (Flux's annotation) and waits until it was handled.
+async fn request_reconcile(api: &Api<ExternalSource>, name: &str, token: &str) -> ExternalSource {
+    let patch = json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": token}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("annotate");
+    eventually(&format!("{name} handled {token}"), WAIT, || async {
+        let es = api.get(name).await.ok()?;
+        (es.status.as_ref()?.last_handled_reconcile_at.as_deref() == Some(token)).then_some(es)
+    })
+    .await
+}
+
+async fn download(url: &str) -> (u16, Vec<u8>) {
+    let r = reqwest::get(url).await.expect("download");
+    let status = r.status().as_u16();
+    (status, r.bytes().await.expect("body").to_vec())
+}
+
+fn artifact(es: &ExternalSource) -> externalsource_core::controller::api::Artifact {
+    es.status.as_ref().and_then(|s| s.artifact.clone()).expect("status.artifact")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_becomes_ready_with_a_servable_artifact_and_no_churn() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("ready").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok(r#"{"items":[1,2,3]}"#).with_etag("\"v1\"")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    api.create(
+        &PostParams::default(),
+        &source("app", &fixture.url("/data.json"), json!({"destinationPath": "cfg/data.json"})),
+    )
+    .await
+    .expect("create");
+
+    let es = wait_ready(&api, "app", "True").await;
+    let art = artifact(&es);
+    let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+    let ea = eas.get("app").await.expect("ExternalArtifact exists");
+    let ea_art = ea.status.as_ref().and_then(|s| s.artifact.clone()).expect("ExternalArtifact status.artifact");
+    assert_eq!(ea_art, art, "both statuses publish the same artifact");
+    let (code, bytes) = download(&ea_art.url).await;
+    assert_eq!(code, 200);
+    assert_eq!(sha256(&bytes), ea_art.digest, "digest is the sha256 of the served bytes");
+    assert_eq!(ea_art.size as usize, bytes.len());
+    assert_eq!(ea_art.path, format!("artifacts/{ns}/app/{}.tar.gz", &ea_art.digest[7..]));
+    assert_eq!(ea_art.revision, format!("v1@{}", ea_art.digest));
+    assert_eq!(ea_art.metadata.get("etag").map(String::as_str), Some("\"v1\""));
+    assert!(ea_art.url.starts_with(&ctl.base_url));
+    let src = ea.spec.source_ref.as_ref().expect("sourceRef");
+    assert_eq!((src.kind.as_str(), src.name.as_str(), src.namespace.as_str()), ("ExternalSource", "app", ns.as_str()));
+    let owner = &ea.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("ExternalSource", Some(true)));
+    let ea_ready = ea.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").expect("EA Ready");
+    assert_eq!((ea_ready.status.as_str(), ea_ready.reason.as_str()), ("True", "Succeeded"));
+    assert!(ea_ready.message.contains(&ea_art.revision));
+    // The tarball holds the payload at destinationPath, readable by tar.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.tar.gz"), &bytes).unwrap();
+    let out = std::process::Command::new("tar").arg("-xzf").arg("a.tar.gz").current_dir(dir.path()).status().unwrap();
+    assert!(out.success());
+    assert_eq!(std::fs::read_to_string(dir.path().join("cfg/data.json")).unwrap(), r#"{"items":[1,2,3]}"#);
+
+    // Unchanged upstream: a conditional GET answered 304; same revision, no status churn.
+    let rv = es.metadata.resource_version.clone();
+    let before = fixture.request_count();
+    let es2 = request_reconcile(&api, "app", "t1").await;
+    assert_eq!(artifact(&es2).revision, art.revision);
+    let last = fixture.requests().pop().unwrap();
+    assert_eq!(fixture.request_count(), before + 1);
+    assert_eq!(last.headers.get("if-none-match").and_then(|v| v.to_str().ok()), Some("\"v1\""));
+    assert_eq!(last.status, 304);
+    let ea2 = eas.get("app").await.unwrap();
+    assert_eq!(ea2.metadata.resource_version, ea.metadata.resource_version, "ExternalArtifact not rewritten");
+    assert_ne!(es2.metadata.resource_version, rv, "only the handled annotation changed");
+
+    // Same content under a new ETag: same bytes, same digest, same revision.
+    fixture.set(Reply::ok(r#"{"items":[1,2,3]}"#).with_etag("\"v2\""));
+    let es3 = request_reconcile(&api, "app", "t2").await;
+    assert_eq!(artifact(&es3).revision, art.revision);
+    assert_eq!(eas.get("app").await.unwrap().metadata.resource_version, ea.metadata.resource_version);
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_upstream_makes_a_new_revision_and_old_ones_are_collected() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("change").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok("one")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    api.create(&PostParams::default(), &source("s", &fixture.url("/"), json!({}))).await.unwrap();
+    let first = artifact(&wait_ready(&api, "s", "True").await);
+    assert!(first.revision.starts_with("latest@sha256:"), "no ETag: {}", first.revision);
+
+    let mut revisions = vec![first.clone()];
+    for (i, body) in ["two", "three"].iter().enumerate() {
+        fixture.set(Reply::ok(*body));
+        let es = request_reconcile(&api, "s", &format!("c{i}")).await;
+        let a = artifact(&es);
+        assert_ne!(a.digest, revisions.last().unwrap().digest);
+        let (code, bytes) = download(&a.url).await;
+        assert_eq!((code, sha256(&bytes)), (200, a.digest.clone()));
+        let ea: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+        assert_eq!(ea.get("s").await.unwrap().status.unwrap().artifact.unwrap().revision, a.revision);
+        revisions.push(a);
+    }
+    // Retention 2: the current and the previous revision stay; the first is gone.
+    let stored: Vec<String> =
+        ctl.storage.list(&format!("artifacts/{ns}/s/")).await.unwrap().into_iter().map(|m| m.key.to_string()).collect();
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert!(stored.contains(&revisions[2].path) && stored.contains(&revisions[1].path));
+    assert_eq!(download(&revisions[0].url).await.0, 404, "the oldest revision is deleted");
+    assert_eq!(download(&revisions[1].url).await.0, 200, "the previous revision is still served");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_failures_keep_the_last_good_artifact_and_recover() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("failures").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok("good")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+    api.create(&PostParams::default(), &source("f", &fixture.url("/"), json!({}))).await.unwrap();
+    let good = artifact(&wait_ready(&api, "f", "True").await);
+
+    // 500: transient; Ready=False FetchFailed, retried with backoff, artifact kept and served.
+    fixture.set(Reply::status(500));
+    api.patch(
+        "f",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "e1"}}})),
+    )
+    .await
+    .unwrap();
+    let failed = eventually("Ready=False FetchFailed", WAIT, || async {
+        let es = api.get("f").await.ok()?;
+        let (s, reason, msg) = ready(&es)?;
+        (s == "False" && reason == "FetchFailed").then_some((es, msg))
+    })
+    .await;
+    assert!(failed.1.contains("500"), "message names the status: {}", failed.1);
+    assert_eq!(artifact(&failed.0), good, "the last good artifact stays in the status");
+    let ea = eas.get("f").await.unwrap();
+    let ea_status = ea.status.unwrap();
+    assert_eq!(ea_status.artifact.as_ref(), Some(&good));
+    let ea_ready = ea_status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    assert_eq!((ea_ready.status.as_str(), ea_ready.reason.as_str()), ("False", "FetchFailed"));
+    assert_eq!(download(&good.url).await.0, 200, "still served during the outage");
+    // Backoff retries on its own (1 s, 2 s, …) without any trigger.
+    let n = fixture.request_count();
+    eventually("a retry with backoff", WAIT, || async { (fixture.request_count() > n).then_some(()) }).await;
+
+    // Recovery: the next retry succeeds and the source is Ready again with the same artifact.
+    fixture.set(Reply::ok("good"));
+    let es = wait_ready(&api, "f", "True").await;
+    assert_eq!(artifact(&es).digest, good.digest);
+
+    // 404: permanent until the next interval; no retry storm.
+    fixture.set(Reply::status(404));
+    request_reconcile(&api, "f", "e2").await;
+    let (_, reason, _) = ready(&api.get("f").await.unwrap()).unwrap();
+    assert_eq!(reason, "FetchFailed");
+    let n = fixture.request_count();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(fixture.request_count(), n, "a 404 is not retried before the interval");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_and_ca_bundle_come_from_secrets() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("secrets").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let (ca, cert, key) = tls_material();
+    let fixture = Fixture::start_tls(Reply::ok("secret data"), &cert, &key).await;
+    let secrets: Api<Secret> = Api::namespaced(cp.client(), &ns);
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let spec = json!({"generator": {"type": "http", "http": {
+        "url": fixture.url("/"),
+        "headersSecretRef": {"name": "hdrs"},
+        "caBundleSecretRef": {"name": "ca", "key": "ca.crt"},
+    }}});
+    api.create(&PostParams::default(), &source("tls", &fixture.url("/"), spec)).await.unwrap();
+
+    // Missing Secret: a configuration problem, Stalled, not retried.
+    let (_, reason, message) =
+        eventually("SecretNotFound", WAIT, || async { ready(&api.get("tls").await.ok()?).filter(|r| r.0 == "False") })
+            .await;
+    assert_eq!(reason, "SecretNotFound");
+    assert!(message.contains("hdrs"), "{message}");
+    assert_eq!(fixture.request_count(), 0);
+
+    // The Secrets appear: the metadata watch triggers a reconcile without any spec change.
+    let secret = |name: &str, data: serde_json::Value| -> Secret {
+        serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap()
+    };
+    secrets.create(&PostParams::default(), &secret("ca", json!({"ca.crt": ca}))).await.unwrap();
+    secrets
+        .create(&PostParams::default(), &secret("hdrs", json!({"X-Api-Key": "s3cr3t", "Authorization": "Bearer t0k"})))
+        .await
+        .unwrap();
+    let es = wait_ready(&api, "tls", "True").await;
+    let req = fixture.requests().pop().unwrap();
+    assert_eq!(req.headers.get("x-api-key").unwrap(), "s3cr3t");
+    assert_eq!(req.headers.get("authorization").unwrap(), "Bearer t0k");
+    let (code, bytes) = download(&artifact(&es).url).await;
+    assert_eq!((code, sha256(&bytes)), (200, artifact(&es).digest));
+
+    // Without the CA bundle the fixture's certificate is not trusted.
+    let spec = json!({"generator": {"type": "http", "http": {"url": fixture.url("/")}}});
+    api.create(&PostParams::default(), &source("untrusted", &fixture.url("/"), spec)).await.unwrap();
+    let (_, reason, message) = eventually("untrusted fails", WAIT, || async {
+        ready(&api.get("untrusted").await.ok()?).filter(|r| r.0 == "False")
+    })
+    .await;
+    assert_eq!(reason, "FetchFailed");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspend_and_invalid_specs_stop_without_retry_storms() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("invalid").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok("x")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+
+    api.create(
+        &PostParams::default(),
+        &source("bad-path", &fixture.url("/"), json!({"destinationPath": "../../etc/passwd"})),
+    )
+    .await
+    .unwrap();
+    let es = wait_ready(&api, "bad-path", "False").await;
+    let (_, reason, message) = ready(&es).unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.contains("spec.destinationPath") && message.contains("../../etc/passwd") && message.contains(".."),
+        "{message}"
+    );
+    let stalled = es.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
+    assert_eq!(stalled.status, "True");
+    let rv = es.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(api.get("bad-path").await.unwrap().metadata.resource_version, rv, "no status rewrites (no retry storm)");
+    assert_eq!(fixture.request_count(), 0, "an invalid spec never fetches");
+    let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+    assert!(eas.get_opt("bad-path").await.unwrap().is_none());
+
+    // Fixing the spec recovers.
+    api.patch("bad-path", &PatchParams::default(), &Patch::Merge(json!({"spec": {"destinationPath": "ok.txt"}})))
+        .await
+        .unwrap();
+    wait_ready(&api, "bad-path", "True").await;
+
+    // Interval below the minimum is raised, with a condition saying so.
+    api.create(&PostParams::default(), &source("fast", &fixture.url("/"), json!({"interval": "10ms"}))).await.unwrap();
+    let es = wait_ready(&api, "fast", "True").await;
+    let raised =
+        es.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "IntervalRaised").expect("IntervalRaised");
+    assert!(raised.message.contains("10ms"), "{}", raised.message);
+
+    // Suspend: Ready=False Suspended, artifact kept, no fetch even when asked.
+    api.patch("fast", &PatchParams::default(), &Patch::Merge(json!({"spec": {"suspend": true}}))).await.unwrap();
+    let es = eventually("Suspended", WAIT, || async {
+        let es = api.get("fast").await.ok()?;
+        (ready(&es)?.1 == "Suspended").then_some(es)
+    })
+    .await;
+    assert!(es.status.as_ref().unwrap().artifact.is_some());
+    let n = fixture.request_count();
+    api.patch(
+        "fast",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "s1"}}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fixture.request_count(), n, "a suspended source does not fetch");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletion_cleans_up_and_foreign_artifacts_are_left_alone() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("deletion").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok("bye")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+    api.create(&PostParams::default(), &source("gone", &fixture.url("/"), json!({}))).await.unwrap();
+    let art = artifact(&wait_ready(&api, "gone", "True").await);
+    api.delete("gone", &DeleteParams::default()).await.unwrap();
+    eventually("source deleted", WAIT, || async { api.get_opt("gone").await.ok()?.is_none().then_some(()) }).await;
+    assert!(eas.get_opt("gone").await.unwrap().is_none(), "ExternalArtifact deleted");
+    assert!(ctl.storage.list(&format!("artifacts/{ns}/gone/")).await.unwrap().is_empty(), "storage emptied");
+    assert_eq!(download(&art.url).await.0, 404);
+
+    // An ExternalArtifact we do not own is not touched; the source reports the conflict.
+    let foreign: ExternalArtifact = serde_json::from_value(json!({
+        "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "ExternalArtifact",
+        "metadata": {"name": "taken"}, "spec": {}
+    }))
+    .unwrap();
+    let foreign = eas.create(&PostParams::default(), &foreign).await.unwrap();
+    api.create(&PostParams::default(), &source("taken", &fixture.url("/"), json!({}))).await.unwrap();
+    let es = wait_ready(&api, "taken", "False").await;
+    let (_, reason, message) = ready(&es).unwrap();
+    assert_eq!(reason, "ArtifactConflict");
+    assert!(message.contains("not owned"), "{message}");
+    let after = eas.get("taken").await.unwrap();
+    assert_eq!(after.metadata.resource_version, foreign.metadata.resource_version, "foreign object untouched");
+    api.delete("taken", &DeleteParams::default()).await.unwrap();
+    eventually("source deleted", WAIT, || async { api.get_opt("taken").await.ok()?.is_none().then_some(()) }).await;
+    assert!(eas.get_opt("taken").await.unwrap().is_some(), "foreign ExternalArtifact survives deletion");
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_with_an_empty_memory_store_rebuilds() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("restart").await;
+    let fixture = Fixture::start(Reply::ok("persist me").with_etag("\"e1\"")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let store = |b: &str| -> std::sync::Arc<dyn externalsource_core::Storage> {
+        std::sync::Arc::new(externalsource_backend_memory::MemoryStorage::new(1 << 20, Some(b.to_owned())))
+    };
+    let ctl = TestController::start_with(cp.client(), Options::default(), store(&base), listener, base.clone()).await;
+    api.create(&PostParams::default(), &source("r", &fixture.url("/"), json!({}))).await.unwrap();
+    let art = artifact(&wait_ready(&api, "r", "True").await);
+    ctl.stop().await;
+
+    // A new process: same address, empty memory. The ETag is unchanged, but the artifact is
+    // missing, so it is fetched whole (no If-None-Match) and stored again.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let ctl = TestController::start_with(cp.client(), Options::default(), store(&base), listener, base.clone()).await;
+    let before = fixture.request_count();
+    let es = request_reconcile(&api, "r", "after-restart").await;
+    assert_eq!(artifact(&es).digest, art.digest);
+    let req = &fixture.requests()[before];
+    assert!(req.headers.get("if-none-match").is_none(), "a lost artifact is fetched unconditionally");
+    let (code, bytes) = download(&art.url).await;
+    assert_eq!((code, sha256(&bytes)), (200, art.digest.clone()));
+    ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_one_replica_holds_the_lease() {
+    use externalsource_core::controller::leader::{LeaderElector, Timings};
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("lease").await;
+    let t = Timings {
+        lease_duration: Duration::from_secs(3),
+        renew_every: Duration::from_secs(1),
+        retry_every: Duration::from_millis(200),
+    };
+    let a = LeaderElector::new(cp.client(), &ns, "leader", "pod-a", t);
+    let b = LeaderElector::new(cp.client(), &ns, "leader", "pod-b", t);
+    assert!(a.try_acquire().await.unwrap());
+    assert!(!b.try_acquire().await.unwrap(), "a held lease is not taken");
+    assert!(a.try_acquire().await.unwrap(), "the holder renews");
+    a.release().await;
+    assert!(b.try_acquire().await.unwrap(), "a released lease is taken at once");
+    assert!(!a.try_acquire().await.unwrap());
+    // An expired lease (holder stopped renewing) is taken over.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(a.try_acquire().await.unwrap(), "an expired lease is taken over");
+}
+
+#[test]
+fn committed_crd_matches_the_rust_types() {
+    let generated = externalsource_core::controller::api::crd_yaml().unwrap();
+    let path = externalsource_tests::repo_root().join("deploy/base/crd/source.flux.oddkin.co_externalsources.yaml");
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        generated == committed,
+        "{} is stale: regenerate it with `cargo run -p externalsource-controller -- crd > {}`",
+        path.display(),
+        path.display()
+    );
+}
