@@ -1,0 +1,24 @@
+//! The core behaviour suite against a real SeaweedFS in proxy mode with a key prefix (so every
+//! case also exercises prefix handling), one bucket per case.
+
+mod support;
+
+use std::sync::Arc;
+
+use externalsource_backend_s3::Mode;
+use externalsource_core::testing::Fixture;
+use support::Weed;
+
+async fn fixture() -> Fixture {
+    let weed = Weed::shared().await;
+    let bucket = weed.bucket().await;
+    let storage = weed
+        .storage_for(&bucket, |s| {
+            s.mode = Mode::Proxy;
+            s.prefix = "tenants/blue/".to_owned();
+        })
+        .await;
+    Fixture::new(Arc::new(storage)).with_guard(weed)
+}
+
+externalsource_core::behaviour_suite!(fixture);
