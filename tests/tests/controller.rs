@@ -345,6 +345,15 @@ async fn deletion_cleans_up_and_foreign_artifacts_are_left_alone() {
     let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("gone", &fixture.url("/"), json!({}))).await.unwrap();
     let art = artifact(&wait_ready(&api, "gone", "True").await);
+    // Someone deletes the ExternalArtifact: the owner is reconciled and publishes it again.
+    let first_uid = eas.get("gone").await.unwrap().metadata.uid;
+    eas.delete("gone", &DeleteParams::default()).await.unwrap();
+    let recreated = eventually("ExternalArtifact recreated", WAIT, || async {
+        let ea = eas.get_opt("gone").await.ok()??;
+        (ea.metadata.uid != first_uid && ea.status.as_ref()?.artifact.is_some()).then_some(ea)
+    })
+    .await;
+    assert_eq!(recreated.status.unwrap().artifact.unwrap().digest, art.digest);
     api.delete("gone", &DeleteParams::default()).await.unwrap();
     eventually("source deleted", WAIT, || async { api.get_opt("gone").await.ok()?.is_none().then_some(()) }).await;
     assert!(eas.get_opt("gone").await.unwrap().is_none(), "ExternalArtifact deleted");

@@ -10,6 +10,7 @@ pub mod plan;
 pub mod reconcile;
 pub mod revision;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -77,6 +78,36 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
     headers.into_iter().chain(ca)
 }
 
+/// Changes of ExternalArtifacts worth a reconcile of their owner: a new generation (someone
+/// edited the spec) or a deletion. Our own status writes do not bump the generation, so they
+/// do not echo back as reconciles.
+fn artifact_changes(
+    client: kube::Client,
+) -> impl futures::Stream<Item = Result<ExternalArtifact, watcher::Error>> + Send + 'static {
+    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    watcher(Api::<ExternalArtifact>::all(client), watcher::Config::default()).default_backoff().filter_map(
+        move |event| {
+            let relevant = match event {
+                Ok(watcher::Event::InitApply(ea)) => {
+                    generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
+                    None
+                }
+                Ok(watcher::Event::Apply(ea)) => {
+                    let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
+                    (previous != Some(ea.metadata.generation)).then_some(Ok(ea))
+                }
+                Ok(watcher::Event::Delete(ea)) => {
+                    generations.remove(&ea.uid().unwrap_or_default());
+                    Some(Ok(ea))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(relevant)
+        },
+    )
+}
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
@@ -102,7 +133,7 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
             .collect::<Vec<_>>()
     };
     Controller::for_stream(sources, reader)
-        .owns(Api::<ExternalArtifact>::all(client), watcher::Config::default())
+        .owns_stream(artifact_changes(client))
         .watches_stream(secrets, secret_mapper)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
