@@ -121,6 +121,21 @@ pub fn controller_binary() -> PathBuf {
     path
 }
 
+/// Names of the storage backends linked into the binary at `bin` (`--list-backends`).
+pub fn linked_backends(bin: &Path) -> Vec<String> {
+    let out = Command::new(bin)
+        .arg("--list-backends")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} --list-backends: {e}", bin.display()));
+    assert!(out.status.success(), "{} --list-backends failed: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Polls `url` until it answers 200, checking that `process` keeps running.
 pub async fn wait_http_ok(process: &ChildProcess, url: &str, timeout: Duration) {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("http client");

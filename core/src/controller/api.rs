@@ -216,10 +216,10 @@ pub struct SourceRef {
 pub struct ExternalArtifactStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
+    /// Flux's CRD has no `observedGeneration` here; a field it would prune must not exist, or
+    /// every comparison with the stored status would see a difference.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
 }
 
 /// The CRD of `ExternalSource` as YAML, exactly as committed under `deploy/`.

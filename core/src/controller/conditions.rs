@@ -59,14 +59,3 @@ pub fn set(
 pub fn remove(conditions: &mut Vec<Condition>, type_: &str) {
     conditions.retain(|c| c.type_ != type_);
 }
-
-/// True when `a` and `b` say the same, ignoring transition times.
-pub fn same(a: &[Condition], b: &[Condition]) -> bool {
-    let key =
-        |c: &Condition| (c.type_.clone(), c.status.clone(), c.reason.clone(), c.message.clone(), c.observed_generation);
-    let mut a: Vec<_> = a.iter().map(key).collect();
-    let mut b: Vec<_> = b.iter().map(key).collect();
-    a.sort();
-    b.sort();
-    a == b
-}

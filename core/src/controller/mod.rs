@@ -17,12 +17,12 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
 
 use api::{ExternalArtifact, ExternalSource};
 use reconcile::{Context, REQUESTED_AT, error_policy, reconcile};
@@ -144,9 +144,4 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
             }
         })
         .await;
-}
-
-/// The object reference of an ExternalSource, for events.
-pub fn object_ref(es: &ExternalSource) -> k8s_openapi::api::core::v1::ObjectReference {
-    es.object_ref(&())
 }

@@ -133,8 +133,13 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
             finalizer::Event::Cleanup(es) => cleanup(&es, &ctx).await,
         }
     })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    .await;
+    let result = match result {
+        // The object was already gone when the finalizer was released (a stale queue entry after
+        // cleanup ran): deletion is complete, not failed.
+        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => Ok(Action::await_change()),
+        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+    };
     ctx.metrics.active_reconciliations.dec();
     let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
     if result.is_ok() {
@@ -544,7 +549,6 @@ async fn publish(
         message,
         existing.metadata.generation,
     );
-    status.observed_generation = existing.metadata.generation;
     if status != old {
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
     }
@@ -609,6 +613,7 @@ async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action, Error> {
         }
     }
     ctx.metrics.forget(&ns, &name);
+    ctx.failures.remove(&(ns.clone(), name.clone()));
     tracing::info!(namespace = %ns, name = %name, "deleted stored artifacts and ExternalArtifact");
     Ok(Action::await_change())
 }
