@@ -249,7 +249,7 @@ impl ConfigLoader {
         if server.enabled && ops.port == server.port && ops.bind_address == server.bind_address {
             return Err(r.invalid("ops.port", &ops.port.to_string(), "must differ from server.port"));
         }
-        let backend_name = r.string("storage.backend", "memory")?;
+        let backend_name = r.string("storage.backend", &default_backend())?;
         let descriptor = registry::find(&backend_name)?;
         let empty = toml::Table::new();
         let table = backend_tables.get(descriptor.name).unwrap_or(&empty);
@@ -282,6 +282,15 @@ impl ConfigLoader {
             level: r.string("log.level", "info")?,
         };
         Ok(Config { server, ops, backend: descriptor.name, storage, controller, fetch, log })
+    }
+}
+
+/// `memory` when linked; otherwise the only linked backend (a slim build needs no setting).
+fn default_backend() -> String {
+    let names = registry::backend_names();
+    match names.as_slice() {
+        [only] if !names.contains(&"memory") => (*only).to_owned(),
+        _ => "memory".to_owned(),
     }
 }
 

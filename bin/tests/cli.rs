@@ -1,0 +1,184 @@
+//! The binary as a user runs it: configuration precedence, validation messages, backends, CRD.
+
+use std::process::{Command, Output};
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_externalsource-controller"));
+    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the binary")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(f.path(), text).unwrap();
+    f
+}
+
+fn printed(o: &Output) -> toml::Table {
+    assert!(o.status.success(), "exit {:?}: {}", o.status, stderr(o));
+    stdout(o).parse().expect("--print-config prints TOML")
+}
+
+fn get<'a>(t: &'a toml::Table, path: &str) -> &'a toml::Value {
+    let mut v = t.get(path.split('.').next().unwrap()).unwrap();
+    for part in path.split('.').skip(1) {
+        v = v.get(part).unwrap_or_else(|| panic!("{path} missing"));
+    }
+    v
+}
+
+#[test]
+fn defaults_then_file_then_env_then_flags() {
+    let t = printed(&run(&["--print-config"], &[]));
+    assert_eq!(get(&t, "server.port").as_integer(), Some(8080));
+    assert_eq!(get(&t, "server.service_name").as_str(), Some("flux-externalsource-controller-artifacts"));
+    let default_backend = if cfg!(feature = "memory") || cfg!(all(feature = "filesystem", feature = "s3")) {
+        "memory"
+    } else if cfg!(feature = "filesystem") {
+        "filesystem"
+    } else {
+        "s3"
+    };
+    if default_backend != "s3" {
+        assert_eq!(get(&t, "storage.backend").as_str(), Some(default_backend));
+    }
+
+    let file = config_file("[server]\nport = 9000\nservice_namespace = \"from-file\"\n[controller]\nconcurrency = 7\n");
+    let path = file.path().to_str().unwrap();
+    let t = printed(&run(&["--config", path, "--print-config"], &[]));
+    assert_eq!(get(&t, "server.port").as_integer(), Some(9000));
+    assert_eq!(get(&t, "controller.concurrency").as_integer(), Some(7));
+
+    let env = [("ARTIFACT_SERVER_PORT", "9100"), ("POD_NAMESPACE", "from-env"), ("SERVICE_NAME", "svc")];
+    let t = printed(&run(&["--config", path, "--print-config"], &env));
+    assert_eq!(get(&t, "server.port").as_integer(), Some(9100), "env beats file");
+    assert_eq!(get(&t, "server.service_namespace").as_str(), Some("from-env"));
+    assert_eq!(get(&t, "server.service_name").as_str(), Some("svc"));
+
+    let t = printed(&run(&["--config", path, "--print-config", "--artifact-server-port", "9200"], &env));
+    assert_eq!(get(&t, "server.port").as_integer(), Some(9200), "flag beats env");
+}
+
+#[test]
+fn invalid_values_fail_start_up_naming_key_value_and_rule() {
+    for (args, env, expect) in [
+        (vec!["--artifact-server-port", "70000"], vec![], vec!["server.port", "70000", "1 to 65535", "flag"]),
+        (
+            vec![],
+            vec![("ARTIFACT_SERVER_PORT", "0")],
+            vec!["server.port", "\"0\"", "1 to 65535", "env ARTIFACT_SERVER_PORT"],
+        ),
+        (vec![], vec![("ARTIFACT_SERVER_ENABLED", "maybe")], vec!["server.enabled", "maybe", "true or false"]),
+        (vec![], vec![("HTTP_TIMEOUT", "soon")], vec!["fetch.timeout", "soon", "duration"]),
+        (vec![], vec![("FETCH_MAX_SIZE", "huge")], vec!["fetch.max_size", "huge", "byte size"]),
+        (vec![], vec![("STORAGE_BACKEND", "tape")], vec!["unknown storage backend", "tape", "linked backends: "]),
+        (vec!["--log-format", "xml"], vec![], vec!["log.format", "xml"]),
+        (vec!["--advertise-url", "ftp://x"], vec![], vec!["server.advertise_url", "ftp://x", "http"]),
+    ] {
+        let mut a = args.clone();
+        a.push("--print-config");
+        let o = run(&a, &env);
+        assert_eq!(o.status.code(), Some(2), "{a:?} {env:?} should fail: {}", stdout(&o));
+        let err = stderr(&o);
+        for needle in expect {
+            assert!(err.contains(needle), "{a:?} {env:?}: {err:?} lacks {needle:?}");
+        }
+    }
+}
+
+#[test]
+fn unknown_keys_and_tables_are_errors() {
+    let file = config_file("[server]\nprot = 1\n");
+    let o = run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("server.prot") && stderr(&o).contains("port"), "{}", stderr(&o));
+    let file = config_file("[storage.memory]\nmax_bytes = \"1MiB\"\nbogus = 1\n");
+    let o = run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("storage.memory") && stderr(&o).contains("bogus"), "{}", stderr(&o));
+    let o = run(&["--config", "/nonexistent/config.toml", "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2), "an explicit file must exist");
+}
+
+#[test]
+fn list_backends_prints_each_linked_backend_with_capabilities() {
+    let o = run(&["--list-backends"], &[]);
+    assert!(o.status.success());
+    let mut expected = Vec::new();
+    if cfg!(feature = "filesystem") {
+        expected.push("filesystem serves_http");
+    }
+    if cfg!(feature = "memory") {
+        expected.push("memory serves_http");
+    }
+    if cfg!(feature = "s3") {
+        expected.push("s3 shared (serves_http in mode=proxy)");
+    }
+    assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn crd_subcommand_prints_the_committed_crd() {
+    let o = run(&["crd"], &[]);
+    assert!(o.status.success());
+    let committed = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/base/crd/source.flux.oddkin.co_externalsources.yaml"),
+    )
+    .unwrap();
+    assert_eq!(stdout(&o), committed);
+}
+
+#[test]
+fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let file = config_file("[server]\nbind_address = \"127.0.0.1\"\n[ops]\nbind_address = \"127.0.0.1\"\n");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_externalsource-controller"))
+        .args(["serve", "--config", file.path().to_str().unwrap()])
+        .args(["--artifact-server-port", &port.to_string(), "--ops-port", &ops.to_string()])
+        .env_remove("KUBECONFIG")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let get = |port: u16, path: &str| -> Option<String> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let mut ready = None;
+    for _ in 0..100 {
+        ready = get(ops, "/readyz");
+        if ready.as_deref().is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ready.unwrap_or_default().starts_with("HTTP/1.1 200"), "serve is ready without Kubernetes");
+    assert!(get(port, "/artifacts/ns/n/x.tar.gz").unwrap().starts_with("HTTP/1.1 404"));
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(code) = child.try_wait().unwrap() {
+            assert!(code.success(), "clean exit on SIGTERM: {code:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
