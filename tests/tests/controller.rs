@@ -446,3 +446,42 @@ fn committed_crd_matches_the_rust_types() {
         path.display()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jq_transforms_reshape_the_payload_in_process() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("transform").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok(r#"{"items":[{"name":"a","x":1},{"name":"b","x":2}]}"#)).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let spec = json!({"destinationPath": "names.json", "transform": {"jq": ".items | map(.name)"}});
+    api.create(&PostParams::default(), &source("jq", &fixture.url("/"), spec)).await.unwrap();
+    let es = wait_ready(&api, "jq", "True").await;
+    let (code, bytes) = download(&artifact(&es).url).await;
+    assert_eq!(code, 200);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.tar.gz"), &bytes).unwrap();
+    let ok = std::process::Command::new("tar").args(["-xzf", "a.tar.gz"]).current_dir(dir.path()).status().unwrap();
+    assert!(ok.success());
+    assert_eq!(std::fs::read_to_string(dir.path().join("names.json")).unwrap(), "[\"a\",\"b\"]\n");
+
+    // A filter that does not compile is a spec error naming the field.
+    let spec = json!({"transform": {"jq": ".items | map(("}});
+    api.create(&PostParams::default(), &source("bad-jq", &fixture.url("/"), spec)).await.unwrap();
+    let (_, reason, message) = ready(&wait_ready(&api, "bad-jq", "False").await).unwrap();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(message.starts_with("spec.transform.jq"), "{message}");
+
+    // The environment is out of reach: `env` does not compile.
+    let spec = json!({"transform": {"jq": "env"}});
+    api.create(&PostParams::default(), &source("env-jq", &fixture.url("/"), spec)).await.unwrap();
+    assert_eq!(ready(&wait_ready(&api, "env-jq", "False").await).unwrap().1, "InvalidSpec");
+
+    // A payload the filter cannot handle keeps the last good artifact, Ready=False TransformFailed.
+    fixture.set(Reply::ok("not json at all"));
+    let es = request_reconcile(&api, "jq", "nonjson").await;
+    let (status, reason, message) = ready(&es).unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "TransformFailed"), "{message}");
+    assert_eq!(artifact(&es).digest, sha256(&bytes));
+    ctl.stop().await;
+}

@@ -15,6 +15,7 @@ pub mod reason {
     pub const SUCCEEDED: &str = "Succeeded";
     pub const SUSPENDED: &str = "Suspended";
     pub const FETCH_FAILED: &str = "FetchFailed";
+    pub const TRANSFORM_FAILED: &str = "TransformFailed";
     pub const STORAGE_FAILED: &str = "StorageOperationFailed";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";

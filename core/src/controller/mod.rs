@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod plan;
 pub mod reconcile;
 pub mod revision;
+pub mod transform;
 
 use std::collections::HashMap;
 use std::future::Future;

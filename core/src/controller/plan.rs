@@ -2,6 +2,7 @@
 //!
 //! Configuration problems are not retried: the object waits for a spec or Secret change.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -9,6 +10,7 @@ use reqwest::{Method, Url};
 
 use super::api::{ExternalSourceSpec, GeneratorType};
 use super::conditions::reason;
+use super::transform::Transform;
 use crate::package::DestinationPath;
 use crate::units::{format_duration, parse_duration, parse_size};
 
@@ -51,6 +53,7 @@ pub struct Plan {
     pub headers_secret: Option<String>,
     pub ca_bundle: Option<(String, String)>,
     pub insecure_skip_verify: bool,
+    pub transform: Option<Arc<Transform>>,
 }
 
 /// Methods accepted for `generator.http.method`.
@@ -72,18 +75,15 @@ impl Plan {
         if spec.hooks.as_ref().is_some_and(|h| !h.pre_request.is_empty() || !h.post_request.is_empty()) {
             return Err(ConfigProblem {
                 reason: reason::UNSUPPORTED,
-                message: "spec.hooks: hooks are not supported by this controller; remove them (in-process transforms are the planned replacement)".into(),
+                message: "spec.hooks: hooks are not supported by this controller; remove them and use spec.transform.jq to reshape JSON".into(),
             });
         }
-        if let Some(t) = &spec.transform {
-            return Err(ConfigProblem {
-                reason: reason::UNSUPPORTED,
-                message: format!(
-                    "spec.transform.jq: {:?} cannot be applied: jq transforms are not supported by this build",
-                    t.jq
-                ),
-            });
-        }
+        let transform = match &spec.transform {
+            None => None,
+            Some(t) => Some(Arc::new(
+                Transform::compile(&t.jq).map_err(|e| ConfigProblem::invalid("spec.transform.jq", &t.jq, e))?,
+            )),
+        };
         let GeneratorType::Http = spec.generator.type_;
         let http = spec.generator.http.as_ref().ok_or_else(|| {
             ConfigProblem::invalid("spec.generator.http", "", "is required when spec.generator.type is http")
@@ -135,6 +135,7 @@ impl Plan {
             headers_secret: http.headers_secret_ref.as_ref().map(|r| r.name.clone()),
             ca_bundle: http.ca_bundle_secret_ref.as_ref().map(|r| (r.name.clone(), r.key.clone())),
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
+            transform,
         })
     }
 

@@ -267,28 +267,29 @@ async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Action, Error> {
         },
         Ok(FetchOutcome::Fetched { body, etag }) => {
             status.last_handled_e_tag = etag.clone();
+            let body = match transformed(&plan, body).await {
+                Ok(body) => body,
+                Err(message) => {
+                    return fail_until_interval(
+                        ctx,
+                        es,
+                        old,
+                        status,
+                        reason::TRANSFORM_FAILED,
+                        &message,
+                        plan.interval,
+                    )
+                    .await;
+                }
+            };
             match store(ctx, es, &plan, &body, etag.as_deref(), current).await {
                 Ok(stored) => stored,
                 Err(e) => return fail(ctx, es, old, status, reason::STORAGE_FAILED, e).await,
             }
         }
         Err(e) if e.is_permanent() => {
-            let message = format!("fetch failed: {e}; retrying at the next interval");
-            publish_failure(ctx, es, reason::FETCH_FAILED, &message).await?;
-            conditions::set(
-                &mut status.conditions,
-                conditions::READY,
-                false,
-                reason::FETCH_FAILED,
-                &message,
-                generation,
-            );
-            conditions::remove(&mut status.conditions, conditions::RECONCILING);
-            conditions::remove(&mut status.conditions, conditions::STALLED);
-            status.observed_generation = generation;
-            write_status(ctx, es, &old, status).await?;
-            event(ctx, es, EventType::Warning, reason::FETCH_FAILED, &message).await;
-            return Ok(at_interval(plan.interval));
+            let message = format!("fetch failed: {e}");
+            return fail_until_interval(ctx, es, old, status, reason::FETCH_FAILED, &message, plan.interval).await;
         }
         Err(e) => return fail(ctx, es, old, status, reason::FETCH_FAILED, Error::Fetch(e)).await,
     };
@@ -470,6 +471,41 @@ async fn fail(
         event(ctx, es, EventType::Warning, why, &message).await;
     }
     Err(error)
+}
+
+/// A failure that retrying soon will not fix (HTTP 4xx, a transform error): Ready=False with the
+/// last good artifact kept, and the next attempt at the interval.
+async fn fail_until_interval(
+    ctx: &Context,
+    es: &ExternalSource,
+    old: ExternalSourceStatus,
+    mut status: ExternalSourceStatus,
+    why: &str,
+    message: &str,
+    interval: Duration,
+) -> Result<Action, Error> {
+    let generation = es.metadata.generation;
+    let message = format!("{message}; retrying at the next interval");
+    publish_failure(ctx, es, why, &message).await?;
+    conditions::set(&mut status.conditions, conditions::READY, false, why, &message, generation);
+    conditions::remove(&mut status.conditions, conditions::RECONCILING);
+    conditions::remove(&mut status.conditions, conditions::STALLED);
+    status.observed_generation = generation;
+    if write_status(ctx, es, &old, status).await? {
+        event(ctx, es, EventType::Warning, why, &message).await;
+    }
+    Ok(at_interval(interval))
+}
+
+/// The payload after `spec.transform`, run off the async threads within the fetch budget.
+async fn transformed(plan: &Plan, body: bytes::Bytes) -> Result<bytes::Bytes, String> {
+    let Some(transform) = plan.transform.clone() else { return Ok(body) };
+    let (max_size, budget) = (plan.max_size, plan.timeout);
+    match tokio::task::spawn_blocking(move || transform.apply(&body, max_size, budget)).await {
+        Ok(Ok(out)) => Ok(out.into()),
+        Ok(Err(e)) => Err(format!("spec.transform.jq {e}")),
+        Err(e) => Err(format!("spec.transform.jq panicked: {e}")),
+    }
 }
 
 /// Writes the status if it changed; returns whether it did.
