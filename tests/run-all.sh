@@ -48,7 +48,9 @@ for _ in $(seq 1 300); do grep -q '^ready' "$kubeconfig.out" 2>/dev/null && brea
 python3 tests/deploy/check.py --kubeconfig "$kubeconfig" --binary target/debug/externalsource-controller
 kill $testenv_pid 2>/dev/null || true
 
-step "benchmark smoke run"
-SMOKE=1 bash tests/bench/run.sh
+step "benchmark smoke run (debug binaries, tiny sizes: keeps the harness from rotting, measures nothing)"
+cargo build -q -p externalsource-tests --bin bench-serve-memory
+SMOKE=1 BENCH_SECTIONS="serve memory package" BIN=target/debug/externalsource-controller \
+  MEMBIN=target/debug/bench-serve-memory bash tests/bench/run.sh
 
 step "done"

@@ -75,6 +75,11 @@ where
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Headers and the first body chunk are written separately; without NODELAY the
+                    // body waits for the client's delayed ACK (~40 ms per response).
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
                     let conn = connection(&builder, &graceful, stream, peer, service.clone(), options.idle_timeout);
                     connections.spawn(conn);
                 }
