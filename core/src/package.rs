@@ -185,6 +185,29 @@ mod tests {
         );
     }
 
+    /// Real readers: GNU tar and Python's tarfile extract exactly the payload at its path.
+    #[test]
+    fn gnu_tar_and_python_tarfile_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = package(b"{\"k\": \"v\"}\n", &path("conf/app/settings.json")).unwrap();
+        let archive = dir.path().join("a.tar.gz");
+        std::fs::write(&archive, &p.bytes).unwrap();
+        let out = dir.path().join("tar");
+        std::fs::create_dir(&out).unwrap();
+        let status = std::process::Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(&out).status().unwrap();
+        assert!(status.success());
+        assert_eq!(std::fs::read(out.join("conf/app/settings.json")).unwrap(), b"{\"k\": \"v\"}\n");
+        let script = "import sys, tarfile\n\
+            t = tarfile.open(sys.argv[1], 'r:gz')\n\
+            names = [(m.name, m.isdir(), m.mode, m.mtime, m.uid, m.uname) for m in t.getmembers()]\n\
+            assert names == [('conf', True, 0o755, 0, 0, ''), ('conf/app', True, 0o755, 0, 0, ''), \
+            ('conf/app/settings.json', False, 0o644, 0, 0, '')], names\n\
+            sys.stdout.write(t.extractfile('conf/app/settings.json').read().decode())\n";
+        let py = std::process::Command::new("python3").arg("-c").arg(script).arg(&archive).output().unwrap();
+        assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+        assert_eq!(py.stdout, b"{\"k\": \"v\"}\n");
+    }
+
     #[test]
     fn path_rules() {
         assert_eq!(path("data").as_str(), "data");
