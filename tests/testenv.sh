@@ -16,7 +16,6 @@ CRDS="$CACHE/crds"
 mkdir -p "$BIN" "$CRDS"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
-export GOPROXY="${GOPROXY:-https://proxy.golang.org}"
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
 
