@@ -35,11 +35,11 @@ for features in memory filesystem s3; do
 done
 
 step "workspace tests (real kube-apiserver, SeaweedFS, Flux kustomize-controller)"
-cargo build -q -p externalsource-controller --all-features
+# Builds (and uplifts to target/debug) the all-features controller binary and the test-crate bins
+# the end-to-end tests, the deploy check and the benchmark smoke run use.
 cargo test --workspace --all-features -- --test-threads=2
 
 step "deployment renders and passes a server-side dry run"
-cargo build -q -p externalsource-tests --bin externalsource-testenv
 kubeconfig=$(mktemp)
 target/debug/externalsource-testenv "$kubeconfig" >"$kubeconfig.out" 2>"$kubeconfig.log" &
 testenv_pid=$!
@@ -49,7 +49,6 @@ python3 tests/deploy/check.py --kubeconfig "$kubeconfig" --binary target/debug/e
 kill $testenv_pid 2>/dev/null || true
 
 step "benchmark smoke run (debug binaries, tiny sizes: keeps the harness from rotting, measures nothing)"
-cargo build -q -p externalsource-tests --bin bench-serve-memory
 SMOKE=1 BENCH_SECTIONS="serve memory package" BIN=target/debug/externalsource-controller \
   MEMBIN=target/debug/bench-serve-memory bash tests/bench/run.sh
 
