@@ -79,6 +79,27 @@ pub fn open_confined(root: &Path, key: &ObjectKey) -> Result<Option<File>, Stora
     Ok(md.file_type().is_file().then_some(file))
 }
 
+/// Opens `key` and reads it whole when it is at most `small` bytes; `None` when there is no such
+/// regular file.
+#[allow(clippy::type_complexity)]
+pub fn open_and_read_small(
+    root: &Path,
+    key: &ObjectKey,
+    small: u64,
+) -> Result<Option<(File, fs::Metadata, Option<bytes::Bytes>)>, StorageError> {
+    let Some(mut file) = open_confined(root, key)? else { return Ok(None) };
+    let err = |e| io_error("read", key.as_str(), e);
+    let md = file.metadata().map_err(err)?;
+    let body = if md.len() <= small {
+        let mut buf = Vec::with_capacity(md.len() as usize);
+        file.read_to_end(&mut buf).map_err(err)?;
+        Some(bytes::Bytes::from(buf))
+    } else {
+        None
+    };
+    Ok(Some((file, md, body)))
+}
+
 /// Hashes an opened file from its start.
 pub fn hash_file(key: &ObjectKey, file: &mut File, md: &fs::Metadata) -> Result<ObjectMeta, StorageError> {
     use std::io::Seek;

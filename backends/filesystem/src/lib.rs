@@ -33,6 +33,9 @@ pub const DEFAULT_ROOT: &str = "/data/artifacts";
 /// Read buffer of response bodies: the most a slow client makes us hold per download.
 const CHUNK: usize = 64 * 1024;
 
+/// Objects up to this size are read whole when opened (one blocking call per request).
+const SMALL_OBJECT: u64 = 256 * 1024;
+
 const CAPABILITIES: Capabilities = Capabilities { serves_http: true, shared: false };
 
 externalsource_core::inventory::submit! {
@@ -189,8 +192,37 @@ impl Storage for FilesystemStorage {
         key: &ObjectKey,
         range: Option<std::ops::RangeInclusive<u64>>,
     ) -> Result<ObjectBody, StorageError> {
-        let mut file = self.open_object(key).await?;
-        let meta = self.meta_of(key, &mut file).await?;
+        // Fast path: open, stat and (for small objects) read in one blocking call, so a typical
+        // artifact costs one hop to the blocking pool instead of one per step.
+        let (root, k) = (self.root.clone(), key.clone());
+        let opened = tokio::task::spawn_blocking(move || fsops::open_and_read_small(&root, &k, SMALL_OBJECT))
+            .await
+            .map_err(|e| io_error("open", key.as_str(), std::io::Error::other(e)))??;
+        let Some((file, md, small)) = opened else {
+            self.index.remove(key);
+            return Err(StorageError::NotFound(key.clone()));
+        };
+        let indexed = self.index.get(key).filter(|e| e.0 == FileId::of(&md)).map(|e| e.1.clone());
+        if let (Some(meta), Some(bytes)) = (&indexed, small)
+            && bytes.len() as u64 == meta.size
+        {
+            let range = check_range(meta, range)?;
+            let body = match &range {
+                Some(r) => bytes.slice(*r.start() as usize..=*r.end() as usize),
+                None => bytes,
+            };
+            return Ok(ObjectBody {
+                meta: meta.clone(),
+                range,
+                stream: futures::stream::once(async { Ok(body) }).boxed(),
+            });
+        }
+        let mut file = tokio::fs::File::from_std(file);
+        file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_error("seek", key.as_str(), e))?;
+        let meta = match indexed {
+            Some(meta) => meta,
+            None => self.meta_of(key, &mut file).await?,
+        };
         let range = check_range(&meta, range)?;
         let stream = match &range {
             Some(r) => {
