@@ -200,12 +200,8 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     if let Ok(secs) = value.trim().parse::<u64>() {
         return Some(Duration::from_secs(secs));
     }
-    let when = httpdate_parse(value)?;
+    let when = httpdate::parse_http_date(value.trim()).ok()?;
     Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
-}
-
-fn httpdate_parse(value: &str) -> Option<SystemTime> {
-    k8s_openapi::jiff::fmt::rfc2822::parse(value.trim()).ok().map(|z| SystemTime::from(z.timestamp()))
 }
 
 /// The error and its sources in one line (reqwest's top-level message hides the cause).

@@ -108,4 +108,4 @@ impl Metrics {
 }
 
 /// Every `result` label value used, so series can be removed without scanning.
-pub const RESULTS: &[&str] = &["success", "error", "not_modified", "stalled", "suspended"];
+pub const RESULTS: &[&str] = &["success", "error", "not_modified"];

@@ -168,7 +168,7 @@ pub fn error_policy(es: Arc<ExternalSource>, error: &Error, ctx: Arc<Context>) -
         _ => None,
     };
     let delay = retry_after.map_or(jittered, |r| r.max(jittered).min(MAX_BACKOFF));
-    tracing::warn!(namespace = %key_of(&es).0, name = %es.name_any(), attempts, delay = ?delay, error = %error, "reconcile failed; retrying");
+    tracing::warn!(namespace = %key_of(&es).0, name = %es.name_any(), attempts, delay = ?delay, kind = error.kind(), error = %error, "reconcile failed; retrying");
     Action::requeue(delay)
 }
 
