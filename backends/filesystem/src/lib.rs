@@ -133,10 +133,14 @@ impl FilesystemStorage {
         key.segments().fold(self.root.clone(), |p, s| p.join(s))
     }
 
-    /// Metadata of an opened file: from the index when the file is the one indexed, otherwise
-    /// by hashing it (an object written by another process, or replaced since).
-    async fn meta_of(&self, key: &ObjectKey, file: &mut tokio::fs::File) -> Result<ObjectMeta, StorageError> {
-        let md = file.metadata().await.map_err(|e| io_error("stat", key.as_str(), e))?;
+    /// Metadata of an opened file with stat `md`: from the index when the file is the one indexed,
+    /// otherwise by hashing it (an object written by another process, or replaced since).
+    async fn meta_with(
+        &self,
+        key: &ObjectKey,
+        file: &mut tokio::fs::File,
+        md: std::fs::Metadata,
+    ) -> Result<ObjectMeta, StorageError> {
         let id = FileId::of(&md);
         if let Some(entry) = self.index.get(key).filter(|e| e.0 == id) {
             return Ok(entry.1.clone());
@@ -202,26 +206,34 @@ impl Storage for FilesystemStorage {
             self.index.remove(key);
             return Err(StorageError::NotFound(key.clone()));
         };
-        let indexed = self.index.get(key).filter(|e| e.0 == FileId::of(&md)).map(|e| e.1.clone());
-        if let (Some(meta), Some(bytes)) = (&indexed, small)
-            && bytes.len() as u64 == meta.size
-        {
-            let range = check_range(meta, range)?;
+        let id = FileId::of(&md);
+        let indexed = self.index.get(key).filter(|e| e.0 == id).map(|e| e.1.clone());
+        if let Some(bytes) = small {
+            // Read whole: an unindexed file (written behind our back) is hashed from these bytes.
+            let meta = match indexed {
+                Some(meta) if meta.size == bytes.len() as u64 => meta,
+                _ => {
+                    let meta = ObjectMeta {
+                        key: key.clone(),
+                        size: bytes.len() as u64,
+                        digest: externalsource_core::Digest::of(&bytes),
+                        last_modified: md.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+                    };
+                    self.index.insert(key.clone(), (id, meta.clone()));
+                    meta
+                }
+            };
+            let range = check_range(&meta, range)?;
             let body = match &range {
                 Some(r) => bytes.slice(*r.start() as usize..=*r.end() as usize),
                 None => bytes,
             };
-            return Ok(ObjectBody {
-                meta: meta.clone(),
-                range,
-                stream: futures::stream::once(async { Ok(body) }).boxed(),
-            });
+            return Ok(ObjectBody { meta, range, stream: futures::stream::once(async { Ok(body) }).boxed() });
         }
         let mut file = tokio::fs::File::from_std(file);
-        file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_error("seek", key.as_str(), e))?;
         let meta = match indexed {
             Some(meta) => meta,
-            None => self.meta_of(key, &mut file).await?,
+            None => self.meta_with(key, &mut file, md).await?,
         };
         let range = check_range(&meta, range)?;
         let stream = match &range {
@@ -236,7 +248,8 @@ impl Storage for FilesystemStorage {
 
     async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
         let mut file = self.open_object(key).await?;
-        self.meta_of(key, &mut file).await
+        let md = file.metadata().await.map_err(|e| io_error("stat", key.as_str(), e))?;
+        self.meta_with(key, &mut file, md).await
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {

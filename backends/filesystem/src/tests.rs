@@ -85,6 +85,9 @@ async fn files_changed_behind_our_back_are_rehashed() {
     s.put(&k, Bytes::from_static(b"one")).await.unwrap();
     std::fs::write(dir.path().join("artifacts/ns/x/data.new"), b"twotwo").unwrap();
     std::fs::rename(dir.path().join("artifacts/ns/x/data.new"), dir.path().join("artifacts/ns/x/data")).unwrap();
+    let got = s.get(&k, None).await.unwrap();
+    assert_eq!(got.meta.digest, Digest::of(b"twotwo"), "get sees the replaced file, not the indexed one");
+    assert_eq!(got.collect().await.unwrap(), Bytes::from_static(b"twotwo"));
     let meta = s.stat(&k).await.unwrap();
     assert_eq!(meta.digest, Digest::of(b"twotwo"));
     assert_eq!(meta.size, 6);
