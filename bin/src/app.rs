@@ -8,7 +8,7 @@ use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::leader::{LeaderElector, Timings};
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
-use externalsource_core::controller::reconcile::Context;
+use externalsource_core::controller::reconcile::{Context, Settings};
 use externalsource_core::controller::{self, StartError};
 use externalsource_core::{Storage, StorageError};
 use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions};
@@ -182,12 +182,15 @@ async fn run_controller(
         client.clone(),
         storage,
         Fetcher::new(config.fetch.user_agent.clone()),
-        Defaults {
-            min_interval: config.controller.min_interval,
-            timeout: config.fetch.timeout,
-            max_size: config.fetch.max_size,
+        Settings {
+            defaults: Defaults {
+                min_interval: config.controller.min_interval,
+                timeout: config.fetch.timeout,
+                max_size: config.fetch.max_size,
+            },
+            retention: config.controller.retention.into(),
+            finalizer_attempts: config.controller.finalizer_attempts,
         },
-        config.controller.retention.into(),
         Recorder::new(client, reporter),
         metrics,
     ));

@@ -77,6 +77,10 @@ pub struct ControllerConfig {
     pub concurrency: u16,
     pub min_interval: Duration,
     pub retention: u16,
+    /// Failed attempts at deleting a source's stored artifacts before its finalizer is released
+    /// anyway (with a Warning Event naming what was left behind), so a broken store cannot hang
+    /// a namespace deletion.
+    pub finalizer_attempts: u32,
     pub leader_election: bool,
     pub lease_name: String,
     pub pod_name: String,
@@ -151,7 +155,18 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
     ("ops", &["bind_address", "port"]),
     ("storage", &["backend"]),
-    ("controller", &["concurrency", "min_interval", "retention", "leader_election", "lease_name", "pod_name"]),
+    (
+        "controller",
+        &[
+            "concurrency",
+            "min_interval",
+            "retention",
+            "finalizer_attempts",
+            "leader_election",
+            "lease_name",
+            "pod_name",
+        ],
+    ),
     ("fetch", &["timeout", "max_size", "user_agent"]),
     ("log", &["format", "level"]),
 ];
@@ -260,6 +275,7 @@ impl ConfigLoader {
             concurrency: r.int_in("controller.concurrency", 4, 1, 1024)? as u16,
             min_interval: r.duration("controller.min_interval", "1m", Duration::from_secs(1))?,
             retention: r.int_in("controller.retention", 2, 1, 100)? as u16,
+            finalizer_attempts: r.int_in("controller.finalizer_attempts", 5, 1, 1000)? as u32,
             leader_election: r.bool("controller.leader_election", true)?,
             lease_name: r.string("controller.lease_name", "externalsource-controller-leader")?,
             pod_name: r.string("controller.pod_name", &default_pod)?,
@@ -482,6 +498,7 @@ impl Config {
         controller.insert("concurrency".into(), V::Integer(c.concurrency.into()));
         controller.insert("min_interval".into(), s(&format_duration(c.min_interval)));
         controller.insert("retention".into(), V::Integer(c.retention.into()));
+        controller.insert("finalizer_attempts".into(), V::Integer(c.finalizer_attempts.into()));
         controller.insert("leader_election".into(), V::Boolean(c.leader_election));
         controller.insert("lease_name".into(), s(&c.lease_name));
         controller.insert("pod_name".into(), s(&c.pod_name));

@@ -113,12 +113,43 @@ pub enum StorageError {
     },
     #[error("object {key} is corrupt: {message}")]
     Corrupt { key: ObjectKey, message: String },
+    /// The medium itself is full (ENOSPC, a quota), as opposed to our own byte budget.
+    #[error("no space left during {operation} of {key}: {message}")]
+    NoSpace { operation: &'static str, key: String, message: String },
+    /// The store's container (an S3 bucket) does not exist: nothing is stored, nothing can be.
+    #[error("the store does not exist during {operation} of {key}: {message}")]
+    StoreMissing { operation: &'static str, key: String, message: String },
+}
+
+/// How a caller should react to a [`StorageError`]; the reconciler's retry policy keys on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// An outage or I/O hiccup: retry soon, with backoff.
+    Transient,
+    /// The budget or the medium is full: making room may help, retrying soon will not.
+    OutOfSpace,
+    /// Denied, corrupt, invalid, missing: retrying before something else changes is pointless.
+    Permanent,
 }
 
 impl StorageError {
     /// Transient failures are worth retrying with backoff; the others are not.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Io { .. })
+        self.class() == FailureClass::Transient
+    }
+
+    /// The reaction this failure calls for.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            // A missing bucket is usually an operator still setting up: worth retrying.
+            Self::Unavailable { .. } | Self::Io { .. } | Self::StoreMissing { .. } => FailureClass::Transient,
+            Self::OverBudget { .. } | Self::NoSpace { .. } => FailureClass::OutOfSpace,
+            Self::NotFound(_)
+            | Self::InvalidKey(_)
+            | Self::RangeNotSatisfiable { .. }
+            | Self::AccessDenied { .. }
+            | Self::Corrupt { .. } => FailureClass::Permanent,
+        }
     }
 
     /// A short label for metrics.
@@ -132,6 +163,8 @@ impl StorageError {
             Self::Unavailable { .. } => "unavailable",
             Self::Io { .. } => "io",
             Self::Corrupt { .. } => "corrupt",
+            Self::NoSpace { .. } => "no_space",
+            Self::StoreMissing { .. } => "store_missing",
         }
     }
 }

@@ -172,7 +172,7 @@ fn storage_error(key: &ObjectKey, e: &StorageError) -> Response<Body> {
         StorageError::NotFound(_) => text(StatusCode::NOT_FOUND, "not found\n"),
         StorageError::InvalidKey(_) => text(StatusCode::BAD_REQUEST, "bad request\n"),
         StorageError::RangeNotSatisfiable { size, .. } => range_not_satisfiable(*size),
-        StorageError::Unavailable { .. } => {
+        StorageError::Unavailable { .. } | StorageError::StoreMissing { .. } => {
             tracing::warn!(key = %key, kind = e.kind(), error = %e, "storage unavailable while serving an artifact");
             text(StatusCode::SERVICE_UNAVAILABLE, "storage unavailable\n")
         }

@@ -9,7 +9,7 @@ use externalsource_core::Storage;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
-use externalsource_core::controller::reconcile::Context;
+use externalsource_core::controller::reconcile::{Context, Settings};
 use externalsource_server::{ArtifactRoutes, ArtifactService, ServeOptions};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
@@ -23,11 +23,18 @@ pub struct Options {
     pub retention: usize,
     pub max_size: u64,
     pub timeout: Duration,
+    pub finalizer_attempts: u32,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { min_interval: Duration::from_secs(1), retention: 2, max_size: 1 << 20, timeout: Duration::from_secs(5) }
+        Self {
+            min_interval: Duration::from_secs(1),
+            retention: 2,
+            max_size: 1 << 20,
+            timeout: Duration::from_secs(5),
+            finalizer_attempts: 5,
+        }
     }
 }
 
@@ -72,8 +79,15 @@ impl TestController {
             client.clone(),
             storage.clone(),
             Fetcher::new("externalsource-controller/test"),
-            Defaults { min_interval: options.min_interval, timeout: options.timeout, max_size: options.max_size },
-            options.retention,
+            Settings {
+                defaults: Defaults {
+                    min_interval: options.min_interval,
+                    timeout: options.timeout,
+                    max_size: options.max_size,
+                },
+                retention: options.retention,
+                finalizer_attempts: options.finalizer_attempts,
+            },
             Recorder::new(client, reporter),
             metrics,
         ));

@@ -37,6 +37,10 @@ impl FileId {
 }
 
 pub fn io_error(operation: &'static str, key: &str, source: io::Error) -> StorageError {
+    // A full volume or an exhausted quota is not an outage: the reconciler makes room first.
+    if source.kind() == io::ErrorKind::StorageFull || source.raw_os_error() == Some(libc::EDQUOT) {
+        return StorageError::NoSpace { operation, key: key.to_owned(), message: source.to_string() };
+    }
     StorageError::Io { operation, key: key.to_owned(), source }
 }
 

@@ -78,7 +78,7 @@ where
     match (class, target) {
         (Class::NotFound, Target::Object(k)) => StorageError::NotFound(k.clone()),
         (Class::NoSuchBucket, _) => {
-            StorageError::Unavailable { operation, key, message: format!("the bucket does not exist: {message}") }
+            StorageError::StoreMissing { operation, key, message: format!("the bucket does not exist: {message}") }
         }
         (Class::AccessDenied, _) => StorageError::AccessDenied { key, message },
         (Class::Unavailable, _) | (Class::NotFound, Target::Prefix(_)) => {

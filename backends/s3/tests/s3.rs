@@ -176,17 +176,20 @@ async fn wrong_credentials_are_access_denied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missing_bucket_is_an_outage_not_a_missing_object() {
+async fn a_missing_bucket_is_a_missing_store_not_a_missing_object() {
     let weed = Weed::shared().await;
     let s = weed.storage_for("no-such-bucket", |_| {}).await;
     let k = key("artifacts/ns/x/y.tar.gz");
     for result in [s.get(&k, None).await.map(|_| ()), s.put(&k, payload(1, 1)).await.map(|_| ())] {
         match result {
-            Err(e @ StorageError::Unavailable { .. }) => assert!(e.to_string().contains("bucket"), "{e}"),
-            other => panic!("expected Unavailable, got {other:?}"),
+            Err(e @ StorageError::StoreMissing { .. }) => {
+                assert!(e.to_string().contains("bucket"), "{e}");
+                assert!(e.is_transient(), "an operator may still create the bucket: retried with backoff");
+            }
+            other => panic!("expected StoreMissing, got {other:?}"),
         }
     }
-    assert!(matches!(s.list("artifacts/").await, Err(StorageError::Unavailable { .. })));
+    assert!(matches!(s.list("artifacts/").await, Err(StorageError::StoreMissing { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -162,10 +162,20 @@ pub struct TransformSpec {
 pub struct ExternalSourceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The published artifact (the one the ExternalArtifact points at).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<Artifact>,
+    /// The upstream ETag the published artifact was fetched with; sent as `If-None-Match`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_e_tag: Option<String>,
+    /// The generation whose spec produced the published artifact; `If-None-Match` is only sent
+    /// while it is the current generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_generation: Option<i64>,
+    /// Storage paths of the last published artifacts, newest (the current one) first; garbage
+    /// collection keeps these and deletes everything else the source stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published_paths: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The value of the `reconcile.fluxcd.io/requestedAt` annotation last handled.

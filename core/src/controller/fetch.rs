@@ -76,6 +76,18 @@ impl FetchError {
         }
     }
 
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Status { .. } => "fetch_status",
+            Self::TooLarge { .. } => "fetch_too_large",
+            Self::Timeout { .. } => "fetch_timeout",
+            Self::Transport { .. } => "fetch_transport",
+            Self::InvalidCaBundle(_) => "invalid_ca_bundle",
+            Self::Client(_) => "fetch_client",
+        }
+    }
+
     /// A server-requested delay (429/503 `Retry-After`).
     pub fn retry_after(&self) -> Option<Duration> {
         match self {

@@ -2,6 +2,9 @@
 //!
 //! Per-object series carry `namespace` and `name` and are removed when the object is deleted.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -22,6 +25,16 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Labels of the reconcile counter: `result` is `success` or `error`, `kind` names what went
+/// wrong (`none`, `fetch_status`, `over_budget`, `invalid_spec`, `kube`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub namespace: String,
+    pub name: String,
+    pub result: String,
+    pub kind: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: String,
@@ -34,7 +47,9 @@ fn histogram() -> Histogram {
 
 /// Handles to every controller metric.
 pub struct Metrics {
-    pub reconciliations: Family<ResultLabels, Counter>,
+    pub reconciliations: Family<ReconcileLabels, Counter>,
+    /// Reconcile label sets used per object, so a deleted object's series can all be removed.
+    reconcile_series: Mutex<HashMap<ObjectLabels, HashSet<ReconcileLabels>>>,
     pub reconcile_duration: Family<ObjectLabels, Histogram>,
     pub source_requests: Family<ResultLabels, Counter>,
     pub source_request_duration: Family<ObjectLabels, Histogram>,
@@ -47,6 +62,7 @@ impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
             reconciliations: Family::default(),
+            reconcile_series: Mutex::default(),
             reconcile_duration: Family::new_with_constructor(histogram),
             source_requests: Family::default(),
             source_request_duration: Family::new_with_constructor(histogram),
@@ -54,7 +70,11 @@ impl Metrics {
             active_reconciliations: Gauge::default(),
             storage_bytes: Family::default(),
         };
-        registry.register("externalsource_reconciliation", "Reconciliations by result", m.reconciliations.clone());
+        registry.register(
+            "externalsource_reconciliation",
+            "Reconciliations by result and error kind",
+            m.reconciliations.clone(),
+        );
         registry.register(
             "externalsource_reconciliation_duration_seconds",
             "Duration of reconciliations",
@@ -84,6 +104,13 @@ impl Metrics {
         m
     }
 
+    /// Counts one reconcile.
+    pub fn reconciled(&self, labels: ReconcileLabels) {
+        self.reconciliations.get_or_create(&labels).inc();
+        let object = ObjectLabels { namespace: labels.namespace.clone(), name: labels.name.clone() };
+        self.reconcile_series.lock().unwrap_or_else(|p| p.into_inner()).entry(object).or_default().insert(labels);
+    }
+
     pub fn operation(&self, operation: &str, ok: bool) {
         self.artifact_operations
             .get_or_create(&OperationLabels {
@@ -99,13 +126,16 @@ impl Metrics {
         self.reconcile_duration.remove(&obj);
         self.source_request_duration.remove(&obj);
         self.storage_bytes.remove(&obj);
+        let series = self.reconcile_series.lock().unwrap_or_else(|p| p.into_inner()).remove(&obj);
+        for labels in series.into_iter().flatten() {
+            self.reconciliations.remove(&labels);
+        }
         for result in RESULTS {
             let labels = ResultLabels { namespace: namespace.into(), name: name.into(), result: (*result).into() };
-            self.reconciliations.remove(&labels);
             self.source_requests.remove(&labels);
         }
     }
 }
 
-/// Every `result` label value used, so series can be removed without scanning.
+/// Every `result` label value of the source request counter, so its series can be removed.
 pub const RESULTS: &[&str] = &["success", "error", "not_modified"];

@@ -2,10 +2,13 @@
 //! kube-runtime `Controller`.
 
 pub mod api;
+mod cleanup;
 pub mod conditions;
 pub mod fetch;
+pub mod finish;
 pub mod leader;
 pub mod metrics;
+pub mod outcome;
 pub mod plan;
 pub mod reconcile;
 pub mod revision;

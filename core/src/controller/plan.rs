@@ -9,7 +9,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
 use super::api::{ExternalSourceSpec, GeneratorType};
-use super::conditions::reason;
+use super::conditions::Reason;
 use super::transform::Transform;
 use crate::package::DestinationPath;
 use crate::units::{format_duration, parse_duration, parse_size};
@@ -21,13 +21,23 @@ pub const DEFAULT_DESTINATION: &str = "data";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct ConfigProblem {
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl ConfigProblem {
+    /// The `kind` label of the reconcile metric for this problem.
+    pub fn kind(&self) -> &'static str {
+        match self.reason {
+            Reason::SecretNotFound => "secret_not_found",
+            Reason::ArtifactConflict => "artifact_conflict",
+            Reason::Unsupported => "unsupported",
+            _ => "invalid_spec",
+        }
+    }
+
     pub fn invalid(field: &str, value: &str, rule: impl std::fmt::Display) -> Self {
-        Self { reason: reason::INVALID_SPEC, message: format!("{field}: {value:?} {rule}") }
+        Self { reason: Reason::InvalidSpec, message: format!("{field}: {value:?} {rule}") }
     }
 }
 
@@ -74,7 +84,7 @@ impl Plan {
             .map_err(|e| ConfigProblem::invalid("spec.destinationPath", raw_path, e))?;
         if spec.hooks.as_ref().is_some_and(|h| !h.pre_request.is_empty() || !h.post_request.is_empty()) {
             return Err(ConfigProblem {
-                reason: reason::UNSUPPORTED,
+                reason: Reason::Unsupported,
                 message: "spec.hooks: hooks are not supported by this controller; remove them and use spec.transform.jq to reshape JSON".into(),
             });
         }
@@ -155,11 +165,11 @@ pub fn headers_from_secret(
     let mut headers = HeaderMap::new();
     for (key, value) in data {
         let name = HeaderName::from_bytes(key.as_bytes()).map_err(|_| ConfigProblem {
-            reason: reason::INVALID_SPEC,
+            reason: Reason::InvalidSpec,
             message: format!("Secret {secret_name:?} key {key:?} is not a valid HTTP header name"),
         })?;
         let value = HeaderValue::from_bytes(&value.0).map_err(|_| ConfigProblem {
-            reason: reason::INVALID_SPEC,
+            reason: Reason::InvalidSpec,
             message: format!("Secret {secret_name:?} key {key:?} holds a value that is not a valid HTTP header value"),
         })?;
         headers.insert(name, value);

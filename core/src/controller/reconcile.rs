@@ -1,31 +1,34 @@
 //! The reconciler: ExternalSource → fetched payload → stored artifact → ExternalArtifact.
 //!
-//! Order matters for consumers: the artifact is stored before any status points at it, and old
-//! revisions are deleted only after the ExternalArtifact points at the new one.
+//! `apply` runs steps that each return data (plan, Secrets, verified current artifact, fetch,
+//! transform and store) and ends in exactly one call of [`finish`](super::finish::finish), the
+//! only writer of both statuses and of the Event. The decisions between the steps are the pure
+//! functions of [`outcome`](super::outcome).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use dashmap::DashMap;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{self, finalizer};
-use kube::{Resource, ResourceExt};
-use serde_json::json;
 
-use super::api::{Artifact, ExternalArtifact, ExternalArtifactSpec, ExternalSource, ExternalSourceStatus, SourceRef};
-use super::conditions::{self, reason};
-use super::fetch::{FetchError, FetchOutcome, FetchRequest, Fetcher, TlsSettings};
-use super::metrics::{Metrics, ObjectLabels, ResultLabels};
+use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatus};
+use super::conditions::Reason;
+use super::fetch::{FetchOutcome, FetchRequest, Fetcher, TlsSettings};
+use super::finish::{Report, finish, owned_by, write_status};
+use super::metrics::{Metrics, ObjectLabels, ReconcileLabels, ResultLabels};
+use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{self, ConfigProblem, Defaults, Plan};
 use super::revision::revision;
 use crate::key::{ObjectKey, artifact_dir};
 use crate::package::package;
-use crate::storage::{Storage, StorageError};
+use crate::storage::{FailureClass, ObjectMeta, Storage, StorageError};
 
 /// The predecessor's finalizer name, kept so objects move between the two controllers.
 pub const FINALIZER: &str = "source.flux.oddkin.co/externalsource-finalizer";
@@ -39,18 +42,29 @@ pub const SOURCE_METADATA: &str = "org.opencontainers.image.source";
 /// Longest backoff after repeated transient errors.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
+/// Operator policy of the reconciler.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What a spec falls back to.
+    pub defaults: Defaults,
+    /// Published revisions kept per source (current included).
+    pub retention: usize,
+    /// Failed attempts at deleting a source's storage before the finalizer is released anyway.
+    pub finalizer_attempts: u32,
+}
+
 /// Everything a reconcile needs.
 pub struct Context {
     pub client: kube::Client,
     pub storage: Arc<dyn Storage>,
     pub fetcher: Fetcher,
-    pub defaults: Defaults,
-    /// Revisions kept per source (current included).
-    pub retention: usize,
+    pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: DashMap<(String, String), u32>,
+    /// Failed cleanup attempts per object being deleted.
+    pub(super) cleanup_attempts: DashMap<(String, String), u32>,
 }
 
 impl Context {
@@ -58,8 +72,7 @@ impl Context {
         client: kube::Client,
         storage: Arc<dyn Storage>,
         fetcher: Fetcher,
-        defaults: Defaults,
-        retention: usize,
+        settings: Settings,
         recorder: Recorder,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -67,12 +80,21 @@ impl Context {
             client,
             storage,
             fetcher,
-            defaults,
-            retention: retention.max(1),
+            settings: Settings {
+                retention: settings.retention.max(1),
+                finalizer_attempts: settings.finalizer_attempts.max(1),
+                ..settings
+            },
             recorder,
             metrics,
             failures: DashMap::new(),
+            cleanup_attempts: DashMap::new(),
         }
+    }
+
+    pub(super) fn forget_failures(&self, key: &(String, String)) {
+        self.failures.remove(key);
+        self.cleanup_attempts.remove(key);
     }
 }
 
@@ -81,12 +103,11 @@ impl Context {
 pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
+    /// A transient failure already reported in the status; retried with backoff.
+    #[error("{}", .0.message)]
+    Backoff(outcome::Failure),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("packaging failed: {0}")]
-    Package(#[source] std::io::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
@@ -103,19 +124,18 @@ impl Error {
         }
     }
 
-    /// A short label for metrics and events.
+    /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
         match self.inner() {
             Error::Kube(_) => "kube",
-            Error::Fetch(_) => "fetch",
+            Error::Backoff(f) => f.kind,
             Error::Storage(e) => e.kind(),
-            Error::Package(_) => "package",
             Error::Finalizer(_) => "finalizer",
         }
     }
 }
 
-fn key_of(es: &ExternalSource) -> (String, String) {
+pub(super) fn key_of(es: &ExternalSource) -> (String, String) {
     (es.namespace().unwrap_or_default(), es.name_any())
 }
 
@@ -127,10 +147,16 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
     ctx.metrics.active_reconciliations.inc();
     let live = es.metadata.deletion_timestamp.is_none();
     let api: Api<ExternalSource> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, es, |event| async {
+    let mut report: Option<(bool, &'static str)> = None;
+    let (slot, context) = (&mut report, ctx.as_ref());
+    let result = finalizer(&api, FINALIZER, es, |event| async move {
         match event {
-            finalizer::Event::Apply(es) => apply(&es, &ctx).await,
-            finalizer::Event::Cleanup(es) => cleanup(&es, &ctx).await,
+            finalizer::Event::Apply(es) => {
+                let Report { action, ok, kind } = apply(&es, context).await?;
+                *slot = Some((ok, kind));
+                Ok(action)
+            }
+            finalizer::Event::Cleanup(es) => super::cleanup::cleanup(&es, context).await,
         }
     })
     .await;
@@ -148,8 +174,17 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
     // A deleted object's series were dropped by cleanup; do not bring them back.
     if live {
         ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-        let outcome = if result.is_ok() { "success" } else { "error" };
-        ctx.metrics.reconciliations.get_or_create(&ResultLabels { namespace: ns, name, result: outcome.into() }).inc();
+        let (ok, kind) = match (&result, report) {
+            (Ok(_), Some(report)) => report,
+            (Ok(_), None) => (true, "none"),
+            (Err(e), _) => (false, e.kind()),
+        };
+        ctx.metrics.reconciled(ReconcileLabels {
+            namespace: ns,
+            name,
+            result: if ok { "success" } else { "error" }.into(),
+            kind: kind.into(),
+        });
     }
     result
 }
@@ -161,80 +196,83 @@ pub fn error_policy(es: Arc<ExternalSource>, error: &Error, ctx: Arc<Context>) -
         *entry += 1;
         *entry
     };
-    let base = Duration::from_secs(1).saturating_mul(1 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF);
-    let jittered = base.mul_f64(0.9 + fastrand::f64() * 0.2).min(MAX_BACKOFF);
     let retry_after = match error.inner() {
-        Error::Fetch(e) => e.retry_after(),
+        Error::Backoff(outcome::Failure { retry: Retry::Backoff { after }, .. }) => *after,
         _ => None,
     };
-    let delay = retry_after.map_or(jittered, |r| r.max(jittered).min(MAX_BACKOFF));
+    let delay = backoff(attempts, retry_after, fastrand::f64());
     tracing::warn!(namespace = %key_of(&es).0, name = %es.name_any(), attempts, delay = ?delay, kind = error.kind(), error = %error, "reconcile failed; retrying");
     Action::requeue(delay)
 }
 
-/// Requeue at the interval with up to 5 % jitter, so sources created together spread out.
-fn at_interval(interval: Duration) -> Action {
-    Action::requeue(interval.mul_f64(1.0 + fastrand::f64() * 0.05))
+/// The delay before attempt `attempts + 1`: 1 s doubling per attempt up to [`MAX_BACKOFF`],
+/// jittered by ±10 % (`jitter` in 0..1), never shorter than a requested `Retry-After`.
+fn backoff(attempts: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let base = Duration::from_secs(1).saturating_mul(1 << attempts.saturating_sub(1).min(16)).min(MAX_BACKOFF);
+    let jittered = base.mul_f64(0.9 + jitter * 0.2).min(MAX_BACKOFF);
+    retry_after.map_or(jittered, |r| r.max(jittered).min(MAX_BACKOFF))
 }
 
-/// The outcome of the fetch-and-store step.
-enum Stored {
-    /// A new artifact was stored (a new revision).
-    New(Artifact),
-    /// The current artifact still holds (304, or identical content).
-    Unchanged(Artifact),
-}
-
-async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Action, Error> {
-    let (ns, name) = key_of(es);
+async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Report, Error> {
+    let (ns, _) = key_of(es);
     let generation = es.metadata.generation;
     let old = es.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    status.last_handled_reconcile_at =
-        es.annotations().get(REQUESTED_AT).cloned().or(old.last_handled_reconcile_at.clone());
-
-    if es.spec.suspend.unwrap_or(false) {
-        conditions::set(
-            &mut status.conditions,
-            conditions::READY,
-            false,
-            reason::SUSPENDED,
-            "reconciliation is suspended; the last artifact stays published",
-            generation,
-        );
-        conditions::remove(&mut status.conditions, conditions::RECONCILING);
-        conditions::remove(&mut status.conditions, conditions::STALLED);
-        status.observed_generation = generation;
-        write_status(ctx, es, &old, status).await?;
-        return Ok(Action::await_change());
-    }
-
-    let plan = match Plan::from_spec(&es.spec, &ctx.defaults) {
-        Ok(plan) => plan,
-        Err(problem) => return stall(ctx, es, old, status, problem).await,
+    let mut inputs = StatusInputs {
+        generation,
+        requested_at: es.annotations().get(REQUESTED_AT).map(String::as_str),
+        interval_warning: None,
+        previously_published: None,
+        retention: ctx.settings.retention,
     };
+    if es.spec.suspend.unwrap_or(false) {
+        return finish(ctx, es, &old, Outcome::Suspended, inputs, None).await;
+    }
+    let plan = match Plan::from_spec(&es.spec, &ctx.settings.defaults) {
+        Ok(plan) => plan,
+        Err(problem) => {
+            let stalled = Outcome::Stalled { problem, recheck_at_interval: false };
+            return finish(ctx, es, &old, stalled, inputs, None).await;
+        }
+    };
+    let warning = plan.interval_warning();
+    inputs.interval_warning = warning.as_deref();
     let (headers, tls) = match read_secrets(ctx, &ns, &plan).await? {
         Ok(v) => v,
-        Err(problem) => return stall(ctx, es, old, status, problem).await,
+        Err(problem) => {
+            let stalled = Outcome::Stalled { problem, recheck_at_interval: false };
+            return finish(ctx, es, &old, stalled, inputs, Some(plan.interval)).await;
+        }
     };
-    match plan.interval_warning() {
-        Some(w) => conditions::set(
-            &mut status.conditions,
-            conditions::INTERVAL_RAISED,
-            true,
-            reason::BELOW_MINIMUM,
-            &w,
-            generation,
-        ),
-        None => conditions::remove(&mut status.conditions, conditions::INTERVAL_RAISED),
-    }
+    // A new generation is announced before the (possibly long) fetch: Reconciling=True.
+    let old = match outcome::progressing_status(&old, generation) {
+        Some(progressing) => {
+            write_status(ctx, es, &old, &progressing).await?;
+            progressing
+        }
+        None => old,
+    };
+    let outcome = fetch_and_store(ctx, es, &plan, &old, headers, tls).await;
+    finish(ctx, es, &old, outcome, inputs, Some(plan.interval)).await
+}
 
-    let current = match verified_artifact(ctx, &old).await {
+/// The fetch and store steps, ending in an outcome (nothing is written to the API here).
+async fn fetch_and_store(
+    ctx: &Context,
+    es: &ExternalSource,
+    plan: &Plan,
+    old: &ExternalSourceStatus,
+    headers: reqwest::header::HeaderMap,
+    tls: TlsSettings,
+) -> Outcome {
+    let (ns, name) = key_of(es);
+    let current = match verified_artifact(ctx, old).await {
         Ok(current) => current,
-        Err(e) => return fail(ctx, es, old, status, reason::STORAGE_FAILED, Error::Storage(e)).await,
+        Err(e) => return Outcome::Failed(outcome::storage_failure(&e)),
     };
-    let spec_unchanged = old.observed_generation.is_some() && old.observed_generation == generation;
-    let if_none_match = current.as_ref().filter(|_| spec_unchanged).and(old.last_handled_e_tag.clone());
+    // The recorded ETag describes the published artifact only for the spec that fetched it.
+    let same_spec = old.artifact_generation.is_some() && old.artifact_generation == es.metadata.generation;
+    let if_none_match = current.as_ref().filter(|_| same_spec).and(old.last_handled_e_tag.clone());
+    let sent_if_none_match = if_none_match.is_some();
     let request = FetchRequest {
         url: plan.url.clone(),
         method: plan.method.clone(),
@@ -256,65 +294,21 @@ async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Action, Error> {
     };
     ctx.metrics
         .source_requests
-        .get_or_create(&ResultLabels { namespace: ns.clone(), name: name.clone(), result: request_result.into() })
+        .get_or_create(&ResultLabels { namespace: ns, name, result: request_result.into() })
         .inc();
 
-    let stored = match fetched {
-        Ok(FetchOutcome::NotModified) => match current {
-            Some(artifact) => Stored::Unchanged(artifact),
-            // The stored artifact vanished between the check and the answer: fetch it whole next time.
-            None => return Ok(Action::requeue(Duration::from_secs(1))),
-        },
-        Ok(FetchOutcome::Fetched { body, etag }) => {
-            status.last_handled_e_tag = etag.clone();
-            let body = match transformed(&plan, body).await {
-                Ok(body) => body,
-                Err(message) => {
-                    return fail_until_interval(
-                        ctx,
-                        es,
-                        old,
-                        status,
-                        reason::TRANSFORM_FAILED,
-                        &message,
-                        plan.interval,
-                    )
-                    .await;
-                }
-            };
-            match store(ctx, es, &plan, &body, etag.as_deref(), current).await {
-                Ok(stored) => stored,
-                Err(e) => return fail(ctx, es, old, status, reason::STORAGE_FAILED, e).await,
-            }
+    let recorded_etag = old.last_handled_e_tag.as_deref();
+    let (body, etag) = match &fetched {
+        Ok(FetchOutcome::Fetched { body, etag }) => (body.clone(), etag.clone()),
+        Ok(FetchOutcome::NotModified) => {
+            return outcome::after_fetch(current.as_ref(), recorded_etag, sent_if_none_match, Unfetched::NotModified);
         }
-        Err(e) if e.is_permanent() => {
-            let message = format!("fetch failed: {e}");
-            return fail_until_interval(ctx, es, old, status, reason::FETCH_FAILED, &message, plan.interval).await;
+        Err(e) => {
+            return outcome::after_fetch(current.as_ref(), recorded_etag, sent_if_none_match, Unfetched::Failed(e));
         }
-        Err(e) => return fail(ctx, es, old, status, reason::FETCH_FAILED, Error::Fetch(e)).await,
     };
-
-    let (artifact, is_new) = match stored {
-        Stored::New(a) => (a, true),
-        Stored::Unchanged(a) => (a, false),
-    };
-    let message = format!("stored artifact for revision '{}'", artifact.revision);
-    if let Err(problem) = publish(ctx, es, &artifact, &message).await? {
-        return stall_on_interval(ctx, es, old, status, problem, plan.interval).await;
-    }
-    ctx.metrics.storage_bytes.get_or_create(&labels).set(artifact.size);
-    conditions::set(&mut status.conditions, conditions::READY, true, reason::SUCCEEDED, &message, generation);
-    for c in [conditions::RECONCILING, conditions::STALLED, conditions::FETCHING, conditions::STORING] {
-        conditions::remove(&mut status.conditions, c);
-    }
-    status.artifact = Some(artifact.clone());
-    status.observed_generation = generation;
-    write_status(ctx, es, &old, status).await?;
-    collect_garbage(ctx, &ns, &name, &artifact.path).await;
-    if is_new {
-        event(ctx, es, EventType::Normal, "NewArtifact", &message).await;
-    }
-    Ok(at_interval(plan.interval))
+    let stored = store(ctx, es, plan, old, body, etag.as_deref(), current).await;
+    outcome::after_store(stored, etag.as_deref())
 }
 
 /// The artifact in the status, if its object is still stored with the recorded digest. A lost or
@@ -335,35 +329,52 @@ async fn verified_artifact(ctx: &Context, status: &ExternalSourceStatus) -> Resu
             tracing::info!(key = %key, "stored artifact is missing; rebuilding");
             Ok(None)
         }
+        Err(e @ StorageError::Corrupt { .. }) => {
+            tracing::warn!(key = %key, error = %e, "stored artifact is corrupt; rebuilding");
+            Ok(None)
+        }
         Err(e) => Err(e),
     }
 }
 
-/// Packages and stores a payload, unless the identical artifact is already current.
+/// Transforms, packages and stores a payload, unless the identical artifact is already current.
 async fn store(
     ctx: &Context,
     es: &ExternalSource,
     plan: &Plan,
-    body: &[u8],
+    old: &ExternalSourceStatus,
+    body: Bytes,
     etag: Option<&str>,
     current: Option<Artifact>,
-) -> Result<Stored, Error> {
+) -> Stored {
     let (ns, name) = key_of(es);
-    let packaged = package(body, &plan.destination).map_err(Error::Package)?;
+    let body = match transformed(plan, body).await {
+        Ok(body) => body,
+        Err(message) => return Stored::TransformFailed(message),
+    };
+    let packaged = match package(&body, &plan.destination) {
+        Ok(packaged) => packaged,
+        Err(e) => return Stored::PackagingFailed(e.to_string()),
+    };
+    drop(body);
     if let Some(current) = current.filter(|c| c.digest == packaged.digest.as_str()) {
         // Same bytes: same revision, whatever the ETag says, so consumers see no churn.
-        return Ok(Stored::Unchanged(current));
+        return Stored::Same(current);
     }
-    let key = ObjectKey::artifact(&ns, &name, &packaged.digest).map_err(StorageError::from)?;
-    let put = ctx.storage.put(&key, packaged.bytes).await;
-    ctx.metrics.operation("put", put.is_ok());
-    let meta = put?;
+    let key = match ObjectKey::artifact(&ns, &name, &packaged.digest) {
+        Ok(key) => key,
+        Err(e) => return Stored::Failed(e.into()),
+    };
+    let meta = match put_making_room(ctx, es, old, &key, packaged.bytes).await {
+        Ok(meta) => meta,
+        Err(e) => return Stored::Failed(e),
+    };
     let mut metadata = BTreeMap::new();
     metadata.insert(SOURCE_METADATA.to_owned(), plan.url.to_string());
     if let Some(etag) = etag {
         metadata.insert(ETAG_METADATA.to_owned(), etag.to_owned());
     }
-    Ok(Stored::New(Artifact {
+    Stored::New(Artifact {
         url: ctx.storage.url(&key),
         revision: revision(etag, &meta.digest),
         digest: meta.digest.to_string(),
@@ -371,10 +382,72 @@ async fn store(
         size: meta.size as i64,
         last_update_time: now(),
         metadata,
-    }))
+    })
 }
 
-fn now() -> String {
+/// Puts `bytes`; when the store is full, deletes this source's revisions except the published
+/// one and tries once more.
+async fn put_making_room(
+    ctx: &Context,
+    es: &ExternalSource,
+    old: &ExternalSourceStatus,
+    key: &ObjectKey,
+    bytes: Bytes,
+) -> Result<ObjectMeta, StorageError> {
+    let put = ctx.storage.put(key, bytes.clone()).await;
+    ctx.metrics.operation("put", put.is_ok());
+    match put {
+        Err(e) if e.class() == FailureClass::OutOfSpace => {
+            tracing::info!(key = %key, error = %e, "store is full; deleting this source's unpublished and older revisions");
+            if make_room(ctx, es, old, key).await == 0 {
+                return Err(e);
+            }
+            let put = ctx.storage.put(key, bytes).await;
+            ctx.metrics.operation("put", put.is_ok());
+            put
+        }
+        other => other,
+    }
+}
+
+/// Deletes this source's stored revisions other than the one the ExternalArtifact points at
+/// (and the one our status names, normally the same); returns how many went. When the
+/// ExternalArtifact cannot be read, nothing is deleted: what is published must stay served.
+async fn make_room(ctx: &Context, es: &ExternalSource, old: &ExternalSourceStatus, incoming: &ObjectKey) -> usize {
+    let (ns, name) = key_of(es);
+    let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+    let published = match api.get_opt(&name).await {
+        Ok(ea) => ea.filter(|ea| owned_by(ea, es)).and_then(|ea| ea.status?.artifact.map(|a| a.path)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the ExternalArtifact; not deleting revisions to make room");
+            return 0;
+        }
+    };
+    let keep: Vec<&str> =
+        published.iter().map(String::as_str).chain(old.artifact.iter().map(|a| a.path.as_str())).collect();
+    let objects = match ctx.storage.list(&artifact_dir(&ns, &name)).await {
+        Ok(objects) => objects,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing revisions to make room failed");
+            return 0;
+        }
+    };
+    let mut deleted = 0;
+    for object in objects.iter().filter(|o| o.key != *incoming && !keep.contains(&o.key.as_str())) {
+        let result = ctx.storage.delete(&object.key).await;
+        ctx.metrics.operation("delete", result.is_ok());
+        match result {
+            Ok(()) => {
+                deleted += 1;
+                tracing::info!(key = %object.key, size = object.size, "deleted a revision to make room");
+            }
+            Err(e) => tracing::warn!(key = %object.key, error = %e, "deleting a revision to make room failed"),
+        }
+    }
+    deleted
+}
+
+pub(super) fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -385,7 +458,7 @@ async fn read_secrets(
     plan: &Plan,
 ) -> Result<Result<(reqwest::header::HeaderMap, TlsSettings), ConfigProblem>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let missing = |what: String| ConfigProblem { reason: reason::SECRET_NOT_FOUND, message: what };
+    let missing = |what: String| ConfigProblem { reason: Reason::SecretNotFound, message: what };
     let mut headers = reqwest::header::HeaderMap::new();
     if let Some(name) = &plan.headers_secret {
         match secrets.get_opt(name).await? {
@@ -419,86 +492,8 @@ async fn read_secrets(
     Ok(Ok((headers, tls)))
 }
 
-/// A configuration problem: Ready=False and Stalled=True; no retry until the spec or a Secret changes.
-async fn stall(
-    ctx: &Context,
-    es: &ExternalSource,
-    old: ExternalSourceStatus,
-    mut status: ExternalSourceStatus,
-    problem: ConfigProblem,
-) -> Result<Action, Error> {
-    let generation = es.metadata.generation;
-    conditions::set(&mut status.conditions, conditions::READY, false, problem.reason, &problem.message, generation);
-    conditions::set(&mut status.conditions, conditions::STALLED, true, problem.reason, &problem.message, generation);
-    conditions::remove(&mut status.conditions, conditions::RECONCILING);
-    status.observed_generation = generation;
-    let changed = write_status(ctx, es, &old, status).await?;
-    if changed {
-        event(ctx, es, EventType::Warning, problem.reason, &problem.message).await;
-    }
-    Ok(Action::await_change())
-}
-
-/// Like [`stall`], but checked again at the interval (a conflict another party may resolve).
-async fn stall_on_interval(
-    ctx: &Context,
-    es: &ExternalSource,
-    old: ExternalSourceStatus,
-    status: ExternalSourceStatus,
-    problem: ConfigProblem,
-    interval: Duration,
-) -> Result<Action, Error> {
-    stall(ctx, es, old, status, problem).await?;
-    Ok(at_interval(interval))
-}
-
-/// A transient failure: Ready=False with the last good artifact kept, then backoff.
-async fn fail(
-    ctx: &Context,
-    es: &ExternalSource,
-    old: ExternalSourceStatus,
-    mut status: ExternalSourceStatus,
-    why: &str,
-    error: Error,
-) -> Result<Action, Error> {
-    let generation = es.metadata.generation;
-    let message = format!("{error}; retrying with backoff");
-    publish_failure(ctx, es, why, &message).await?;
-    conditions::set(&mut status.conditions, conditions::READY, false, why, &message, generation);
-    conditions::set(&mut status.conditions, conditions::RECONCILING, true, reason::RETRYING, &message, generation);
-    conditions::remove(&mut status.conditions, conditions::STALLED);
-    if write_status(ctx, es, &old, status).await? {
-        event(ctx, es, EventType::Warning, why, &message).await;
-    }
-    Err(error)
-}
-
-/// A failure that retrying soon will not fix (HTTP 4xx, a transform error): Ready=False with the
-/// last good artifact kept, and the next attempt at the interval.
-async fn fail_until_interval(
-    ctx: &Context,
-    es: &ExternalSource,
-    old: ExternalSourceStatus,
-    mut status: ExternalSourceStatus,
-    why: &str,
-    message: &str,
-    interval: Duration,
-) -> Result<Action, Error> {
-    let generation = es.metadata.generation;
-    let message = format!("{message}; retrying at the next interval");
-    publish_failure(ctx, es, why, &message).await?;
-    conditions::set(&mut status.conditions, conditions::READY, false, why, &message, generation);
-    conditions::remove(&mut status.conditions, conditions::RECONCILING);
-    conditions::remove(&mut status.conditions, conditions::STALLED);
-    status.observed_generation = generation;
-    if write_status(ctx, es, &old, status).await? {
-        event(ctx, es, EventType::Warning, why, &message).await;
-    }
-    Ok(at_interval(interval))
-}
-
 /// The payload after `spec.transform`, run off the async threads within the fetch budget.
-async fn transformed(plan: &Plan, body: bytes::Bytes) -> Result<bytes::Bytes, String> {
+async fn transformed(plan: &Plan, body: Bytes) -> Result<Bytes, String> {
     let Some(transform) = plan.transform.clone() else { return Ok(body) };
     let (max_size, budget) = (plan.max_size, plan.timeout);
     match tokio::task::spawn_blocking(move || transform.apply(&body, max_size, budget)).await {
@@ -508,162 +503,21 @@ async fn transformed(plan: &Plan, body: bytes::Bytes) -> Result<bytes::Bytes, St
     }
 }
 
-/// Writes the status if it changed; returns whether it did.
-async fn write_status(
-    ctx: &Context,
-    es: &ExternalSource,
-    old: &ExternalSourceStatus,
-    status: ExternalSourceStatus,
-) -> Result<bool, Error> {
-    if *old == status {
-        return Ok(false);
-    }
-    let (ns, name) = key_of(es);
-    let api: Api<ExternalSource> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
-    Ok(true)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn owner_reference(es: &ExternalSource) -> Option<OwnerReference> {
-    es.controller_owner_ref(&())
-}
-
-/// Whether `ea` is controlled by `es`.
-fn owned_by(ea: &ExternalArtifact, es: &ExternalSource) -> bool {
-    let uid = es.uid();
-    ea.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
-}
-
-fn conflict(ns: &str, name: &str) -> ConfigProblem {
-    ConfigProblem {
-        reason: reason::ARTIFACT_CONFLICT,
-        message: format!(
-            "ExternalArtifact {ns}/{name} exists and is not owned by this ExternalSource; it was left untouched (delete it or rename the source)"
-        ),
-    }
-}
-
-/// Creates or updates the ExternalArtifact so it points at `artifact`, Ready=True.
-async fn publish(
-    ctx: &Context,
-    es: &ExternalSource,
-    artifact: &Artifact,
-    message: &str,
-) -> Result<Result<(), ConfigProblem>, Error> {
-    let (ns, name) = key_of(es);
-    let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = match api.get_opt(&name).await? {
-        Some(ea) if !owned_by(&ea, es) => return Ok(Err(conflict(&ns, &name))),
-        Some(ea) => ea,
-        None => {
-            let mut ea = ExternalArtifact::new(
-                &name,
-                ExternalArtifactSpec {
-                    source_ref: Some(SourceRef {
-                        api_version: super::api::API_VERSION.into(),
-                        kind: "ExternalSource".into(),
-                        name: name.clone(),
-                        namespace: ns.clone(),
-                    }),
-                },
-            );
-            ea.metadata.namespace = Some(ns.clone());
-            ea.metadata.owner_references = owner_reference(es).map(|r| vec![r]);
-            ea.metadata.labels =
-                Some([("app.kubernetes.io/managed-by".to_owned(), "externalsource-controller".to_owned())].into());
-            api.create(&PostParams::default(), &ea).await?
-        }
-    };
-    let old = existing.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    status.artifact = Some(artifact.clone());
-    conditions::set(
-        &mut status.conditions,
-        conditions::READY,
-        true,
-        reason::SUCCEEDED,
-        message,
-        existing.metadata.generation,
-    );
-    if status != old {
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
-    }
-    Ok(Ok(()))
-}
-
-/// Marks an owned ExternalArtifact Ready=False while keeping its last good artifact.
-async fn publish_failure(ctx: &Context, es: &ExternalSource, why: &str, message: &str) -> Result<(), Error> {
-    let (ns, name) = key_of(es);
-    let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(existing) = api.get_opt(&name).await? else { return Ok(()) };
-    if !owned_by(&existing, es) {
-        return Ok(());
-    }
-    let old = existing.status.clone().unwrap_or_default();
-    let mut status = old.clone();
-    conditions::set(&mut status.conditions, conditions::READY, false, why, message, existing.metadata.generation);
-    if status != old {
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
-    }
-    Ok(())
-}
-
-/// Deletes revisions beyond retention; the current one is always kept. Failures are logged only:
-/// a leftover revision costs space, not correctness, and is collected on the next reconcile.
-async fn collect_garbage(ctx: &Context, ns: &str, name: &str, current: &str) {
-    let mut objects = match ctx.storage.list(&artifact_dir(ns, name)).await {
-        Ok(objects) => objects,
-        Err(e) => {
-            tracing::warn!(error = %e, "listing revisions for garbage collection failed");
-            return;
-        }
-    };
-    objects.retain(|o| o.key.as_str() != current);
-    objects.sort_by(|a, b| b.last_modified.cmp(&a.last_modified).then_with(|| b.key.cmp(&a.key)));
-    for old in objects.into_iter().skip(ctx.retention - 1) {
-        let deleted = ctx.storage.delete(&old.key).await;
-        ctx.metrics.operation("delete", deleted.is_ok());
-        match deleted {
-            Ok(()) => tracing::info!(key = %old.key, "deleted revision beyond retention"),
-            Err(e) => tracing::warn!(key = %old.key, error = %e, "deleting an old revision failed"),
-        }
-    }
-}
-
-/// Finalizer cleanup: stored revisions and the owned ExternalArtifact go, then the finalizer.
-async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action, Error> {
-    let (ns, name) = key_of(es);
-    for object in ctx.storage.list(&artifact_dir(&ns, &name)).await? {
-        let deleted = ctx.storage.delete(&object.key).await;
-        ctx.metrics.operation("delete", deleted.is_ok());
-        deleted?;
-    }
-    let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(ea) = api.get_opt(&name).await?
-        && owned_by(&ea, es)
-    {
-        match api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    ctx.metrics.forget(&ns, &name);
-    ctx.failures.remove(&(ns.clone(), name.clone()));
-    tracing::info!(namespace = %ns, name = %name, "deleted stored artifacts and ExternalArtifact");
-    Ok(Action::await_change())
-}
-
-/// Records an Event; failures to record are logged, never fatal.
-async fn event(ctx: &Context, es: &ExternalSource, type_: EventType, reason: &str, note: &str) {
-    let ev = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &es.object_ref(&())).await {
-        tracing::debug!(error = %e, "recording an event failed");
+    #[test]
+    fn backoff_doubles_is_capped_and_honours_retry_after() {
+        let mid = |attempts| backoff(attempts, None, 0.5);
+        assert_eq!(mid(1), Duration::from_secs(1));
+        assert_eq!(mid(2), Duration::from_secs(2));
+        assert_eq!(mid(5), Duration::from_secs(16));
+        assert_eq!(mid(40), MAX_BACKOFF, "capped");
+        assert!(
+            backoff(1, None, 0.0) >= Duration::from_millis(900) && backoff(1, None, 1.0) <= Duration::from_millis(1100)
+        );
+        assert_eq!(backoff(1, Some(Duration::from_secs(30)), 0.5), Duration::from_secs(30), "Retry-After is a floor");
+        assert_eq!(backoff(1, Some(Duration::from_secs(3600)), 0.5), MAX_BACKOFF, "but capped too");
     }
 }

@@ -9,6 +9,10 @@
 //! externalsource_core::behaviour_suite!(fixture, with_budget);
 //! ```
 
+pub mod faults;
+
+pub use faults::{Fault, FaultInjector, Operation, Times};
+
 use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

@@ -1,0 +1,285 @@
+//! The single writer of a reconcile's results: the ExternalArtifact status, then the
+//! ExternalSource status, then the Event, all from one [`Outcome`].
+//!
+//! Order is what keeps the statuses honest: the ExternalArtifact is pointed at a new artifact
+//! first, and only if that succeeded does the ExternalSource record it (with its ETag and
+//! generation); old revisions are deleted last. A failure at any step leaves every earlier write
+//! true: the worst case is an ExternalArtifact ahead of our own status, which the next
+//! reconcile reads back (see [`outcome::next_status`]).
+
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::api::{ExternalArtifact, ExternalArtifactSpec, ExternalSource, ExternalSourceStatus, SourceRef};
+use super::conditions::Reason;
+use super::metrics::ObjectLabels;
+use super::outcome::{self, Outcome, Retry, StatusInputs};
+use super::plan::ConfigProblem;
+use super::reconcile::{Context, Error, key_of};
+use crate::key::artifact_dir;
+
+/// What a finished reconcile tells the controller runtime and the metrics.
+pub struct Report {
+    pub action: Action,
+    /// Ready or suspended, as opposed to stalled or failed.
+    pub ok: bool,
+    /// The `kind` label of the reconcile metric.
+    pub kind: &'static str,
+}
+
+/// Writes `outcome`: ExternalArtifact, ExternalSource status, garbage collection, Event.
+pub async fn finish(
+    ctx: &Context,
+    es: &ExternalSource,
+    old: &ExternalSourceStatus,
+    outcome: Outcome,
+    mut inputs: StatusInputs<'_>,
+    interval: Option<Duration>,
+) -> Result<Report, Error> {
+    let (ns, name) = key_of(es);
+    let (outcome, previous) = match publish(ctx, es, &outcome).await? {
+        Publication::Written { previous } => (outcome, previous),
+        Publication::Untouched => (outcome, None),
+        Publication::Conflict(problem) => (Outcome::Stalled { problem, recheck_at_interval: true }, None),
+    };
+    inputs.previously_published = previous.as_deref();
+    let status = outcome::next_status(old, &outcome, &inputs);
+    let changed = write_status(ctx, es, old, &status).await?;
+
+    if let Outcome::Ready { artifact, new, .. } = &outcome {
+        let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
+        ctx.metrics.storage_bytes.get_or_create(&labels).set(artifact.size);
+        collect_garbage(ctx, &ns, &name, old, &status).await;
+        // A put repeated after a lost status write is not news.
+        if *new && previous.as_deref() != Some(artifact.path.as_str()) {
+            event(ctx, es, EventType::Normal, Reason::NewArtifact, &outcome.message()).await;
+        }
+    } else if changed && !matches!(outcome, Outcome::Suspended) {
+        event(ctx, es, EventType::Warning, outcome.reason(), &outcome.message()).await;
+    }
+
+    let at_interval = || interval.map_or_else(Action::await_change, at_interval);
+    let action = match &outcome {
+        Outcome::Ready { .. } => at_interval(),
+        Outcome::Suspended | Outcome::Stalled { recheck_at_interval: false, .. } => Action::await_change(),
+        Outcome::Stalled { recheck_at_interval: true, .. } => at_interval(),
+        Outcome::Failed(f) => match f.retry {
+            Retry::AtInterval => at_interval(),
+            Retry::Backoff { .. } => return Err(Error::Backoff(f.clone())),
+        },
+    };
+    let ok = matches!(outcome, Outcome::Ready { .. } | Outcome::Suspended);
+    Ok(Report { action, ok, kind: outcome.kind() })
+}
+
+/// Requeue at the interval with up to 5 % jitter, so sources created together spread out.
+fn at_interval(interval: Duration) -> Action {
+    Action::requeue(interval.mul_f64(1.0 + fastrand::f64() * 0.05))
+}
+
+/// What happened to the ExternalArtifact.
+enum Publication {
+    /// Its status was brought in line with the outcome (or already was); `previous` is the path
+    /// it pointed at before.
+    Written { previous: Option<String> },
+    /// Not ours, absent with nothing to publish, or a suspended source: left as it is.
+    Untouched,
+    /// An ExternalArtifact of that name exists and belongs to someone else.
+    Conflict(ConfigProblem),
+}
+
+/// Brings the owned ExternalArtifact in line with `outcome`, creating it for a first artifact.
+async fn publish(ctx: &Context, es: &ExternalSource, outcome: &Outcome) -> Result<Publication, Error> {
+    if matches!(outcome, Outcome::Suspended) {
+        return Ok(Publication::Untouched);
+    }
+    let (ns, name) = key_of(es);
+    let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
+    let ready = matches!(outcome, Outcome::Ready { .. });
+    let existing = match api.get_opt(&name).await? {
+        Some(ea) if !owned_by(&ea, es) => {
+            return Ok(if ready { Publication::Conflict(conflict(&ns, &name)) } else { Publication::Untouched });
+        }
+        Some(ea) => ea,
+        None if ready => api.create(&PostParams::default(), &new_artifact(es, &ns, &name)).await?,
+        None => return Ok(Publication::Untouched),
+    };
+    let old = existing.status.clone().unwrap_or_default();
+    let previous = old.artifact.as_ref().map(|a| a.path.clone());
+    if let Some(status) = outcome::next_artifact_status(&old, outcome, existing.metadata.generation) {
+        patch_status(&api, &name, &old, &status).await?;
+    }
+    Ok(Publication::Written { previous })
+}
+
+fn new_artifact(es: &ExternalSource, ns: &str, name: &str) -> ExternalArtifact {
+    let mut ea = ExternalArtifact::new(
+        name,
+        ExternalArtifactSpec {
+            source_ref: Some(SourceRef {
+                api_version: super::api::API_VERSION.into(),
+                kind: "ExternalSource".into(),
+                name: name.to_owned(),
+                namespace: ns.to_owned(),
+            }),
+        },
+    );
+    ea.metadata.namespace = Some(ns.to_owned());
+    ea.metadata.owner_references = es.controller_owner_ref(&()).map(|r| vec![r]);
+    ea.metadata.labels =
+        Some([("app.kubernetes.io/managed-by".to_owned(), "externalsource-controller".to_owned())].into());
+    ea
+}
+
+/// Whether `ea` is controlled by `es`.
+pub(super) fn owned_by(ea: &ExternalArtifact, es: &ExternalSource) -> bool {
+    let uid = es.uid();
+    ea.owner_references().iter().any(|r| r.controller == Some(true) && Some(&r.uid) == uid.as_ref())
+}
+
+fn conflict(ns: &str, name: &str) -> ConfigProblem {
+    ConfigProblem {
+        reason: Reason::ArtifactConflict,
+        message: format!(
+            "ExternalArtifact {ns}/{name} exists and is not owned by this ExternalSource; it was left untouched (delete it or rename the source)"
+        ),
+    }
+}
+
+/// Writes the ExternalSource status if it changed; returns whether it did.
+pub(super) async fn write_status(
+    ctx: &Context,
+    es: &ExternalSource,
+    old: &ExternalSourceStatus,
+    status: &ExternalSourceStatus,
+) -> Result<bool, Error> {
+    let (ns, name) = key_of(es);
+    let api: Api<ExternalSource> = Api::namespaced(ctx.client.clone(), &ns);
+    Ok(patch_status(&api, &name, old, status).await?)
+}
+
+/// A merge patch of a status subresource that also clears what `new` no longer has; no request
+/// when nothing changed. Returns whether it wrote.
+async fn patch_status<K, S>(api: &Api<K>, name: &str, old: &S, new: &S) -> Result<bool, kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if old == new {
+        return Ok(false);
+    }
+    let patch = json!({ "status": clearing_merge_patch(old, new) });
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(true)
+}
+
+/// `new` as a JSON merge patch over `old`: fields `old` had and `new` lacks become `null`, at
+/// every depth (a merge patch merges nested objects too), so an absent optional field is removed
+/// on the server instead of silently kept (RFC 7396). Arrays are replaced whole.
+pub fn clearing_merge_patch<S: Serialize>(old: &S, new: &S) -> Value {
+    let old = serde_json::to_value(old).unwrap_or(Value::Null);
+    let mut new = serde_json::to_value(new).unwrap_or(Value::Null);
+    clear_missing(&old, &mut new);
+    new
+}
+
+fn clear_missing(old: &Value, new: &mut Value) {
+    let (Value::Object(old), Value::Object(new)) = (old, new) else { return };
+    for (key, old_value) in old {
+        match new.get_mut(key) {
+            None => {
+                new.insert(key.clone(), Value::Null);
+            }
+            Some(new_value) => clear_missing(old_value, new_value),
+        }
+    }
+}
+
+/// Deletes the source's stored objects that `status.publishedPaths` does not keep. Failures are
+/// logged only: a leftover revision costs space, not correctness, and goes on the next run.
+async fn collect_garbage(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    old: &ExternalSourceStatus,
+    status: &ExternalSourceStatus,
+) {
+    let objects = match ctx.storage.list(&artifact_dir(ns, name)).await {
+        Ok(objects) => objects,
+        Err(e) => {
+            tracing::warn!(error = %e, "listing revisions for garbage collection failed");
+            return;
+        }
+    };
+    let legacy = old.artifact.is_some() && old.published_paths.is_empty();
+    for object in
+        outcome::garbage(objects, &status.published_paths, &old.published_paths, legacy, ctx.settings.retention)
+    {
+        let deleted = ctx.storage.delete(&object.key).await;
+        ctx.metrics.operation("delete", deleted.is_ok());
+        match deleted {
+            Ok(()) => tracing::info!(key = %object.key, "deleted a revision beyond retention"),
+            Err(e) => tracing::warn!(key = %object.key, error = %e, "deleting an old revision failed"),
+        }
+    }
+}
+
+/// Records an Event; failures to record are logged, never fatal.
+pub(super) async fn event(ctx: &Context, es: &ExternalSource, type_: EventType, reason: Reason, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.as_str().to_owned(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".to_owned(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &es.object_ref(&())).await {
+        tracing::debug!(error = %e, "recording an event failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::api::Artifact;
+
+    #[test]
+    fn a_cleared_field_is_sent_as_null_and_others_as_they_are() {
+        let old = ExternalSourceStatus {
+            last_handled_e_tag: Some("\"v1\"".into()),
+            observed_generation: Some(1),
+            ..Default::default()
+        };
+        let new = ExternalSourceStatus { observed_generation: Some(2), ..Default::default() };
+        let patch = clearing_merge_patch(&old, &new);
+        assert_eq!(patch, json!({"lastHandledETag": null, "observedGeneration": 2}));
+        // Nothing cleared: the patch is the status itself.
+        let art = Artifact {
+            url: "u".into(),
+            revision: "r".into(),
+            digest: "d".into(),
+            path: "p".into(),
+            size: 1,
+            last_update_time: "t".into(),
+            metadata: Default::default(),
+        };
+        let with = ExternalSourceStatus { artifact: Some(art.clone()), ..new.clone() };
+        assert_eq!(clearing_merge_patch(&new, &with), serde_json::to_value(&with).unwrap());
+        // Nested maps are merged by the server, so a dropped nested key is cleared too.
+        let mut untagged = art.clone();
+        untagged.metadata.insert("source".into(), "s".into());
+        let mut tagged = untagged.clone();
+        tagged.metadata.insert("etag".into(), "\"v1\"".into());
+        let before = ExternalSourceStatus { artifact: Some(tagged), ..new.clone() };
+        let after = ExternalSourceStatus { artifact: Some(untagged), ..new.clone() };
+        let patch = clearing_merge_patch(&before, &after);
+        assert_eq!(patch["artifact"]["metadata"], json!({"etag": null, "source": "s"}));
+        assert_eq!(patch["artifact"]["digest"], json!("d"));
+    }
+}
