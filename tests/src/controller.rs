@@ -10,6 +10,7 @@ use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
 use externalsource_core::controller::reconcile::{Context, Settings};
+use externalsource_core::testing::FaultInjector;
 use externalsource_server::{ArtifactRoutes, ArtifactService, ServeOptions};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
@@ -54,6 +55,16 @@ impl TestController {
         let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(256 << 20, Some(base_url.clone())));
         Self::start_with(client, options, storage, listener, base_url).await
+    }
+
+    /// With a memory backend of `budget` bytes behind a fault injector the test commands.
+    pub async fn start_faulty(client: kube::Client, options: Options, budget: u64) -> (Self, Arc<FaultInjector>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind artifact server");
+        let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let memory: Arc<dyn Storage> = Arc::new(MemoryStorage::new(budget, Some(base_url.clone())));
+        let faults = FaultInjector::new(memory);
+        let storage: Arc<dyn Storage> = faults.clone();
+        (Self::start_with(client, options, storage, listener, base_url).await, faults)
     }
 
     /// With a given storage whose URLs point at `base_url`, served from `listener`.

@@ -21,6 +21,9 @@ const TOKEN: &str = "externalsource-test-token";
 pub struct ControlPlane {
     etcd: Child,
     apiserver: Child,
+    /// How kube-apiserver was started, so a test can stop and start it again.
+    apiserver_command: (PathBuf, Vec<String>),
+    restarts: u32,
     dir: tempfile::TempDir,
     /// Where `tests/testenv.sh` put the binaries and CRDs.
     pub cache: PathBuf,
@@ -84,35 +87,57 @@ impl ControlPlane {
         std::fs::write(&sa_pub, key.public_key_pem()).expect("write public key");
         let tokens = dir.path().join("tokens.csv");
         std::fs::write(&tokens, format!("{TOKEN},admin,admin,\"system:masters\"\n")).expect("write tokens");
-        let apiserver = spawn(
-            &cache.join("bin/kube-apiserver"),
-            &[
-                format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", dir.path().join("certs").display()),
-                format!("--token-auth-file={}", tokens.display()),
-                "--authorization-mode=RBAC".into(),
-                format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-                format!("--service-account-key-file={}", sa_pub.display()),
-                format!("--service-account-signing-key-file={}", sa_key.display()),
-                "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
-                "--allow-privileged=true".into(),
-                "--v=0".into(),
-            ],
-            &dir.path().join("apiserver.log"),
-        );
+        let apiserver_args: Vec<String> = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--cert-dir={}", dir.path().join("certs").display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--allow-privileged=true".into(),
+            "--v=0".into(),
+        ];
+        let apiserver_bin = cache.join("bin/kube-apiserver");
+        let apiserver = spawn(&apiserver_bin, &apiserver_args, &dir.path().join("apiserver.log"));
         let url = format!("https://127.0.0.1:{api_port}");
         let kubeconfig = kubeconfig(&url);
         std::fs::write(dir.path().join("kubeconfig"), serde_yaml::to_string(&kubeconfig).expect("kubeconfig yaml"))
             .expect("write kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
         let client = Client::try_from(config).expect("client");
-        let mut cp = Self { etcd, apiserver, dir, cache, url, client };
+        let mut cp = Self {
+            etcd,
+            apiserver,
+            apiserver_command: (apiserver_bin, apiserver_args),
+            restarts: 0,
+            dir,
+            cache,
+            url,
+            client,
+        };
         cp.wait_ready().await;
         cp.install_crds().await;
         cp
+    }
+
+    /// Kills kube-apiserver (SIGKILL, as a crash would); etcd and its data stay.
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+    }
+
+    /// Starts kube-apiserver again on the same port and certificates, and waits until it serves.
+    pub async fn start_apiserver(&mut self) {
+        self.restarts += 1;
+        let log = self.dir.path().join(format!("apiserver-{}.log", self.restarts));
+        let (bin, args) = &self.apiserver_command;
+        self.apiserver = spawn(bin, args, &log);
+        self.wait_ready().await;
     }
 
     async fn wait_ready(&mut self) {

@@ -49,6 +49,8 @@ pub enum Fault {
     AccessDenied,
     /// [`StorageError::Corrupt`].
     Corrupt,
+    /// [`StorageError::StoreMissing`] (the bucket or root is gone).
+    StoreMissing,
 }
 
 impl Fault {
@@ -64,6 +66,9 @@ impl Fault {
                 StorageError::NoSpace { operation: op.name(), key: key.to_owned(), message: injected }
             }
             (Self::AccessDenied, _) => StorageError::AccessDenied { key: key.to_owned(), message: injected },
+            (Self::StoreMissing, _) => {
+                StorageError::StoreMissing { operation: op.name(), key: key.to_owned(), message: injected }
+            }
             (Self::OverBudget { used, budget }, Ok(key)) => StorageError::OverBudget { key, size, used, budget },
             (Self::Corrupt, Ok(key)) => StorageError::Corrupt { key, message: injected },
             (Self::OverBudget { .. } | Self::Corrupt, Err(e)) => StorageError::InvalidKey(e),
