@@ -70,7 +70,10 @@ KNOWN_KEYS: dict[str, set[str]] = {
     },
     "ops": {"bind_address", "port"},
     "storage": {"backend"},
-    "controller": {"concurrency", "min_interval", "retention", "leader_election", "lease_name", "pod_name"},
+    "controller": {
+        "concurrency", "min_interval", "retention", "finalizer_attempts", "leader_election", "lease_name",
+        "pod_name",
+    },
     "fetch": {"timeout", "max_size", "user_agent"},
     "log": {"format", "level"},
 }
