@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use externalsource_core::config::Config;
+use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::leader::{LeaderElector, Timings};
 use externalsource_core::controller::metrics::Metrics;
@@ -181,7 +182,10 @@ async fn run_controller(
     let ctx = Arc::new(Context::new(
         client.clone(),
         storage,
-        Fetcher::new(config.fetch.user_agent.clone()),
+        Fetcher::with_policy(
+            config.fetch.user_agent.clone(),
+            EgressPolicy::new(config.fetch.deny_cidrs.clone(), config.fetch.allow_cidrs.clone()),
+        ),
         Settings {
             defaults: Defaults {
                 min_interval: config.controller.min_interval,

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use crate::registry::{self, BackendContext, BackendSettings, Env};
 use crate::units::{self, format_duration, format_size};
 
@@ -91,7 +93,16 @@ pub struct FetchConfig {
     pub timeout: Duration,
     pub max_size: u64,
     pub user_agent: String,
+    /// Networks fetches never connect to (on any redirect hop).
+    pub deny_cidrs: Vec<IpNet>,
+    /// When set, the only networks fetches connect to (the deny list still applies).
+    pub allow_cidrs: Option<Vec<IpNet>>,
 }
+
+/// Link-local networks and the cloud metadata addresses: the default `fetch.deny_cidrs`.
+/// 169.254.169.254 (AWS, GCP, Azure, …) lies in 169.254.0.0/16; fd00:ec2::254 is AWS's IPv6
+/// metadata endpoint.
+pub const DEFAULT_DENY_CIDRS: &[&str] = &["169.254.0.0/16", "fe80::/10", "fd00:ec2::254/128"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -115,6 +126,15 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub fetch: FetchConfig,
     pub log: LogConfig,
+}
+
+/// A CIDR, or a bare address as a single-address network.
+pub fn parse_cidr(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn default_deny_cidrs() -> Vec<IpNet> {
+    DEFAULT_DENY_CIDRS.iter().filter_map(|c| parse_cidr(c)).collect()
 }
 
 /// Environment variables the core reads, with the key each one sets. Backends read their own.
@@ -167,7 +187,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "pod_name",
         ],
     ),
-    ("fetch", &["timeout", "max_size", "user_agent"]),
+    ("fetch", &["timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"]),
     ("log", &["format", "level"]),
 ];
 
@@ -286,6 +306,8 @@ impl ConfigLoader {
             max_size: r.size("fetch.max_size", "64MiB", 1)?,
             user_agent: r
                 .string("fetch.user_agent", concat!("externalsource-controller/", env!("CARGO_PKG_VERSION")))?,
+            deny_cidrs: r.cidrs("fetch.deny_cidrs")?.unwrap_or_else(default_deny_cidrs),
+            allow_cidrs: r.cidrs("fetch.allow_cidrs")?,
         };
         let log = LogConfig {
             format: match r.string("log.format", "text")?.as_str() {
@@ -433,6 +455,28 @@ impl Reader {
         Ok(value)
     }
 
+    /// A list of CIDRs: a TOML array of strings, or one comma-separated string (environment).
+    /// A bare address is a single-address network.
+    fn cidrs(&self, key: &str) -> Result<Option<Vec<IpNet>>, ConfigError> {
+        let rule = "must be a list of CIDRs such as [\"10.0.0.0/8\", \"fd00::/8\"]";
+        let items: Vec<String> = match self.raw(key) {
+            None => return Ok(None),
+            Some(toml::Value::String(s)) => {
+                s.split(',').map(|i| i.trim().to_owned()).filter(|i| !i.is_empty()).collect()
+            }
+            Some(toml::Value::Array(values)) => values
+                .iter()
+                .map(|v| v.as_str().map(|s| s.trim().to_owned()).ok_or_else(|| self.invalid(key, &v.to_string(), rule)))
+                .collect::<Result<_, _>>()?,
+            Some(v) => return Err(self.invalid(key, &v.to_string(), rule)),
+        };
+        items
+            .iter()
+            .map(|item| parse_cidr(item).ok_or_else(|| self.invalid(key, item, rule)))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
     fn size(&self, key: &str, default: &str, min: u64) -> Result<u64, ConfigError> {
         let text = match self.raw(key) {
             Some(toml::Value::Integer(i)) => i.to_string(),
@@ -506,6 +550,11 @@ impl Config {
         fetch.insert("timeout".into(), s(&format_duration(self.fetch.timeout)));
         fetch.insert("max_size".into(), s(&format_size(self.fetch.max_size)));
         fetch.insert("user_agent".into(), s(&self.fetch.user_agent));
+        let cidrs = |nets: &[IpNet]| V::Array(nets.iter().map(|n| s(&n.to_string())).collect());
+        fetch.insert("deny_cidrs".into(), cidrs(&self.fetch.deny_cidrs));
+        if let Some(allow) = &self.fetch.allow_cidrs {
+            fetch.insert("allow_cidrs".into(), cidrs(allow));
+        }
         let mut log = toml::Table::new();
         log.insert("format".into(), s(if self.log.format == LogFormat::Json { "json" } else { "text" }));
         log.insert("level".into(), s(&self.log.level));

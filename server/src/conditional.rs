@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use externalsource_core::{ByteRange, ObjectMeta};
 use http::HeaderMap;
 use http::header::{IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
+use http_range_header::{StartPosition, SyntacticallyCorrectRange};
 
 /// The validators of one stored object, as sent in responses.
 pub(crate) struct Validators {
@@ -74,13 +75,29 @@ impl Validators {
         }
         // A Range header we cannot parse is ignored (RFC 9110 §14.2), as is a multi-range
         // request: one full response is simpler than multipart/byteranges and equally valid.
-        let Ok(parsed) =
-            value.to_str().map_err(drop).and_then(|v| http_range_header::parse_range_header(v).map_err(drop))
-        else {
+        // A zero-length suffix (`bytes=-0`) is well-formed but selects nothing (RFC 9110
+        // §14.1.3); the parser rejects it, so it is recognised here.
+        let zero_suffix = value.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")).is_some_and(|spec| {
+            spec.trim().strip_prefix('-').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'))
+        });
+        if zero_suffix {
+            return RangeDecision::Unsatisfiable;
+        }
+        // The range set is a list, so optional whitespace may surround its elements (§5.6.1).
+        let compact: Option<String> =
+            value.to_str().ok().map(|v| v.chars().filter(|c| !c.is_ascii_whitespace()).collect());
+        let Some(Ok(parsed)) = compact.as_deref().map(http_range_header::parse_range_header) else {
             return RangeDecision::Full;
         };
         if parsed.ranges.len() != 1 {
             return RangeDecision::Full;
+        }
+        // A suffix longer than the object selects all of it (RFC 9110 §14.1.3); only a zero
+        // suffix, or any range of an empty object, cannot be satisfied.
+        if let [SyntacticallyCorrectRange { start: StartPosition::FromLast(n), .. }] = parsed.ranges.as_slice()
+            && *n > size
+        {
+            return if size > 0 { RangeDecision::Partial(0..=size - 1) } else { RangeDecision::Unsatisfiable };
         }
         match parsed.validate(size).as_deref() {
             Ok([range]) if size > 0 && range.start() <= range.end() => RangeDecision::Partial(range.clone()),
@@ -159,7 +176,13 @@ mod tests {
         assert_eq!(r("bytes=10-"), RangeDecision::Partial(10..=99));
         assert_eq!(r("bytes=90-500"), RangeDecision::Partial(90..=99));
         assert_eq!(r("bytes=100-"), RangeDecision::Unsatisfiable);
-        assert_eq!(r("bytes=-500"), RangeDecision::Unsatisfiable);
+        assert_eq!(r("bytes=-500"), RangeDecision::Partial(0..=99), "a longer suffix is the whole object");
+        assert_eq!(r("bytes=-100"), RangeDecision::Partial(0..=99));
+        assert_eq!(r("bytes=-0"), RangeDecision::Unsatisfiable, "a zero-length suffix");
+        assert_eq!(r("bytes=99-99"), RangeDecision::Partial(99..=99));
+        assert_eq!(r("bytes=5-2"), RangeDecision::Unsatisfiable, "last before first: an invalid range (§15.5.17)");
+        assert_eq!(r("bytes= 0-9"), RangeDecision::Partial(0..=9), "whitespace around the range");
+        assert_eq!(v.range(&headers(&[(RANGE, "bytes=-5")]), 0), RangeDecision::Unsatisfiable, "empty object");
         assert_eq!(r("bytes=0-1,5-6"), RangeDecision::Full);
         assert_eq!(r("bytes=garbage"), RangeDecision::Full);
         assert_eq!(r("lines=1-2"), RangeDecision::Full);

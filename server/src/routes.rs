@@ -59,11 +59,6 @@ impl ArtifactRoutes {
                 return text(StatusCode::BAD_REQUEST, "bad request\n");
             }
         };
-        if method != Method::GET && method != Method::HEAD {
-            let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return response;
-        }
         match self.artifact(method, &key, headers).await {
             Ok(response) => response,
             Err(Failure::Storage(e)) => storage_error(&key, &e),
@@ -212,6 +207,13 @@ impl<B> hyper::service::Service<Request<B>> for ArtifactService {
         // Request bodies are never read: GET and HEAD carry none, and other methods get 405.
         let (parts, _) = request.into_parts();
         Box::pin(async move {
+            // The listener only ever reads: any other method is refused whatever the path
+            // (RFC 9110 §15.5.6), before the path is looked at.
+            if parts.method != Method::GET && parts.method != Method::HEAD {
+                let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+                response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return Ok(response);
+            }
             let Some(routes) = routes else {
                 return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
             };

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use externalsource_backend_memory::MemoryStorage;
 use externalsource_core::Storage;
+use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
@@ -25,6 +26,7 @@ pub struct Options {
     pub max_size: u64,
     pub timeout: Duration,
     pub finalizer_attempts: u32,
+    pub egress: EgressPolicy,
 }
 
 impl Default for Options {
@@ -35,6 +37,7 @@ impl Default for Options {
             max_size: 1 << 20,
             timeout: Duration::from_secs(5),
             finalizer_attempts: 5,
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -89,7 +92,7 @@ impl TestController {
         let ctx = Arc::new(Context::new(
             client.clone(),
             storage.clone(),
-            Fetcher::new("externalsource-controller/test"),
+            Fetcher::with_policy("externalsource-controller/test", options.egress.clone()),
             Settings {
                 defaults: Defaults {
                     min_interval: options.min_interval,

@@ -70,7 +70,12 @@ pub struct Fixture {
 impl Fixture {
     /// Plain HTTP.
     pub async fn start(reply: Reply) -> Self {
-        Self::start_inner(reply, None).await
+        Self::start_inner(reply, None, "127.0.0.1").await
+    }
+
+    /// Plain HTTP on another loopback address (such as 127.0.0.2), for egress-policy tests.
+    pub async fn start_at(ip: &str, reply: Reply) -> Self {
+        Self::start_inner(reply, None, ip).await
     }
 
     /// HTTPS with the given PEM certificate chain and key.
@@ -87,11 +92,11 @@ impl Fixture {
                 .with_no_client_auth()
                 .with_single_cert(certs, key)
                 .expect("server cert");
-        Self::start_inner(reply, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        Self::start_inner(reply, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), "127.0.0.1").await
     }
 
-    async fn start_inner(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind fixture");
+    async fn start_inner(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>, ip: &str) -> Self {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind fixture");
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State { reply, requests: Vec::new() }));
         let stop = CancellationToken::new();
@@ -126,6 +131,11 @@ impl Fixture {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}://localhost:{}{path}", self.scheme, self.addr.port())
+    }
+
+    /// The URL with the bound IP address as its host (no name to resolve).
+    pub fn url_by_ip(&self, path: &str) -> String {
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     pub fn set(&self, reply: Reply) {

@@ -8,6 +8,7 @@
 //! that names what was left behind. Outages (transient failures) keep being retried: the objects
 //! are still there to delete once the store answers.
 
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -25,16 +26,21 @@ const LEFTOVERS_NAMED: usize = 10;
 pub(super) async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action, Error> {
     let (ns, name) = key_of(es);
     let key = (ns.clone(), name.clone());
-    if let Err((error, left)) = delete_stored(ctx, &ns, &name).await {
+    // Counted per object UID: a stale queue entry after the release must not start over, and a
+    // new object of the same name must not inherit the count.
+    let uid = es.uid().unwrap_or_default();
+    let limit = ctx.settings.finalizer_attempts;
+    let given_up = ctx.cleanup_attempts.get(&uid).is_some_and(|n| *n >= limit);
+    if !given_up && let Err((error, left)) = delete_stored(ctx, &ns, &name).await {
         if error.class() == FailureClass::Transient {
             return Err(error.into());
         }
         let attempts = {
-            let mut entry = ctx.cleanup_attempts.entry(key.clone()).or_insert(0);
+            let mut entry = ctx.cleanup_attempts.entry(uid.clone()).or_insert(0);
             *entry += 1;
             *entry
         };
-        if attempts < ctx.settings.finalizer_attempts {
+        if attempts < limit {
             return Err(error.into());
         }
         let named: Vec<&str> = left.iter().take(LEFTOVERS_NAMED).map(ObjectKey::as_str).collect();
@@ -47,6 +53,8 @@ pub(super) async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action
         );
         tracing::warn!(namespace = %ns, name = %name, kind = error.kind(), "{message}");
         event(ctx, es, EventType::Warning, Reason::CleanupAbandoned, &message).await;
+    } else if !given_up {
+        ctx.cleanup_attempts.remove(&uid);
     }
     let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
     if let Some(ea) = api.get_opt(&name).await?

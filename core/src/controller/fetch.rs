@@ -1,16 +1,19 @@
 //! The HTTP fetcher: one pooled client per TLS setting, bodies capped while streaming.
 //!
 //! The cap applies to decoded bytes (reqwest decodes gzip, deflate and brotli), so a small gzip
-//! bomb is refused like a large body. Headers from a Secret are never sent to another host: the
-//! redirect policy of clients that carry them refuses cross-host redirects.
+//! bomb is refused like a large body. Headers from a Secret are never sent to another origin: the
+//! redirect policy of clients that carry them refuses redirects to another scheme, host or port.
+//! Every hop obeys the [egress policy](super::egress).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
+
+use super::egress::{self, Denied, EgressPolicy};
 
 /// What to fetch and how.
 #[derive(Debug, Clone)]
@@ -56,6 +59,8 @@ pub enum FetchError {
     Timeout { url: String, timeout: Duration },
     #[error("request to {url} failed: {message}")]
     Transport { url: String, message: String },
+    #[error("request to {url} refused: {denied}")]
+    Denied { url: String, denied: Denied },
     #[error("invalid CA bundle: {0}")]
     InvalidCaBundle(String),
     #[error("cannot build an HTTP client: {0}")]
@@ -71,7 +76,7 @@ impl FetchError {
                     && *status != StatusCode::REQUEST_TIMEOUT
                     && *status != StatusCode::TOO_MANY_REQUESTS
             }
-            Self::TooLarge { .. } | Self::InvalidCaBundle(_) | Self::Client(_) => true,
+            Self::TooLarge { .. } | Self::Denied { .. } | Self::InvalidCaBundle(_) | Self::Client(_) => true,
             Self::Timeout { .. } | Self::Transport { .. } => false,
         }
     }
@@ -81,6 +86,7 @@ impl FetchError {
         match self {
             Self::Status { .. } => "fetch_status",
             Self::TooLarge { .. } => "fetch_too_large",
+            Self::Denied { .. } => "egress_denied",
             Self::Timeout { .. } => "fetch_timeout",
             Self::Transport { .. } => "fetch_transport",
             Self::InvalidCaBundle(_) => "invalid_ca_bundle",
@@ -107,6 +113,7 @@ struct ClientKey {
 /// Pooled clients, rebuilt only when TLS settings differ.
 pub struct Fetcher {
     user_agent: String,
+    policy: Arc<EgressPolicy>,
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
 }
 
@@ -114,8 +121,13 @@ pub struct Fetcher {
 const MAX_REDIRECTS: usize = 10;
 
 impl Fetcher {
+    /// With the default egress policy (link-local and metadata addresses denied).
     pub fn new(user_agent: impl Into<String>) -> Self {
-        Self { user_agent: user_agent.into(), clients: Mutex::new(HashMap::new()) }
+        Self::with_policy(user_agent, EgressPolicy::default())
+    }
+
+    pub fn with_policy(user_agent: impl Into<String>, policy: EgressPolicy) -> Self {
+        Self { user_agent: user_agent.into(), policy: Arc::new(policy), clients: Mutex::new(HashMap::new()) }
     }
 
     fn client(&self, key: ClientKey) -> Result<reqwest::Client, FetchError> {
@@ -124,6 +136,7 @@ impl Fetcher {
             return Ok(c.clone());
         }
         let confine = key.confine_redirects;
+        let egress = self.policy.clone();
         let policy = redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
@@ -132,16 +145,23 @@ impl Fetcher {
             if !matches!(scheme.as_str(), "http" | "https") {
                 return attempt.error(format!("redirect to non-HTTP scheme {scheme:?} refused"));
             }
-            let first =
-                attempt.previous().first().map(|u| (u.host_str().map(str::to_owned), u.port_or_known_default()));
-            let next = (attempt.url().host_str().map(str::to_owned), attempt.url().port_or_known_default());
-            if confine && first.is_some_and(|f| f != next) {
-                return attempt.error("redirect to another host refused: the request carries headers from a Secret");
+            if let Err(denied) = egress.check_literal(attempt.url()) {
+                return attempt.error(denied);
+            }
+            // Secret headers stay with the origin they were meant for: same scheme (no https →
+            // http downgrade), same host, same port.
+            let origin = |u: &Url| (u.scheme().to_owned(), u.host_str().map(str::to_owned), u.port_or_known_default());
+            let first = attempt.previous().first().map(origin);
+            if confine && first.is_some_and(|f| f != origin(attempt.url())) {
+                return attempt.error(
+                    "redirect to another origin (scheme, host or port) refused: the request carries headers from a Secret",
+                );
             }
             attempt.follow()
         });
         let mut builder = reqwest::Client::builder()
             .redirect(policy)
+            .dns_resolver(self.policy.resolver())
             .pool_idle_timeout(Duration::from_secs(90))
             .connect_timeout(Duration::from_secs(10));
         if let Some(pem) = &key.tls.ca_bundle {
@@ -163,6 +183,7 @@ impl Fetcher {
     /// Performs the request; the body is read while counting decoded bytes against the cap.
     pub async fn fetch(&self, req: &FetchRequest) -> Result<FetchOutcome, FetchError> {
         let url = req.url.to_string();
+        self.policy.check_literal(&req.url).map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
         let client = self.client(ClientKey { tls: req.tls.clone(), confine_redirects: !req.headers.is_empty() })?;
         let mut builder = client
             .request(req.method.clone(), req.url.clone())
@@ -173,7 +194,9 @@ impl Fetcher {
             builder = builder.header(IF_NONE_MATCH, etag);
         }
         let transport = |e: reqwest::Error| {
-            if e.is_timeout() {
+            if let Some(denied) = egress::denied_in(&e) {
+                FetchError::Denied { url: url.clone(), denied: denied.clone() }
+            } else if e.is_timeout() {
                 FetchError::Timeout { url: url.clone(), timeout: req.timeout }
             } else {
                 FetchError::Transport { url: url.clone(), message: error_chain(&e) }

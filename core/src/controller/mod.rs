@@ -4,6 +4,7 @@
 pub mod api;
 mod cleanup;
 pub mod conditions;
+pub mod egress;
 pub mod fetch;
 pub mod finish;
 pub mod leader;

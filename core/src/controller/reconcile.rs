@@ -63,8 +63,9 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: DashMap<(String, String), u32>,
-    /// Failed cleanup attempts per object being deleted.
-    pub(super) cleanup_attempts: DashMap<(String, String), u32>,
+    /// Failed cleanup attempts per UID of an object being deleted; an entry stays after the
+    /// finalizer was released anyway (one per abandoned cleanup), so stale retries stop at once.
+    pub(super) cleanup_attempts: DashMap<String, u32>,
 }
 
 impl Context {
@@ -94,7 +95,6 @@ impl Context {
 
     pub(super) fn forget_failures(&self, key: &(String, String)) {
         self.failures.remove(key);
-        self.cleanup_attempts.remove(key);
     }
 }
 

@@ -110,6 +110,17 @@ async fn single_ranges_answer_206_and_bad_ones_416() {
         let r = request(served.addr, "GET", &a.path, &[("Range", "bytes=999999-")]).await;
         assert_eq!(r.status, 416, "{ctx}");
         assert_eq!(r.header("content-range"), Some(format!("bytes */{size}").as_str()), "{ctx}");
+        // RFC 9110 §14.1.3: a suffix longer than the object selects the whole object (206);
+        // a zero-length suffix selects nothing (416).
+        let r = request(served.addr, "GET", &a.path, &[("Range", &format!("bytes=-{}", size * 10))]).await;
+        assert_eq!(r.status, 206, "{ctx}");
+        assert_eq!(r.header("content-range"), Some(format!("bytes 0-{}/{size}", size - 1).as_str()), "{ctx}");
+        assert_eq!(r.body, a.payload, "{ctx}");
+        assert_eq!(request(served.addr, "GET", &a.path, &[("Range", "bytes=-0")]).await.status, 416, "{ctx}");
+        // A last position past the end is clamped to it (§14.1.2).
+        let r = request(served.addr, "GET", &a.path, &[("Range", &format!("bytes={}-{}", size - 3, size * 2))]).await;
+        assert_eq!(r.status, 206, "{ctx}");
+        assert_eq!(r.body, a.payload[SIZE - 3..], "{ctx}");
 
         // Multiple ranges and unparsable ones are ignored: the whole object.
         for range in ["bytes=0-1,5-6", "bytes=nonsense"] {
@@ -169,6 +180,11 @@ async fn other_methods_are_405_with_allow() {
             let r = request(served.addr, method, &a.path, &[("Content-Length", "0")]).await;
             assert_eq!(r.status, 405, "{}: {method}", store.name);
             assert_eq!(r.header("allow"), Some("GET, HEAD"), "{}: {method}", store.name);
+        }
+        // Whatever the path: unknown keys, malformed paths and the root too.
+        for path in ["/artifacts/ns/none/missing.tar.gz", "/", "/artifacts/../etc/passwd", "/metrics"] {
+            let r = request(served.addr, "DELETE", path, &[("Content-Length", "0")]).await;
+            assert_eq!((r.status, r.header("allow")), (405, Some("GET, HEAD")), "{}: {path}", store.name);
         }
         // Nothing was deleted or replaced.
         assert_eq!(get(served.addr, &a.path).await.body, a.payload, "{}", store.name);

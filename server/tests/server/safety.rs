@@ -78,7 +78,7 @@ async fn routes_are_not_mounted_when_the_backend_does_not_serve_http() {
         assert!(r.header("etag").is_none() && r.header("content-disposition").is_none());
         assert!(!r.body.windows(a.payload.len()).any(|w| w == a.payload.as_slice()));
     }
-    assert_eq!(request(served.addr, "POST", &a.path, &[("Content-Length", "0")]).await.status, 404);
+    assert_eq!(request(served.addr, "POST", &a.path, &[("Content-Length", "0")]).await.status, 405);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(!text.contains("artifact_server"), "metrics registered for unmounted routes: {text}");
