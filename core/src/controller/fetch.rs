@@ -14,6 +14,7 @@ use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
 
 use super::egress::{self, Denied, EgressPolicy};
+use super::redact::redact_url;
 
 /// What to fetch and how.
 #[derive(Debug, Clone)]
@@ -182,7 +183,8 @@ impl Fetcher {
 
     /// Performs the request; the body is read while counting decoded bytes against the cap.
     pub async fn fetch(&self, req: &FetchRequest) -> Result<FetchOutcome, FetchError> {
-        let url = req.url.to_string();
+        // The URL as messages show it: credentials in it are sent, never displayed.
+        let url = redact_url(&req.url);
         self.policy.check_literal(&req.url).map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
         let client = self.client(ClientKey { tls: req.tls.clone(), confine_redirects: !req.headers.is_empty() })?;
         let mut builder = client
@@ -199,7 +201,7 @@ impl Fetcher {
             } else if e.is_timeout() {
                 FetchError::Timeout { url: url.clone(), timeout: req.timeout }
             } else {
-                FetchError::Transport { url: url.clone(), message: error_chain(&e) }
+                FetchError::Transport { url: url.clone(), message: error_chain(&e.without_url()) }
             }
         };
         let mut response = builder.send().await.map_err(transport)?;

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod plan;
 pub mod reconcile;
+pub mod redact;
 pub mod revision;
 pub mod transform;
 

@@ -103,7 +103,7 @@ impl Plan {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(ConfigProblem::invalid(
                 "spec.generator.http.url",
-                &http.url,
+                &super::redact::redact_url(&url),
                 "must be an http:// or https:// URL with a host",
             ));
         }

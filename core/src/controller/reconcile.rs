@@ -25,6 +25,7 @@ use super::finish::{Report, finish, owned_by, write_status};
 use super::metrics::{Metrics, ObjectLabels, ReconcileLabels, ResultLabels};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{self, ConfigProblem, Defaults, Plan};
+use super::redact::redact_url;
 use super::revision::revision;
 use crate::key::{ObjectKey, artifact_dir};
 use crate::package::package;
@@ -370,7 +371,7 @@ async fn store(
         Err(e) => return Stored::Failed(e),
     };
     let mut metadata = BTreeMap::new();
-    metadata.insert(SOURCE_METADATA.to_owned(), plan.url.to_string());
+    metadata.insert(SOURCE_METADATA.to_owned(), redact_url(&plan.url));
     if let Some(etag) = etag {
         metadata.insert(ETAG_METADATA.to_owned(), etag.to_owned());
     }
