@@ -194,6 +194,7 @@ async fn run_controller(
             },
             retention: config.controller.retention.into(),
             finalizer_attempts: config.controller.finalizer_attempts,
+            namespace_concurrency: config.controller.namespace_concurrency.into(),
         },
         Recorder::new(client, reporter),
         metrics,

@@ -182,3 +182,27 @@ fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn config_errors_never_print_secret_values() {
+    // A syntax error on the secret's own line: the position is named, the line is not quoted.
+    let file = config_file(
+        "[storage]\nbackend = \"memory\"\n\n[fetch]\nuser_agent = \"ua\"\ntoken = \"sk-live-unterminated\n",
+    );
+    let o = run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("not valid TOML") && err.contains("line 6"), "{err}");
+    assert!(!err.contains("sk-live"), "a secret was printed: {err}");
+    // The CIDR lists: a bad entry is named with its rule.
+    let file = config_file("[fetch]\ndeny_cidrs = [\"169.254.0.0/16\", \"not-a-net\"]\n");
+    let o = run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(err.contains("fetch.deny_cidrs") && err.contains("not-a-net") && err.contains("CIDR"), "{err}");
+    let file = config_file("[fetch]\nallow_cidrs = \"10.0.0.0/8, 2001:db8::/32\"\n");
+    let printed = printed(&run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]));
+    let allow = get(&printed, "fetch.allow_cidrs").as_array().unwrap();
+    assert_eq!(allow.len(), 2);
+    assert_eq!(get(&printed, "fetch.deny_cidrs").as_array().unwrap().len(), 3, "the default deny list");
+}

@@ -83,6 +83,9 @@ pub struct ControllerConfig {
     /// anyway (with a Warning Event naming what was left behind), so a broken store cannot hang
     /// a namespace deletion.
     pub finalizer_attempts: u32,
+    /// Reconciles of one namespace at once, below `concurrency` so one tenant cannot hold every
+    /// slot.
+    pub namespace_concurrency: u16,
     pub leader_election: bool,
     pub lease_name: String,
     pub pod_name: String,
@@ -126,6 +129,21 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub fetch: FetchConfig,
     pub log: LogConfig,
+}
+
+/// A TOML syntax error with its position but without the quoted source line, which may hold a
+/// secret (an unterminated `secret_access_key = "…`).
+fn parse_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("{message} at line {line}, column {column}")
+        }
+        None => message.to_owned(),
+    }
 }
 
 /// A CIDR, or a bare address as a single-address network.
@@ -213,9 +231,10 @@ impl ConfigLoader {
                 return Err(ConfigError::Read { path: path.to_owned(), source });
             }
         };
-        let parsed: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let parsed: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.to_owned(),
+            message: parse_message(&text, &e),
+        })?;
         let source = format!("file {}", path.display());
         for (table, value) in parsed {
             match value {
@@ -291,8 +310,16 @@ impl ConfigLoader {
         let storage = (descriptor.parse)(&BackendContext { table, env: &self.env })?;
 
         let default_pod = hostname();
+        let concurrency = r.int_in("controller.concurrency", 4, 1, 1024)?;
         let controller = ControllerConfig {
-            concurrency: r.int_in("controller.concurrency", 4, 1, 1024)? as u16,
+            concurrency: concurrency as u16,
+            // Three quarters of the slots by default: a quarter stays free for other tenants.
+            namespace_concurrency: r.int_in(
+                "controller.namespace_concurrency",
+                (concurrency * 3 / 4).max(1),
+                1,
+                concurrency,
+            )? as u16,
             min_interval: r.duration("controller.min_interval", "1m", Duration::from_secs(1))?,
             retention: r.int_in("controller.retention", 2, 1, 100)? as u16,
             finalizer_attempts: r.int_in("controller.finalizer_attempts", 5, 1, 1000)? as u32,
@@ -540,6 +567,7 @@ impl Config {
         let c = &self.controller;
         let mut controller = toml::Table::new();
         controller.insert("concurrency".into(), V::Integer(c.concurrency.into()));
+        controller.insert("namespace_concurrency".into(), V::Integer(c.namespace_concurrency.into()));
         controller.insert("min_interval".into(), s(&format_duration(c.min_interval)));
         controller.insert("retention".into(), V::Integer(c.retention.into()));
         controller.insert("finalizer_attempts".into(), V::Integer(c.finalizer_attempts.into()));

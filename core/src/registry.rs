@@ -58,9 +58,10 @@ pub struct BackendContext<'a> {
 impl BackendContext<'_> {
     /// Deserializes the table into the backend's settings type, naming the table on error.
     pub fn deserialize<T: serde::de::DeserializeOwned>(&self, backend: &str) -> Result<T, ConfigError> {
+        // The error names the table's keys, never their values: the table may hold secrets.
         toml::Value::Table(self.table.clone()).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
             key: format!("storage.{backend}"),
-            value: self.table.to_string().trim().replace('\n', "; "),
+            value: format!("a table with the keys [{}]", self.table.keys().cloned().collect::<Vec<_>>().join(", ")),
             rule: e.message().trim().to_owned(),
         })
     }

@@ -71,8 +71,8 @@ KNOWN_KEYS: dict[str, set[str]] = {
     "ops": {"bind_address", "port"},
     "storage": {"backend"},
     "controller": {
-        "concurrency", "min_interval", "retention", "finalizer_attempts", "leader_election", "lease_name",
-        "pod_name",
+        "concurrency", "namespace_concurrency", "min_interval", "retention", "finalizer_attempts",
+        "leader_election", "lease_name", "pod_name",
     },
     "fetch": {"timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"},
     "log": {"format", "level"},

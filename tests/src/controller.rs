@@ -27,6 +27,8 @@ pub struct Options {
     pub timeout: Duration,
     pub finalizer_attempts: u32,
     pub egress: EgressPolicy,
+    /// Of the test controller's 4 reconcile slots.
+    pub namespace_concurrency: usize,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
             timeout: Duration::from_secs(5),
             finalizer_attempts: 5,
             egress: EgressPolicy::default(),
+            namespace_concurrency: 3,
         }
     }
 }
@@ -101,6 +104,7 @@ impl TestController {
                 },
                 retention: options.retention,
                 finalizer_attempts: options.finalizer_attempts,
+                namespace_concurrency: options.namespace_concurrency,
             },
             Recorder::new(client, reporter),
             metrics,

@@ -22,15 +22,22 @@ pub struct Reply {
     pub body: Bytes,
     pub etag: Option<String>,
     pub headers: Vec<(String, String)>,
+    /// How long the fixture waits before answering (a slow upstream).
+    pub delay: Option<std::time::Duration>,
 }
 
 impl Reply {
     pub fn ok(body: impl Into<Bytes>) -> Self {
-        Self { status: 200, body: body.into(), etag: None, headers: Vec::new() }
+        Self { status: 200, body: body.into(), etag: None, headers: Vec::new(), delay: None }
     }
 
     pub fn status(status: u16) -> Self {
-        Self { status, body: Bytes::from_static(b"error"), etag: None, headers: Vec::new() }
+        Self { status, body: Bytes::from_static(b"error"), etag: None, headers: Vec::new(), delay: None }
+    }
+
+    pub fn with_delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
     pub fn with_etag(mut self, etag: &str) -> Self {
@@ -158,6 +165,15 @@ impl Drop for Fixture {
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let response = respond(&state, &req);
+    let delay = state.lock().expect("fixture state").reply.delay;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    Ok(response)
+}
+
+fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let mut st = state.lock().expect("fixture state");
     let reply = st.reply.clone();
     let not_modified = reply.status == 200
@@ -180,7 +196,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
         builder = builder.header(name, value);
     }
     let body = if not_modified { Bytes::new() } else { reply.body };
-    Ok(builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new()))))
+    builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }
 
 /// A CA and a server certificate for `localhost` signed by it, as PEM: (ca, cert, key).

@@ -285,8 +285,7 @@ async fn a_304_to_an_unconditional_request_backs_off() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("odd-304").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture =
-        Fixture::start(Reply { status: 304, body: Default::default(), etag: None, headers: Vec::new() }).await;
+    let fixture = Fixture::start(Reply { body: Default::default(), ..Reply::status(304) }).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("n", &fixture.url("/"), json!({}))).await.unwrap();
     let es = eventually("Ready=False for the 304", WAIT, || async {

@@ -352,3 +352,13 @@ async fn build_through_the_trait_object() {
     assert!(storage.capabilities().serves_http);
     assert!(settings.build(None).await.is_err());
 }
+
+#[test]
+fn a_rejected_table_names_its_keys_never_its_values() {
+    let text = "bucket = \"b-1\"\nsecret_access_key = \"wJalrXUtnFEMI-table-secret\"\naccess_key_id = \"AKIA1\"\nbukket = \"typo\"";
+    let (key, value, rule) = invalid(parse(text, &[]));
+    assert_eq!(key, "storage.s3");
+    assert!(!value.contains("table-secret") && !rule.contains("table-secret"), "{value} / {rule}");
+    assert!(value.contains("secret_access_key") && value.contains("bukket"), "names the keys: {value}");
+    assert!(rule.contains("bukket"), "{rule}");
+}

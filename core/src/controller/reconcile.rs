@@ -17,6 +17,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
 use kube::runtime::finalizer::{self, finalizer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatus};
 use super::conditions::Reason;
@@ -40,6 +41,10 @@ pub const ETAG_METADATA: &str = "etag";
 /// Metadata key of the fetched URL (OCI convention Flux tooling shows).
 pub const SOURCE_METADATA: &str = "org.opencontainers.image.source";
 
+/// How soon an object whose namespace was at its reconcile cap is tried again (up to twice that,
+/// jittered).
+const NAMESPACE_BUSY_RETRY: Duration = Duration::from_millis(500);
+
 /// Longest backoff after repeated transient errors.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -52,6 +57,8 @@ pub struct Settings {
     pub retention: usize,
     /// Failed attempts at deleting a source's storage before the finalizer is released anyway.
     pub finalizer_attempts: u32,
+    /// Reconciles of one namespace at once.
+    pub namespace_concurrency: usize,
 }
 
 /// Everything a reconcile needs.
@@ -64,6 +71,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: DashMap<(String, String), u32>,
+    /// Reconcile slots per namespace (see [`Settings::namespace_concurrency`]).
+    namespace_slots: DashMap<String, Arc<Semaphore>>,
     /// Failed cleanup attempts per UID of an object being deleted; an entry stays after the
     /// finalizer was released anyway (one per abandoned cleanup), so stale retries stop at once.
     pub(super) cleanup_attempts: DashMap<String, u32>,
@@ -85,13 +94,25 @@ impl Context {
             settings: Settings {
                 retention: settings.retention.max(1),
                 finalizer_attempts: settings.finalizer_attempts.max(1),
+                namespace_concurrency: settings.namespace_concurrency.max(1),
                 ..settings
             },
             recorder,
             metrics,
             failures: DashMap::new(),
+            namespace_slots: DashMap::new(),
             cleanup_attempts: DashMap::new(),
         }
+    }
+
+    /// A reconcile slot of `namespace`, or `None` when the namespace already uses all of its own.
+    fn namespace_slot(&self, namespace: &str) -> Option<OwnedSemaphorePermit> {
+        let slots = self
+            .namespace_slots
+            .entry(namespace.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.namespace_concurrency)))
+            .clone();
+        slots.try_acquire_owned().ok()
     }
 
     pub(super) fn forget_failures(&self, key: &(String, String)) {
@@ -144,6 +165,12 @@ pub(super) fn key_of(es: &ExternalSource) -> (String, String) {
 #[tracing::instrument(skip_all, fields(namespace = %es.namespace().unwrap_or_default(), name = %es.name_any()))]
 pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Action, Error> {
     let (ns, name) = key_of(&es);
+    // A namespace at its cap gives the controller slot back at once (waiting here would hold
+    // it): the object is tried again shortly, and other namespaces' objects run meanwhile.
+    let Some(_slot) = ctx.namespace_slot(&ns) else {
+        tracing::debug!("namespace at its reconcile cap; requeued");
+        return Ok(Action::requeue(NAMESPACE_BUSY_RETRY.mul_f64(1.0 + fastrand::f64())));
+    };
     let started = Instant::now();
     ctx.metrics.active_reconciliations.inc();
     let live = es.metadata.deletion_timestamp.is_none();
