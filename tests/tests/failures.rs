@@ -9,26 +9,13 @@ use std::time::Duration;
 
 use externalsource_core::ObjectKey;
 use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
-use externalsource_core::testing::{Fault, Operation, Times};
+use externalsource_core::testing::{Fault, Operation, Times, noise};
 use externalsource_tests::controller::Options;
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
 use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
-
-/// Incompressible bytes, so a packaged artifact is about as large as its payload.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn condition(es: &ExternalSource, type_: &str) -> Option<(String, String, String)> {
     let c = es.status.as_ref()?.conditions.iter().find(|c| c.type_ == type_)?;

@@ -78,6 +78,20 @@ macro_rules! behaviour_suite {
     };
 }
 
+/// Deterministic bytes that do not compress (xorshift), so a packaged artifact is about as large
+/// as its payload and a wrong range shows as wrong content.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn key(s: &str) -> ObjectKey {
     ObjectKey::parse(s).expect("test key is valid")
 }

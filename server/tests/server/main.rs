@@ -59,15 +59,7 @@ pub struct Artifact {
 
 /// Deterministic, incompressible-looking bytes, so a wrong range shows as wrong content.
 pub fn payload(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    externalsource_core::testing::noise(7, len)
 }
 
 pub async fn put_artifact(storage: &dyn Storage, payload: Vec<u8>) -> Artifact {
