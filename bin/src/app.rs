@@ -79,6 +79,15 @@ async fn termination_signal() {
 
 /// Runs `mode` until a termination signal (or lost leadership).
 pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
+    let open_files = crate::limits::raise_open_files();
+    // Each connection needs a descriptor; a limit below the cap would fail accepts instead.
+    if let Some(limit) = open_files.filter(|l| *l < u64::from(config.server.max_connections) + 256) {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections = config.server.max_connections,
+            "the open-file limit is below server.max_connections plus headroom; accepts may fail before the cap"
+        );
+    }
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -105,6 +114,7 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         header_read_timeout: config.server.header_read_timeout,
         idle_timeout: config.server.idle_timeout,
         shutdown_grace: config.server.shutdown_grace,
+        max_connections: config.server.max_connections as usize,
     };
 
     let mut servers: Vec<JoinHandle<()>> = Vec::new();

@@ -5,6 +5,7 @@
 mod app;
 mod backends;
 mod cli;
+mod limits;
 mod telemetry;
 
 use std::path::Path;

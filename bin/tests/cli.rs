@@ -146,7 +146,10 @@ fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let file = config_file("[server]\nbind_address = \"127.0.0.1\"\n[ops]\nbind_address = \"127.0.0.1\"\n");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_externalsource-controller"))
+    // Started with a low soft open-file limit (a shell lowers it, then execs the binary), so
+    // the raise at start-up is visible.
+    let mut child = Command::new("bash")
+        .args(["-c", "ulimit -Sn 512 && exec \"$0\" \"$@\"", env!("CARGO_BIN_EXE_externalsource-controller")])
         .args(["serve", "--config", file.path().to_str().unwrap()])
         .args(["--artifact-server-port", &port.to_string(), "--ops-port", &ops.to_string()])
         .env_remove("KUBECONFIG")
@@ -170,6 +173,12 @@ fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
     }
     assert!(ready.unwrap_or_default().starts_with("HTTP/1.1 200"), "serve is ready without Kubernetes");
     assert!(get(port, "/artifacts/ns/n/x.tar.gz").unwrap().starts_with("HTTP/1.1 404"));
+    // The soft open-file limit was raised to the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft = hard: {line}");
+    assert_ne!(fields[3], "512", "raised from the inherited soft limit: {line}");
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// Open connections of the artifact listener at most; beyond it new ones get a 503.
+    pub max_connections: u32,
 }
 
 impl ServerConfig {
@@ -189,6 +191,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "header_read_timeout",
             "idle_timeout",
             "shutdown_grace",
+            "max_connections",
         ],
     ),
     ("ops", &["bind_address", "port"]),
@@ -296,6 +299,7 @@ impl ConfigLoader {
             header_read_timeout: r.duration("server.header_read_timeout", "10s", Duration::from_millis(100))?,
             idle_timeout: r.duration("server.idle_timeout", "60s", Duration::from_millis(100))?,
             shutdown_grace: r.duration("server.shutdown_grace", "25s", Duration::ZERO)?,
+            max_connections: r.int_in("server.max_connections", 4096, 1, 1_000_000)? as u32,
         };
         r.dns_label("server.service_name", &server.service_name)?;
         r.dns_label("server.service_namespace", &server.service_namespace)?;
@@ -558,6 +562,7 @@ impl Config {
         server.insert("header_read_timeout".into(), s(&format_duration(self.server.header_read_timeout)));
         server.insert("idle_timeout".into(), s(&format_duration(self.server.idle_timeout)));
         server.insert("shutdown_grace".into(), s(&format_duration(self.server.shutdown_grace)));
+        server.insert("max_connections".into(), V::Integer(self.server.max_connections.into()));
         let mut ops = toml::Table::new();
         ops.insert("bind_address".into(), s(&self.ops.bind_address));
         ops.insert("port".into(), V::Integer(self.ops.port.into()));

@@ -93,13 +93,18 @@ impl<B> hyper::service::Service<Request<B>> for OpsService {
 }
 
 /// Serves the ops endpoints on `listener` until `shutdown`, with default [`ServeOptions`].
+/// Connections the ops listener holds at most (kubelet probes and a few scrapers need a handful).
+pub const OPS_MAX_CONNECTIONS: usize = 64;
+
 pub async fn serve_ops(
     listener: TcpListener,
     registry: Arc<Registry>,
     readiness: Readiness,
     shutdown: impl Future<Output = ()>,
 ) {
-    serve(listener, OpsService::new(registry, readiness), ServeOptions::default(), shutdown).await;
+    // A small cap of its own: probes and scrapes keep answering whatever the artifact port sees.
+    let options = ServeOptions { max_connections: OPS_MAX_CONNECTIONS, ..ServeOptions::default() };
+    serve(listener, OpsService::new(registry, readiness), options, shutdown).await;
 }
 
 #[cfg(test)]

@@ -33,19 +33,28 @@ pub struct ServeOptions {
     /// After shutdown is signalled, in-flight responses may finish within this time; then the
     /// remaining connections are closed. Keep it below the pod's termination grace period.
     pub shutdown_grace: Duration,
+    /// Open connections at most. Beyond it a new connection gets an immediate `503` with
+    /// `Retry-After` and is closed, so a flood of idle clients costs them, not the process (its
+    /// memory and file descriptors stay bounded) nor the clients already being served.
+    pub max_connections: usize,
 }
 
 impl Default for ServeOptions {
     /// 10 s for a request head, 60 s without progress, 25 s to drain (Kubernetes gives a pod 30 s
-    /// between SIGTERM and SIGKILL by default).
+    /// between SIGTERM and SIGKILL by default), 4,096 connections.
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
+            max_connections: 4096,
         }
     }
 }
+
+/// What a connection beyond `max_connections` is told before it is closed.
+const SHED_RESPONSE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
 
 /// Pause after a failed `accept` (out of file descriptors, typically) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -74,6 +83,12 @@ where
         tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) if connections.len() >= options.max_connections => {
+                    // Non-blocking: a fresh socket's send buffer takes these few bytes at once,
+                    // and a peer that cannot take them is not waited for.
+                    let _ = stream.try_write(SHED_RESPONSE);
+                    tracing::debug!(%peer, max = options.max_connections, "connection limit reached; answered 503");
+                }
                 Ok((stream, peer)) => {
                     // Headers and the first body chunk are written separately; without NODELAY the
                     // body waits for the client's delayed ACK (~40 ms per response).

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use externalsource_backend_memory::MemoryStorage;
 use externalsource_core::{Digest, Storage};
 use externalsource_server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,6 +18,7 @@ fn options(header_read: u64, idle: u64, grace: u64) -> ServeOptions {
         header_read_timeout: Duration::from_millis(header_read),
         idle_timeout: Duration::from_millis(idle),
         shutdown_grace: Duration::from_millis(grace),
+        ..ServeOptions::default()
     }
 }
 
@@ -148,4 +150,31 @@ async fn a_slow_reader_holds_a_bounded_buffer_and_is_dropped_when_idle() {
     assert!(storage.pulled() < BOUND);
     read_until_closed(&mut stream, &mut body).await;
     assert!(body.len() < SIZE, "a stalled download must be dropped, not completed");
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_get_503_and_the_others_are_still_served() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1 << 20, None));
+    let a = put_artifact(storage.as_ref(), payload(1000)).await;
+    let opts = ServeOptions { max_connections: 2, ..options(5_000, 5_000, 1_000) };
+    let (served, _registry) = start_artifacts(storage, opts).await;
+    // Two idle connections hold both slots.
+    let mut first = TcpStream::connect(served.addr).await.unwrap();
+    let _second = TcpStream::connect(served.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(served.addr).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(PROMPTLY, third.read_to_end(&mut answer)).await.expect("answered at once").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("Retry-After: 1"), "{answer}");
+    // A connection within the cap is served normally.
+    first.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", a.path).as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut first).await;
+    assert_eq!((status, body), (200, a.payload.clone()));
+    // Closing one frees its slot.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = TcpStream::connect(served.addr).await.unwrap();
+    fourth.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", a.path).as_bytes()).await.unwrap();
+    assert_eq!(read_response(&mut fourth).await.0, 200);
 }

@@ -101,6 +101,7 @@ pub fn test_options() -> ServeOptions {
         header_read_timeout: Duration::from_secs(5),
         idle_timeout: Duration::from_secs(5),
         shutdown_grace: Duration::from_secs(5),
+        ..ServeOptions::default()
     }
 }
 
