@@ -209,6 +209,13 @@ fn config_errors_never_print_secret_values() {
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(err.contains("fetch.deny_cidrs") && err.contains("not-a-net") && err.contains("CIDR"), "{err}");
+    let file = config_file("[controller]\nconcurrency = 8\n");
+    let defaults = printed(&run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]));
+    assert_eq!(get(&defaults, "controller.namespace_concurrency").as_integer(), Some(6), "3/4 of concurrency");
+    let file = config_file("[controller]\nconcurrency = 8\nnamespace_concurrency = 9\n");
+    let o = run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2), "above concurrency: {}", stderr(&o));
+    assert!(stderr(&o).contains("controller.namespace_concurrency"), "{}", stderr(&o));
     let file = config_file("[fetch]\nallow_cidrs = \"10.0.0.0/8, 2001:db8::/32\"\n");
     let printed = printed(&run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]));
     let allow = get(&printed, "fetch.allow_cidrs").as_array().unwrap();

@@ -200,6 +200,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         "controller",
         &[
             "concurrency",
+            "namespace_concurrency",
             "min_interval",
             "retention",
             "finalizer_attempts",

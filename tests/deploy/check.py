@@ -56,9 +56,9 @@ OVERLAYS: dict[str, str] = {
     "networkpolicy": "memory",
 }
 # Fixtures rendered like overlays (path relative to tests/deploy/fixtures).
-FIXTURE_OVERLAYS: dict[str, str] = {"name-prefix": "memory"}
+FIXTURE_OVERLAYS: dict[str, str] = {"name-prefix": "memory", "egress-policy": "memory"}
 # Components: rendered through a fixture.
-COMPONENTS = {"components/networkpolicy", "components/s3", "flux-feature-gate"}
+COMPONENTS = {"components/networkpolicy", "components/egress-policy", "components/s3", "flux-feature-gate"}
 
 SHARED_BACKENDS = {"s3"}  # every replica Ready; the others: only the leader is Ready
 
@@ -676,8 +676,26 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                     pod_spec(wl).get("automountServiceAccountToken") is False)
 
 
+def check_egress_policy(r: Report, scope: str, ren: Render) -> None:
+    """The egress component selects the controller's pods and keeps them off link-local and
+    metadata addresses, and allows the rest (the API server, DNS, upstreams)."""
+    pols = [p for p in ren.of_kind("NetworkPolicy") if "Egress" in (p.get("spec", {}).get("policyTypes") or [])]
+    if not r.check(scope, "an egress NetworkPolicy is rendered", bool(pols)):
+        return
+    wls = [w for w in ren.of_kind("Deployment") if pod_labels(w).get(APP_LABEL[0]) == APP_LABEL[1]]
+    for wl in wls:
+        selecting = [p for p in pols if label_selector_matches(p.get("spec", {}).get("podSelector"), pod_labels(wl))]
+        r.check(scope, f"egress NetworkPolicy selects {name_of(wl)}", bool(selecting))
+    blocks = [b.get("ipBlock") or {} for p in pols for rule in p["spec"].get("egress") or [] for b in rule.get("to") or []]
+    v4 = [b for b in blocks if b.get("cidr") == "0.0.0.0/0"]
+    v6 = [b for b in blocks if b.get("cidr") == "::/0"]
+    r.check(scope, "egress allows IPv4 except 169.254.0.0/16", any("169.254.0.0/16" in (b.get("except") or []) for b in v4))
+    r.check(scope, "egress allows IPv6 except fe80::/10 and fd00:ec2::254",
+            any({"fe80::/10", "fd00:ec2::254/128"} <= set(b.get("except") or []) for b in v6))
+
+
 def check_network_policy(r: Report, scope: str, ren: Render, wls: list[dict], required: bool) -> None:
-    pols = ren.of_kind("NetworkPolicy")
+    pols = [p for p in ren.of_kind("NetworkPolicy") if "Ingress" in (p.get("spec", {}).get("policyTypes") or ["Ingress"])]
     if not pols:
         if required:
             r.check(scope, "NetworkPolicy rendered", False)
@@ -933,10 +951,13 @@ def main() -> int:
         scope = f"fixture:{name}"
         if not r.check(scope, "renders", ren is not None, err):
             continue
-        # The fixture renames everything: SERVICE_NAME must have followed the Service.
-        renamed = [name_of(s) for s in ren.of_kind("Service") if name_of(s).startswith("acme-")]
-        r.check(scope, "namePrefix/nameSuffix applied to the Services", len(renamed) == len(ren.of_kind("Service")) > 0,
-                f"{[name_of(s) for s in ren.of_kind('Service')]}")
+        if name == "name-prefix":
+            # The fixture renames everything: SERVICE_NAME must have followed the Service.
+            renamed = [name_of(s) for s in ren.of_kind("Service") if name_of(s).startswith("acme-")]
+            r.check(scope, "namePrefix/nameSuffix applied to the Services",
+                    len(renamed) == len(ren.of_kind("Service")) > 0, f"{[name_of(s) for s in ren.of_kind('Service')]}")
+        if name == "egress-policy":
+            check_egress_policy(r, scope, ren)
         check_controller_overlay(r, scope, ren, backend, expect_ns=NAMESPACE, require_netpol=False)
 
     if wanted("flux-feature-gate"):
