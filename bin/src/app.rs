@@ -200,6 +200,7 @@ async fn run_controller(
             defaults: Defaults {
                 min_interval: config.controller.min_interval,
                 timeout: config.fetch.timeout,
+                max_timeout: config.fetch.max_timeout,
                 max_size: config.fetch.max_size,
             },
             retention: config.controller.retention.into(),

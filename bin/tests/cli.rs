@@ -209,6 +209,10 @@ fn config_errors_never_print_secret_values() {
     assert_eq!(o.status.code(), Some(2));
     let err = stderr(&o);
     assert!(err.contains("fetch.deny_cidrs") && err.contains("not-a-net") && err.contains("CIDR"), "{err}");
+    let file = config_file("[fetch]\ntimeout = \"5m\"\nmax_timeout = \"1m\"\n");
+    let o = run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("fetch.timeout") && stderr(&o).contains("fetch.max_timeout"), "{}", stderr(&o));
     let file = config_file("[controller]\nconcurrency = 8\n");
     let defaults = printed(&run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]));
     assert_eq!(get(&defaults, "controller.namespace_concurrency").as_integer(), Some(6), "3/4 of concurrency");

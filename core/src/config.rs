@@ -96,6 +96,8 @@ pub struct ControllerConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchConfig {
     pub timeout: Duration,
+    /// The longest `spec.timeout` a source may ask for.
+    pub max_timeout: Duration,
     pub max_size: u64,
     pub user_agent: String,
     /// Networks fetches never connect to (on any redirect hop).
@@ -209,7 +211,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "pod_name",
         ],
     ),
-    ("fetch", &["timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"]),
+    ("fetch", &["timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"]),
     ("log", &["format", "level"]),
 ];
 
@@ -335,12 +337,18 @@ impl ConfigLoader {
         r.dns_label("controller.lease_name", &controller.lease_name)?;
         let fetch = FetchConfig {
             timeout: r.duration("fetch.timeout", "30s", Duration::from_secs(1))?,
+            max_timeout: r.duration("fetch.max_timeout", "10m", Duration::from_secs(1))?,
             max_size: r.size("fetch.max_size", "64MiB", 1)?,
             user_agent: r
                 .string("fetch.user_agent", concat!("externalsource-controller/", env!("CARGO_PKG_VERSION")))?,
             deny_cidrs: r.cidrs("fetch.deny_cidrs")?.unwrap_or_else(default_deny_cidrs),
             allow_cidrs: r.cidrs("fetch.allow_cidrs")?,
         };
+        if fetch.timeout > fetch.max_timeout {
+            let text = format_duration(fetch.timeout);
+            let rule = format!("must not exceed fetch.max_timeout ({})", format_duration(fetch.max_timeout));
+            return Err(r.invalid("fetch.timeout", &text, &rule));
+        }
         let log = LogConfig {
             format: match r.string("log.format", "text")?.as_str() {
                 "text" => LogFormat::Text,
@@ -582,6 +590,7 @@ impl Config {
         controller.insert("pod_name".into(), s(&c.pod_name));
         let mut fetch = toml::Table::new();
         fetch.insert("timeout".into(), s(&format_duration(self.fetch.timeout)));
+        fetch.insert("max_timeout".into(), s(&format_duration(self.fetch.max_timeout)));
         fetch.insert("max_size".into(), s(&format_size(self.fetch.max_size)));
         fetch.insert("user_agent".into(), s(&self.fetch.user_agent));
         let cidrs = |nets: &[IpNet]| V::Array(nets.iter().map(|n| s(&n.to_string())).collect());

@@ -74,7 +74,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
         "concurrency", "namespace_concurrency", "min_interval", "retention", "finalizer_attempts",
         "leader_election", "lease_name", "pod_name",
     },
-    "fetch": {"timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"},
+    "fetch": {"timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"},
     "log": {"format", "level"},
 }
 KNOWN_BACKEND_KEYS: dict[str, set[str]] = {

@@ -100,6 +100,7 @@ impl TestController {
                 defaults: Defaults {
                     min_interval: options.min_interval,
                     timeout: options.timeout,
+                    max_timeout: std::time::Duration::from_secs(600),
                     max_size: options.max_size,
                 },
                 retention: options.retention,

@@ -46,6 +46,8 @@ impl ConfigProblem {
 pub struct Defaults {
     pub min_interval: Duration,
     pub timeout: Duration,
+    /// The longest `spec.timeout` accepted (`fetch.max_timeout`).
+    pub max_timeout: Duration,
     pub max_size: u64,
 }
 
@@ -121,8 +123,17 @@ impl Plan {
             None => defaults.timeout,
             Some(t) => parse_duration(t)
                 .ok()
-                .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(600))
-                .ok_or_else(|| ConfigProblem::invalid("spec.timeout", t, "must be a duration from 1s to 10m"))?,
+                .filter(|d| *d >= Duration::from_secs(1) && *d <= defaults.max_timeout)
+                .ok_or_else(|| {
+                    ConfigProblem::invalid(
+                        "spec.timeout",
+                        t,
+                        format!(
+                            "must be a duration from 1s to the controller's limit of {}",
+                            format_duration(defaults.max_timeout)
+                        ),
+                    )
+                })?,
         };
         let max_size = match &spec.max_size {
             None => defaults.max_size,
@@ -206,7 +217,12 @@ mod tests {
     }
 
     fn defaults() -> Defaults {
-        Defaults { min_interval: Duration::from_secs(60), timeout: Duration::from_secs(30), max_size: 1 << 20 }
+        Defaults {
+            min_interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(120),
+            max_size: 1 << 20,
+        }
     }
 
     #[test]
@@ -232,5 +248,11 @@ mod tests {
         s.max_size = Some("2MiB".into());
         let e = Plan::from_spec(&s, &defaults()).unwrap_err();
         assert!(e.message.starts_with("spec.maxSize: \"2MiB\""), "{}", e.message);
+        let mut s = spec("5m", None, "http://x.invalid/");
+        s.timeout = Some("5m".into());
+        let e = Plan::from_spec(&s, &defaults()).unwrap_err();
+        assert_eq!(e.message, "spec.timeout: \"5m\" must be a duration from 1s to the controller's limit of 2m");
+        s.timeout = Some("2m".into());
+        assert_eq!(Plan::from_spec(&s, &defaults()).unwrap().timeout, Duration::from_secs(120));
     }
 }
