@@ -155,7 +155,8 @@ pub fn parse_cidr(text: &str) -> Option<IpNet> {
     text.parse::<IpNet>().ok().or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
 }
 
-fn default_deny_cidrs() -> Vec<IpNet> {
+/// [`DEFAULT_DENY_CIDRS`] as networks.
+pub fn default_deny_cidrs() -> Vec<IpNet> {
     DEFAULT_DENY_CIDRS.iter().filter_map(|c| parse_cidr(c)).collect()
 }
 

@@ -75,18 +75,17 @@ impl Validators {
         }
         // A Range header we cannot parse is ignored (RFC 9110 §14.2), as is a multi-range
         // request: one full response is simpler than multipart/byteranges and equally valid.
+        let Ok(text) = value.to_str() else {
+            return RangeDecision::Full;
+        };
+        // The range set is a list, so optional whitespace may surround its elements (§5.6.1).
+        let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
         // A zero-length suffix (`bytes=-0`) is well-formed but selects nothing (RFC 9110
         // §14.1.3); the parser rejects it, so it is recognised here.
-        let zero_suffix = value.to_str().ok().and_then(|v| v.trim().strip_prefix("bytes=")).is_some_and(|spec| {
-            spec.trim().strip_prefix('-').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0'))
-        });
-        if zero_suffix {
+        if compact.strip_prefix("bytes=-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b == b'0')) {
             return RangeDecision::Unsatisfiable;
         }
-        // The range set is a list, so optional whitespace may surround its elements (§5.6.1).
-        let compact: Option<String> =
-            value.to_str().ok().map(|v| v.chars().filter(|c| !c.is_ascii_whitespace()).collect());
-        let Some(Ok(parsed)) = compact.as_deref().map(http_range_header::parse_range_header) else {
+        let Ok(parsed) = http_range_header::parse_range_header(&compact) else {
             return RangeDecision::Full;
         };
         if parsed.ranges.len() != 1 {

@@ -207,18 +207,21 @@ impl<B> hyper::service::Service<Request<B>> for ArtifactService {
         // Request bodies are never read: GET and HEAD carry none, and other methods get 405.
         let (parts, _) = request.into_parts();
         Box::pin(async move {
+            let started = Instant::now();
             // The listener only ever reads: any other method is refused whatever the path
             // (RFC 9110 §15.5.6), before the path is looked at.
-            if parts.method != Method::GET && parts.method != Method::HEAD {
+            let refused = (parts.method != Method::GET && parts.method != Method::HEAD).then(|| {
                 let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
                 response.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-                return Ok(response);
-            }
+                response
+            });
             let Some(routes) = routes else {
-                return Ok(text(StatusCode::NOT_FOUND, "not found\n"));
+                return Ok(refused.unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")));
             };
-            let started = Instant::now();
-            let response = routes.respond(&parts.method, parts.uri.path(), &parts.headers).await;
+            let response = match refused {
+                Some(response) => response,
+                None => routes.respond(&parts.method, parts.uri.path(), &parts.headers).await,
+            };
             let observer = routes.0.metrics.observe(&parts.method, response.status(), started);
             Ok(response.map(|body| body.observed(observer)))
         })

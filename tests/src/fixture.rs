@@ -165,15 +165,15 @@ impl Drop for Fixture {
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let response = respond(&state, &req);
-    let delay = state.lock().expect("fixture state").reply.delay;
+    let (response, delay) = respond(&state, &req);
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
     Ok(response)
 }
 
-fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// The response, and how long to hold it back (the reply's delay), from one look at the state.
+fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> (Response<Full<Bytes>>, Option<std::time::Duration>) {
     let mut st = state.lock().expect("fixture state");
     let reply = st.reply.clone();
     let not_modified = reply.status == 200
@@ -196,7 +196,8 @@ fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> Response<Full<Bytes
         builder = builder.header(name, value);
     }
     let body = if not_modified { Bytes::new() } else { reply.body };
-    builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+    let response = builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+    (response, reply.delay)
 }
 
 /// A CA and a server certificate for `localhost` signed by it, as PEM: (ca, cert, key).

@@ -14,7 +14,9 @@ use ipnet::IpNet;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::config::{DEFAULT_DENY_CIDRS, parse_cidr};
+use crate::config::default_deny_cidrs;
+#[cfg(test)]
+use crate::config::parse_cidr;
 
 /// Which networks fetches may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +28,7 @@ pub struct EgressPolicy {
 impl Default for EgressPolicy {
     /// The default deny list (link-local and metadata addresses), no allow list.
     fn default() -> Self {
-        Self { deny: DEFAULT_DENY_CIDRS.iter().filter_map(|c| parse_cidr(c)).collect(), allow: None }
+        Self { deny: default_deny_cidrs(), allow: None }
     }
 }
 

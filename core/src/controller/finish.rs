@@ -64,13 +64,13 @@ pub async fn finish(
         event(ctx, es, EventType::Warning, outcome.reason(), &outcome.message()).await;
     }
 
-    let at_interval = || interval.map_or_else(Action::await_change, at_interval);
+    let next_interval = || interval.map_or_else(Action::await_change, at_interval);
     let action = match &outcome {
-        Outcome::Ready { .. } => at_interval(),
+        Outcome::Ready { .. } => next_interval(),
         Outcome::Suspended | Outcome::Stalled { recheck_at_interval: false, .. } => Action::await_change(),
-        Outcome::Stalled { recheck_at_interval: true, .. } => at_interval(),
+        Outcome::Stalled { recheck_at_interval: true, .. } => next_interval(),
         Outcome::Failed(f) => match f.retry {
-            Retry::AtInterval => at_interval(),
+            Retry::AtInterval => next_interval(),
             Retry::Backoff { .. } => return Err(Error::Backoff(f.clone())),
         },
     };

@@ -176,12 +176,12 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
     let live = es.metadata.deletion_timestamp.is_none();
     let api: Api<ExternalSource> = Api::namespaced(ctx.client.clone(), &ns);
     let mut report: Option<(bool, &'static str)> = None;
-    let (slot, context) = (&mut report, ctx.as_ref());
+    let (reported, context) = (&mut report, ctx.as_ref());
     let result = finalizer(&api, FINALIZER, es, |event| async move {
         match event {
             finalizer::Event::Apply(es) => {
                 let Report { action, ok, kind } = apply(&es, context).await?;
-                *slot = Some((ok, kind));
+                *reported = Some((ok, kind));
                 Ok(action)
             }
             finalizer::Event::Cleanup(es) => super::cleanup::cleanup(&es, context).await,
@@ -197,7 +197,7 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
     ctx.metrics.active_reconciliations.dec();
     let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
     if result.is_ok() {
-        ctx.failures.remove(&(ns.clone(), name.clone()));
+        ctx.forget_failures(&(ns.clone(), name.clone()));
     }
     // A deleted object's series were dropped by cleanup; do not bring them back.
     if live {
@@ -326,13 +326,14 @@ async fn fetch_and_store(
         .inc();
 
     let recorded_etag = old.last_handled_e_tag.as_deref();
-    let (body, etag) = match &fetched {
-        Ok(FetchOutcome::Fetched { body, etag }) => (body.clone(), etag.clone()),
+    // Moved out, not cloned: the body is released as soon as it is packaged.
+    let (body, etag) = match fetched {
+        Ok(FetchOutcome::Fetched { body, etag }) => (body, etag),
         Ok(FetchOutcome::NotModified) => {
             return outcome::after_fetch(current.as_ref(), recorded_etag, sent_if_none_match, Unfetched::NotModified);
         }
         Err(e) => {
-            return outcome::after_fetch(current.as_ref(), recorded_etag, sent_if_none_match, Unfetched::Failed(e));
+            return outcome::after_fetch(current.as_ref(), recorded_etag, sent_if_none_match, Unfetched::Failed(&e));
         }
     };
     let stored = store(ctx, es, plan, old, body, etag.as_deref(), current).await;

@@ -121,9 +121,9 @@ impl GateHandle {
         self.waiting.notified().await;
     }
 
-    /// Lets every held and later call through.
+    /// Lets every held and later call through (a closed semaphore stops no one).
     pub fn open(&self) {
-        self.open.add_permits(Semaphore::MAX_PERMITS / 2);
+        self.open.close();
     }
 }
 
@@ -146,7 +146,7 @@ impl FaultInjector {
     pub fn clear(&self) {
         self.lock_rules().clear();
         for gate in self.gates.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            gate.open.add_permits(Semaphore::MAX_PERMITS / 2);
+            gate.open.close();
         }
     }
 
@@ -180,7 +180,8 @@ impl FaultInjector {
         };
         if let Some((waiting, open)) = gate {
             waiting.notify_one();
-            let _permit = open.acquire().await;
+            // No permit is ever added: the wait ends when the gate is opened (closed).
+            let _ = open.acquire().await;
         }
         let mut rules = self.lock_rules();
         let Some(index) = rules.iter().position(|r| r.op == op) else { return Ok(()) };

@@ -175,7 +175,7 @@ async fn unknown_keys_directories_and_other_paths_are_404() {
 async fn other_methods_are_405_with_allow() {
     for store in stores().await {
         let a = put_artifact(store.storage.as_ref(), payload(100)).await;
-        let (served, _registry) = start_artifacts(store.storage.clone(), test_options()).await;
+        let (served, registry) = start_artifacts(store.storage.clone(), test_options()).await;
         for method in ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"] {
             let r = request(served.addr, method, &a.path, &[("Content-Length", "0")]).await;
             assert_eq!(r.status, 405, "{}: {method}", store.name);
@@ -188,5 +188,13 @@ async fn other_methods_are_405_with_allow() {
         }
         // Nothing was deleted or replaced.
         assert_eq!(get(served.addr, &a.path).await.body, a.payload, "{}", store.name);
+        // The refusals are counted like any other request: 5 methods plus 4 paths.
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(r#"externalsource_artifact_server_requests_total{method="other",status_class="4xx"} 9"#),
+            "{}: {text}",
+            store.name
+        );
     }
 }
