@@ -1,6 +1,7 @@
 //! Start-up and shutdown: storage, servers, leader election, controller.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use externalsource_core::config::Config;
@@ -10,6 +11,7 @@ use externalsource_core::controller::leader::{LeaderElector, Timings};
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
 use externalsource_core::controller::reconcile::{Context, Settings};
+use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::controller::{self, StartError};
 use externalsource_core::{Storage, StorageError};
 use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions};
@@ -209,6 +211,8 @@ async fn run_controller(
         },
         Recorder::new(client, reporter),
         metrics,
+        // This very binary, whatever happened to its file since it started.
+        Sandbox::new(PathBuf::from("/proc/self/exe"), config.transform.clone()),
     ));
     tracing::info!(concurrency = config.controller.concurrency, "controller starting");
     let controller = controller::run(ctx, config.controller.concurrency, shutdown.clone().cancelled_owned());

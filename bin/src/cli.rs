@@ -57,6 +57,10 @@ pub enum Command {
     Serve,
     /// Print the ExternalSource CRD as YAML.
     Crd,
+    /// Internal: run one `spec.transform` filter read from stdin (the controller starts these
+    /// in a sandbox; see the README's Security section).
+    #[command(name = "transform-worker", hide = true)]
+    TransformWorker,
 }
 
 impl Cli {

@@ -106,6 +106,21 @@ pub struct FetchConfig {
     pub allow_cidrs: Option<Vec<IpNet>>,
 }
 
+/// Limits of each `spec.transform` run (see `controller::transform::sandbox`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransformConfig {
+    /// CPU time of one run, in whole seconds (rounded up).
+    pub max_cpu: Duration,
+    /// Address space of the worker process.
+    pub max_memory: u64,
+    /// Wall-clock time of one run.
+    pub timeout: Duration,
+    /// Nesting of arrays and objects in each output value.
+    pub max_depth: u32,
+    /// Runs at once, across all sources.
+    pub concurrency: usize,
+}
+
 /// Link-local networks and the cloud metadata addresses: the default `fetch.deny_cidrs`.
 /// 169.254.169.254 (AWS, GCP, Azure, …) lies in 169.254.0.0/16; fd00:ec2::254 is AWS's IPv6
 /// metadata endpoint.
@@ -132,6 +147,7 @@ pub struct Config {
     pub storage: Box<dyn BackendSettings>,
     pub controller: ControllerConfig,
     pub fetch: FetchConfig,
+    pub transform: TransformConfig,
     pub log: LogConfig,
 }
 
@@ -213,6 +229,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("fetch", &["timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"]),
+    ("transform", &["max_cpu", "max_memory", "timeout", "max_depth", "concurrency"]),
     ("log", &["format", "level"]),
 ];
 
@@ -350,6 +367,19 @@ impl ConfigLoader {
             let rule = format!("must not exceed fetch.max_timeout ({})", format_duration(fetch.max_timeout));
             return Err(r.invalid("fetch.timeout", &text, &rule));
         }
+        let transform = TransformConfig {
+            max_cpu: r.duration("transform.max_cpu", "2s", Duration::from_secs(1))?,
+            max_memory: r.size("transform.max_memory", "256MiB", 64 << 20)?,
+            timeout: r.duration("transform.timeout", "10s", Duration::from_secs(1))?,
+            max_depth: r.int_in("transform.max_depth", 512, 1, 100_000)? as u32,
+            // Half the reconcile slots: filters are CPU-bound and the machine has other work.
+            concurrency: r.int_in("transform.concurrency", (concurrency / 2).max(1), 1, concurrency)? as usize,
+        };
+        if transform.max_cpu > transform.timeout {
+            let text = format_duration(transform.max_cpu);
+            let rule = format!("must not exceed transform.timeout ({})", format_duration(transform.timeout));
+            return Err(r.invalid("transform.max_cpu", &text, &rule));
+        }
         let log = LogConfig {
             format: match r.string("log.format", "text")?.as_str() {
                 "text" => LogFormat::Text,
@@ -360,7 +390,7 @@ impl ConfigLoader {
             },
             level: r.string("log.level", "info")?,
         };
-        Ok(Config { server, ops, backend: descriptor.name, storage, controller, fetch, log })
+        Ok(Config { server, ops, backend: descriptor.name, storage, controller, fetch, transform, log })
     }
 }
 
@@ -599,6 +629,13 @@ impl Config {
         if let Some(allow) = &self.fetch.allow_cidrs {
             fetch.insert("allow_cidrs".into(), cidrs(allow));
         }
+        let t = &self.transform;
+        let mut transform = toml::Table::new();
+        transform.insert("max_cpu".into(), s(&format_duration(t.max_cpu)));
+        transform.insert("max_memory".into(), s(&format_size(t.max_memory)));
+        transform.insert("timeout".into(), s(&format_duration(t.timeout)));
+        transform.insert("max_depth".into(), V::Integer(t.max_depth.into()));
+        transform.insert("concurrency".into(), V::Integer(t.concurrency as i64));
         let mut log = toml::Table::new();
         log.insert("format".into(), s(if self.log.format == LogFormat::Json { "json" } else { "text" }));
         log.insert("level".into(), s(&self.log.level));
@@ -609,6 +646,7 @@ impl Config {
             ("storage", storage),
             ("controller", controller),
             ("fetch", fetch),
+            ("transform", transform),
             ("log", log),
         ] {
             root.insert(name.into(), V::Table(table));

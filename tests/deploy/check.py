@@ -75,6 +75,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
         "leader_election", "lease_name", "pod_name",
     },
     "fetch": {"timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"},
+    "transform": {"max_cpu", "max_memory", "timeout", "max_depth", "concurrency"},
     "log": {"format", "level"},
 }
 KNOWN_BACKEND_KEYS: dict[str, set[str]] = {

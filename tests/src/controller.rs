@@ -6,17 +6,21 @@ use std::time::Duration;
 
 use externalsource_backend_memory::MemoryStorage;
 use externalsource_core::Storage;
+use externalsource_core::config::TransformConfig;
 use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
 use externalsource_core::controller::reconcile::{Context, Settings};
+use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::testing::FaultInjector;
 use externalsource_server::{ArtifactRoutes, ArtifactService, ServeOptions};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::process::controller_binary;
 
 /// Knobs of a test controller.
 #[derive(Debug, Clone)]
@@ -29,6 +33,19 @@ pub struct Options {
     pub egress: EgressPolicy,
     /// Of the test controller's 4 reconcile slots.
     pub namespace_concurrency: usize,
+    /// Limits of the transform sandbox, whose workers are the built controller binary.
+    pub transform: TransformConfig,
+}
+
+/// Sandbox limits small enough for a hostile filter to hit them quickly.
+pub fn test_transform_limits() -> TransformConfig {
+    TransformConfig {
+        max_cpu: Duration::from_secs(1),
+        max_memory: 256 << 20,
+        timeout: Duration::from_secs(5),
+        max_depth: 512,
+        concurrency: 2,
+    }
 }
 
 impl Default for Options {
@@ -41,6 +58,7 @@ impl Default for Options {
             finalizer_attempts: 5,
             egress: EgressPolicy::default(),
             namespace_concurrency: 3,
+            transform: test_transform_limits(),
         }
     }
 }
@@ -109,6 +127,7 @@ impl TestController {
             },
             Recorder::new(client, reporter),
             metrics,
+            Sandbox::new(controller_binary(), options.transform.clone()),
         ));
         let token = stop.clone();
         tasks.push(tokio::spawn(externalsource_core::controller::run(ctx, 4, token.cancelled_owned())));

@@ -390,7 +390,7 @@ fn committed_crd_matches_the_rust_types() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn jq_transforms_reshape_the_payload_in_process() {
+async fn jq_transforms_reshape_the_payload_in_the_sandbox() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("transform").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;

@@ -14,6 +14,7 @@ use super::api::{Artifact, ExternalArtifactStatus, ExternalSourceStatus};
 use super::conditions::{self, Reason};
 use super::fetch::FetchError;
 use super::plan::ConfigProblem;
+use super::transform::TransformError;
 use crate::storage::{FailureClass, ObjectMeta, StorageError};
 
 /// When a failed reconcile is tried again.
@@ -138,7 +139,8 @@ pub enum Stored {
     New(Artifact),
     /// The packaged bytes equal the current artifact's: same revision, whatever the ETag says.
     Same(Artifact),
-    TransformFailed(String),
+    /// `spec.transform` failed (or did not compile).
+    TransformFailed(TransformError),
     /// Writing the tarball failed (it is built in memory: practically never).
     PackagingFailed(String),
     /// The put failed (after room was made, where that helps).
@@ -151,11 +153,16 @@ pub fn after_store(stored: Stored, etag: Option<&str>) -> Outcome {
     match stored {
         Stored::New(artifact) => Outcome::Ready { artifact, etag, new: true },
         Stored::Same(artifact) => Outcome::Ready { artifact, etag, new: false },
-        Stored::TransformFailed(message) => Outcome::Failed(Failure {
+        Stored::TransformFailed(e) if e.is_spec_error() => Outcome::Stalled {
+            problem: ConfigProblem { reason: Reason::InvalidSpec, message: format!("spec.transform.jq {e}") },
+            recheck_at_interval: false,
+        },
+        Stored::TransformFailed(e) => Outcome::Failed(Failure {
             reason: Reason::TransformFailed,
             kind: "transform",
-            message,
-            retry: Retry::AtInterval,
+            message: format!("spec.transform.jq {e}"),
+            // A filter that hit a limit hits it again on the same payload: wait for the interval.
+            retry: if e.is_transient() { Retry::Backoff { after: None } } else { Retry::AtInterval },
         }),
         Stored::PackagingFailed(message) => Outcome::Failed(Failure {
             reason: Reason::StorageOperationFailed,

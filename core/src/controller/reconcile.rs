@@ -28,6 +28,8 @@ use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{self, ConfigProblem, Defaults, Plan};
 use super::redact::redact_url;
 use super::revision::revision;
+use super::transform::TransformError;
+use super::transform::sandbox::Sandbox;
 use crate::key::{ObjectKey, artifact_dir};
 use crate::package::package;
 use crate::storage::{FailureClass, ObjectMeta, Storage, StorageError};
@@ -69,6 +71,8 @@ pub struct Context {
     pub settings: Settings,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Where `spec.transform` filters run.
+    pub transforms: Sandbox,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: DashMap<(String, String), u32>,
     /// Reconcile slots per namespace (see [`Settings::namespace_concurrency`]).
@@ -86,6 +90,7 @@ impl Context {
         settings: Settings,
         recorder: Recorder,
         metrics: Arc<Metrics>,
+        transforms: Sandbox,
     ) -> Self {
         Self {
             client,
@@ -99,6 +104,7 @@ impl Context {
             },
             recorder,
             metrics,
+            transforms,
             failures: DashMap::new(),
             namespace_slots: DashMap::new(),
             cleanup_attempts: DashMap::new(),
@@ -377,9 +383,9 @@ async fn store(
     current: Option<Artifact>,
 ) -> Stored {
     let (ns, name) = key_of(es);
-    let body = match transformed(plan, body).await {
+    let body = match transformed(ctx, plan, body).await {
         Ok(body) => body,
-        Err(message) => return Stored::TransformFailed(message),
+        Err(e) => return Stored::TransformFailed(e),
     };
     let packaged = match package(&body, &plan.destination) {
         Ok(packaged) => packaged,
@@ -521,15 +527,11 @@ async fn read_secrets(
     Ok(Ok((headers, tls)))
 }
 
-/// The payload after `spec.transform`, run off the async threads within the fetch budget.
-async fn transformed(plan: &Plan, body: Bytes) -> Result<Bytes, String> {
-    let Some(transform) = plan.transform.clone() else { return Ok(body) };
-    let (max_size, budget) = (plan.max_size, plan.timeout);
-    match tokio::task::spawn_blocking(move || transform.apply(&body, max_size, budget)).await {
-        Ok(Ok(out)) => Ok(out.into()),
-        Ok(Err(e)) => Err(format!("spec.transform.jq {e}")),
-        Err(e) => Err(format!("spec.transform.jq panicked: {e}")),
-    }
+/// The payload after `spec.transform`, run in the sandbox.
+async fn transformed(ctx: &Context, plan: &Plan, body: Bytes) -> Result<Bytes, TransformError> {
+    let Some(code) = &plan.transform else { return Ok(body) };
+    let out = ctx.transforms.run(code, &body, plan.max_size).await?;
+    Ok(out.into())
 }
 
 #[cfg(test)]

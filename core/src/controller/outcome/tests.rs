@@ -7,6 +7,7 @@ use reqwest::StatusCode;
 use super::*;
 use crate::Digest;
 use crate::controller::api::ExternalSourceStatus;
+use crate::controller::transform::TransformError;
 use crate::key::ObjectKey;
 
 fn artifact(path: &str, etag: Option<&str>) -> Artifact {
@@ -127,13 +128,36 @@ fn answers_without_a_body() {
 }
 
 #[test]
+fn a_filter_that_does_not_compile_stalls_naming_the_field() {
+    let got = after_store(Stored::TransformFailed(TransformError::Compile("1 parse error(s)".into())), None);
+    let Outcome::Stalled { problem, recheck_at_interval } = got else { panic!("{got:?}") };
+    assert_eq!(problem.reason, Reason::InvalidSpec);
+    assert!(!recheck_at_interval, "only a spec change helps");
+    assert_eq!(problem.message, "spec.transform.jq does not compile: 1 parse error(s)");
+}
+
+#[test]
 fn store_results() {
     let key = ObjectKey::parse("artifacts/ns/s/x.tar.gz").unwrap();
     let over = StorageError::OverBudget { key: key.clone(), size: 900, used: 600, budget: 1000 };
     let cases: Vec<StoreCase> = vec![
         ("new object", Stored::New(artifact("b", Some("\"v2\""))), Ok(true)),
         ("same bytes", Stored::Same(artifact("a", Some("\"v1\""))), Ok(false)),
-        ("transform", Stored::TransformFailed("spec.transform.jq boom".into()), Err(("transform", Retry::AtInterval))),
+        (
+            "transform limit",
+            Stored::TransformFailed(TransformError::CpuExceeded(2)),
+            Err(("transform", Retry::AtInterval)),
+        ),
+        (
+            "transform bad payload",
+            Stored::TransformFailed(TransformError::Input("x".into())),
+            Err(("transform", Retry::AtInterval)),
+        ),
+        (
+            "worker failed to start",
+            Stored::TransformFailed(TransformError::Worker("EAGAIN".into())),
+            Err(("transform", Retry::Backoff { after: None })),
+        ),
         (
             "outage",
             Stored::Failed(StorageError::Unavailable { operation: "put", key: "k".into(), message: "down".into() }),
@@ -194,7 +218,8 @@ fn no_failure_changes_what_is_stored() {
         after_fetch(None, None, false, Unfetched::NotModified),
         after_fetch(None, None, false, Unfetched::Failed(&status_error(500))),
         after_fetch(None, None, false, Unfetched::Failed(&status_error(404))),
-        after_store(Stored::TransformFailed("x".into()), Some("\"v2\"")),
+        after_store(Stored::TransformFailed(TransformError::Run("x".into())), Some("\"v2\"")),
+        after_store(Stored::TransformFailed(TransformError::Compile("x".into())), Some("\"v2\"")),
         after_store(
             Stored::Failed(StorageError::Unavailable { operation: "put", key: "k".into(), message: "m".into() }),
             Some("\"v2\""),
