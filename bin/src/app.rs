@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use externalsource_core::config::Config;
+use externalsource_core::config::{Config, MemoryCheck};
 use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::leader::{LeaderElector, Timings};
@@ -13,6 +13,7 @@ use externalsource_core::controller::plan::Defaults;
 use externalsource_core::controller::reconcile::{Context, Settings};
 use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::controller::{self, StartError};
+use externalsource_core::units::format_size;
 use externalsource_core::{Storage, StorageError};
 use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions};
 use kube::runtime::events::{Recorder, Reporter};
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Command;
+use crate::limits::MemoryLimit;
 
 /// Why the process stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +47,44 @@ pub enum AppError {
     Start(#[from] StartError),
     #[error("leadership was lost; exiting so a fresh process can compete again")]
     LeadershipLost,
+    #[error(
+        "the configuration may use up to {need} ({terms}) but the memory limit is {limit} (from {origin}); \
+         lower those settings, raise the container's memory limit, or set controller.memory_check = \"warn\""
+    )]
+    MemoryDoesNotFit { need: String, terms: String, limit: String, origin: String },
+}
+
+/// Refuses (or warns about) a configuration whose worst case does not fit the memory limit:
+/// under load the kernel would kill the pod, and with it the memory store of every tenant.
+pub(crate) fn check_memory(config: &Config, mode: Command) -> Result<(), AppError> {
+    let limit = match config.controller.memory_limit {
+        Some(bytes) => Some(MemoryLimit { bytes, source: "controller.memory_limit".into() }),
+        None => crate::limits::cgroup_memory_limit(),
+    };
+    let terms = config.memory_need(mode != Command::Serve);
+    let need: u64 = terms.iter().map(|(_, bytes)| bytes).sum();
+    let Some(limit) = limit else {
+        tracing::info!(need = %format_size(need), "no memory limit found; the memory check is skipped");
+        return Ok(());
+    };
+    if need <= limit.bytes {
+        tracing::info!(need = %format_size(need), limit = %format_size(limit.bytes), "the configuration fits the memory limit");
+        return Ok(());
+    }
+    let listed: Vec<String> = terms.iter().map(|(key, bytes)| format!("{key} {}", format_size(*bytes))).collect();
+    let error = AppError::MemoryDoesNotFit {
+        need: format_size(need),
+        terms: listed.join(" + "),
+        limit: format_size(limit.bytes),
+        origin: limit.source,
+    };
+    match config.controller.memory_check {
+        MemoryCheck::Refuse => Err(error),
+        MemoryCheck::Warn => {
+            tracing::warn!("{error}");
+            Ok(())
+        }
+    }
 }
 
 async fn bind(key: &'static str, host: &str, port: u16) -> Result<TcpListener, AppError> {
@@ -90,6 +130,7 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
             "the open-file limit is below server.max_connections plus headroom; accepts may fail before the cap"
         );
     }
+    check_memory(&config, mode)?;
     let shutdown = CancellationToken::new();
     {
         let shutdown = shutdown.clone();
@@ -208,6 +249,7 @@ async fn run_controller(
             retention: config.controller.retention.into(),
             finalizer_attempts: config.controller.finalizer_attempts,
             namespace_concurrency: config.controller.namespace_concurrency.into(),
+            memory_budget: config.fetch.memory_budget,
         },
         Recorder::new(client, reporter),
         metrics,

@@ -44,6 +44,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "NAME")]
     pub storage_backend: Option<String>,
 
+    /// Memory the process may use, instead of the cgroup limit (controller.memory_limit); with
+    /// --print-config, checks that the configuration fits it.
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub memory_limit: Option<String>,
+
     /// Log format: text or json (log.format).
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -73,6 +78,7 @@ impl Cli {
             (&self.ops_port, "ops.port", "--ops-port"),
             (&self.storage_backend, "storage.backend", "--storage-backend"),
             (&self.log_format, "log.format", "--log-format"),
+            (&self.memory_limit, "controller.memory_limit", "--memory-limit"),
         ];
         for (value, key, flag) in flags {
             if let Some(value) = value {

@@ -64,6 +64,11 @@ pub fn main() -> ExitCode {
     };
     if cli.print_config {
         print!("{}", config.to_toml());
+        // The same check as at start-up, so a deployment can be checked before it runs.
+        if let Err(e) = app::check_memory(&config, cli.command.unwrap_or(Command::Run)) {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
         return ExitCode::SUCCESS;
     }
     telemetry::init(&config.log);

@@ -20,3 +20,40 @@ pub fn raise_open_files() -> Option<u64> {
     }
     Some(limit.rlim_cur)
 }
+
+/// Where the memory limit came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryLimit {
+    pub bytes: u64,
+    pub source: String,
+}
+
+/// cgroup v2, then v1.
+const CGROUP_MEMORY_FILES: &[&str] = &["/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"];
+
+/// The memory limit of this process's cgroup, if it has one.
+pub fn cgroup_memory_limit() -> Option<MemoryLimit> {
+    CGROUP_MEMORY_FILES.iter().find_map(|path| {
+        let text = std::fs::read_to_string(path).ok()?;
+        Some(MemoryLimit { bytes: parse_cgroup_limit(&text)?, source: (*path).to_owned() })
+    })
+}
+
+/// `max` (v2) or a page-rounded `i64::MAX` (v1) mean no limit.
+fn parse_cgroup_limit(text: &str) -> Option<u64> {
+    let bytes: u64 = text.trim().parse().ok()?;
+    (bytes < 1 << 60).then_some(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_limits_parse() {
+        assert_eq!(parse_cgroup_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(parse_cgroup_limit("max\n"), None, "v2 without a limit");
+        assert_eq!(parse_cgroup_limit("9223372036854771712\n"), None, "v1 without a limit");
+        assert_eq!(parse_cgroup_limit(""), None);
+    }
+}

@@ -226,3 +226,33 @@ fn config_errors_never_print_secret_values() {
     assert_eq!(allow.len(), 2);
     assert_eq!(get(&printed, "fetch.deny_cidrs").as_array().unwrap().len(), 3, "the default deny list");
 }
+
+#[test]
+fn a_configuration_that_does_not_fit_the_memory_limit_is_refused() {
+    let file = config_file("[storage.memory]\nmax_bytes = \"256MiB\"\n[fetch]\nmemory_budget = \"256MiB\"\n");
+    let path = file.path().to_str().unwrap();
+    // 64MiB baseline + 256MiB store + 256MiB fetches + 2 × 256MiB transforms = 1088MiB.
+    let o = run(&["--config", path, "--print-config", "--memory-limit", "1GiB"], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let message = stderr(&o);
+    assert!(
+        message.contains(
+            "may use up to 1088MiB (baseline 64MiB + storage.memory.max_bytes 256MiB + fetch.memory_budget 256MiB + \
+             transform.concurrency × transform.max_memory (2 × 256MiB) 512MiB) but the memory limit is 1GiB \
+             (from controller.memory_limit)"
+        ),
+        "{message}"
+    );
+    // Fits once a term shrinks; `serve` holds only the store.
+    printed(&run(&["--config", path, "--print-config", "--memory-limit", "1100MiB"], &[]));
+    printed(&run(&["--config", path, "--print-config", "--memory-limit", "400MiB", "serve"], &[]));
+    // Refused at start-up too, before anything else is touched (no Kubernetes here).
+    let o = run(&["--config", path, "--memory-limit", "512MiB"], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("but the memory limit is 512MiB"), "{}", stderr(&o));
+    // Or only warned about.
+    let warn = config_file(
+        "[storage.memory]\nmax_bytes = \"256MiB\"\n[controller]\nmemory_check = \"warn\"\nmemory_limit = \"512MiB\"\n",
+    );
+    printed(&run(&["--config", warn.path().to_str().unwrap(), "--print-config"], &[]));
+}

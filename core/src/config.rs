@@ -91,7 +91,24 @@ pub struct ControllerConfig {
     pub leader_election: bool,
     pub lease_name: String,
     pub pod_name: String,
+    /// The memory the process may use; `None`: the cgroup limit, read at start-up.
+    pub memory_limit: Option<u64>,
+    /// What start-up does when the configuration may need more than the limit.
+    pub memory_check: MemoryCheck,
 }
+
+/// `controller.memory_check`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryCheck {
+    /// Refuse to start: the kernel would kill the pod, store and all, under load.
+    Refuse,
+    /// Log a warning and start.
+    Warn,
+}
+
+/// What the process may resident-use besides the store, fetches and transforms (runtime, caches
+/// of watched objects, connection buffers), counted in [`Config::memory_need`].
+pub const BASELINE_MEMORY: u64 = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct FetchConfig {
@@ -104,6 +121,8 @@ pub struct FetchConfig {
     pub deny_cidrs: Vec<IpNet>,
     /// When set, the only networks fetches connect to (the deny list still applies).
     pub allow_cidrs: Option<Vec<IpNet>>,
+    /// Bytes of fetched bodies and their copies in memory at once (see `controller::memory`).
+    pub memory_budget: u64,
 }
 
 /// Limits of each `spec.transform` run (see `controller::transform::sandbox`).
@@ -120,6 +139,9 @@ pub struct TransformConfig {
     /// Runs at once, across all sources.
     pub concurrency: usize,
 }
+
+/// The default `fetch.memory_budget` unless twice `fetch.max_size` is more.
+pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
 
 /// Link-local networks and the cloud metadata addresses: the default `fetch.deny_cidrs`.
 /// 169.254.169.254 (AWS, GCP, Azure, …) lies in 169.254.0.0/16; fd00:ec2::254 is AWS's IPv6
@@ -226,9 +248,11 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "leader_election",
             "lease_name",
             "pod_name",
+            "memory_limit",
+            "memory_check",
         ],
     ),
-    ("fetch", &["timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"]),
+    ("fetch", &["timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs", "memory_budget"]),
     ("transform", &["max_cpu", "max_memory", "timeout", "max_depth", "concurrency"]),
     ("log", &["format", "level"]),
 ];
@@ -351,17 +375,38 @@ impl ConfigLoader {
             leader_election: r.bool("controller.leader_election", true)?,
             lease_name: r.string("controller.lease_name", "externalsource-controller-leader")?,
             pod_name: r.string("controller.pod_name", &default_pod)?,
+            memory_limit: match r.raw("controller.memory_limit") {
+                None => None,
+                Some(_) => Some(r.size("controller.memory_limit", "", 1)?),
+            },
+            memory_check: match r.string("controller.memory_check", "refuse")?.as_str() {
+                "refuse" => MemoryCheck::Refuse,
+                "warn" => MemoryCheck::Warn,
+                other => return Err(r.invalid("controller.memory_check", other, "must be \"refuse\" or \"warn\"")),
+            },
         };
         r.dns_label("controller.lease_name", &controller.lease_name)?;
+        let max_size = r.size("fetch.max_size", "64MiB", 1)?;
+        // One body of the largest size and its packaged copy must fit.
+        let one_fetch = max_size.saturating_mul(2);
         let fetch = FetchConfig {
             timeout: r.duration("fetch.timeout", "30s", Duration::from_secs(1))?,
             max_timeout: r.duration("fetch.max_timeout", "10m", Duration::from_secs(1))?,
-            max_size: r.size("fetch.max_size", "64MiB", 1)?,
+            max_size,
             user_agent: r
                 .string("fetch.user_agent", concat!("externalsource-controller/", env!("CARGO_PKG_VERSION")))?,
             deny_cidrs: r.cidrs("fetch.deny_cidrs")?.unwrap_or_else(default_deny_cidrs),
             allow_cidrs: r.cidrs("fetch.allow_cidrs")?,
+            memory_budget: r.size("fetch.memory_budget", &format_size(one_fetch.max(DEFAULT_MEMORY_BUDGET)), 1)?,
         };
+        if fetch.memory_budget < one_fetch {
+            let text = format_size(fetch.memory_budget);
+            let rule = format!(
+                "must be at least twice fetch.max_size ({}): a body of that size and its packaged copy",
+                format_size(max_size)
+            );
+            return Err(r.invalid("fetch.memory_budget", &text, &rule));
+        }
         if fetch.timeout > fetch.max_timeout {
             let text = format_duration(fetch.timeout);
             let rule = format!("must not exceed fetch.max_timeout ({})", format_duration(fetch.max_timeout));
@@ -587,6 +632,29 @@ impl Reader {
 
 impl Config {
     /// The effective configuration as TOML, with secrets redacted (for `--print-config`).
+    /// The most memory this configuration may use at once, term by term (the key that sets each
+    /// term, and its bytes). `serve` only holds the store.
+    pub fn memory_need(&self, controller: bool) -> Vec<(String, u64)> {
+        let mut terms = vec![("baseline".to_owned(), BASELINE_MEMORY)];
+        let store = self.storage.resident_bytes();
+        if store > 0 {
+            terms.push((format!("storage.{}.max_bytes", self.backend), store));
+        }
+        if controller {
+            terms.push(("fetch.memory_budget".to_owned(), self.fetch.memory_budget));
+            let t = &self.transform;
+            terms.push((
+                format!(
+                    "transform.concurrency × transform.max_memory ({} × {})",
+                    t.concurrency,
+                    format_size(t.max_memory)
+                ),
+                (t.concurrency as u64).saturating_mul(t.max_memory),
+            ));
+        }
+        terms
+    }
+
     pub fn to_toml(&self) -> String {
         use toml::Value as V;
         let s = |x: &str| V::String(x.to_owned());
@@ -619,11 +687,17 @@ impl Config {
         controller.insert("leader_election".into(), V::Boolean(c.leader_election));
         controller.insert("lease_name".into(), s(&c.lease_name));
         controller.insert("pod_name".into(), s(&c.pod_name));
+        if let Some(limit) = c.memory_limit {
+            controller.insert("memory_limit".into(), s(&format_size(limit)));
+        }
+        let check = if c.memory_check == MemoryCheck::Refuse { "refuse" } else { "warn" };
+        controller.insert("memory_check".into(), s(check));
         let mut fetch = toml::Table::new();
         fetch.insert("timeout".into(), s(&format_duration(self.fetch.timeout)));
         fetch.insert("max_timeout".into(), s(&format_duration(self.fetch.max_timeout)));
         fetch.insert("max_size".into(), s(&format_size(self.fetch.max_size)));
         fetch.insert("user_agent".into(), s(&self.fetch.user_agent));
+        fetch.insert("memory_budget".into(), s(&format_size(self.fetch.memory_budget)));
         let cidrs = |nets: &[IpNet]| V::Array(nets.iter().map(|n| s(&n.to_string())).collect());
         fetch.insert("deny_cidrs".into(), cidrs(&self.fetch.deny_cidrs));
         if let Some(allow) = &self.fetch.allow_cidrs {

@@ -73,6 +73,12 @@ pub trait BackendSettings: Send + Sync + fmt::Debug {
     /// The effective settings as TOML, secrets replaced by `"<redacted>"`.
     fn redacted(&self) -> toml::Table;
 
+    /// Bytes the store may keep in the controller's own memory (a memory backend's budget), for
+    /// the start-up check that the configuration fits the container's memory limit.
+    fn resident_bytes(&self) -> u64 {
+        0
+    }
+
     /// Builds the storage. `base_url` is where the controller's artifact server is reached by
     /// consumers, or `None` when the server is disabled.
     async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError>;

@@ -771,12 +771,18 @@ def check_with_binary(r: Report, scope: str, ren: Render, binary: str, linked: s
             for var, ref in env.refs.items():
                 if "secretKeyRef" in ref:
                     run_env[var] = "dummy"
+            # The binary's own start-up memory check, against the container's memory limit.
+            limit = quantity_bytes(((c.get("resources") or {}).get("limits") or {}).get("memory"))
+            extra = ["--memory-limit", str(limit)] if limit else []
+            if "serve" in [str(a) for a in (c.get("args") or []) + (c.get("command") or [])]:
+                extra.append("serve")
             with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
                 f.write(cm_text or "")
                 f.flush()
-                proc = subprocess.run([binary, "--config", f.name, "--print-config"], env=run_env,
+                proc = subprocess.run([binary, "--config", f.name, "--print-config", *extra], env=run_env,
                                       capture_output=True, text=True, timeout=30)
-            r.check(scope, f"{cname}: `externalsource-controller --print-config` accepts config.toml and env",
+            r.check(scope, f"{cname}: `externalsource-controller --print-config` accepts config.toml and env, "
+                    "and its worst-case memory fits the container limit",
                     proc.returncode == 0, short(proc.stderr or proc.stdout))
 
 

@@ -35,6 +35,8 @@ pub struct Options {
     pub namespace_concurrency: usize,
     /// Limits of the transform sandbox, whose workers are the built controller binary.
     pub transform: TransformConfig,
+    /// In-flight fetch bytes (bodies count twice).
+    pub memory_budget: u64,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -59,6 +61,7 @@ impl Default for Options {
             egress: EgressPolicy::default(),
             namespace_concurrency: 3,
             transform: test_transform_limits(),
+            memory_budget: 64 << 20,
         }
     }
 }
@@ -124,6 +127,7 @@ impl TestController {
                 retention: options.retention,
                 finalizer_attempts: options.finalizer_attempts,
                 namespace_concurrency: options.namespace_concurrency,
+                memory_budget: options.memory_budget,
             },
             Recorder::new(client, reporter),
             metrics,

@@ -1,5 +1,6 @@
-//! One namespace cannot hold every reconcile slot: with slow upstreams in one namespace, a
-//! source in another still becomes Ready at once.
+//! Shared limits are shared fairly: one namespace cannot hold every reconcile slot (with slow
+//! upstreams in one namespace, a source in another still becomes Ready at once), and fetches
+//! wait for the memory budget rather than overcommit it.
 
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,31 @@ async fn a_busy_namespace_leaves_slots_for_the_others() {
             (ready.status == "True").then_some(())
         })
         .await;
+    }
+    ctl.stop().await;
+}
+
+/// With a fetch memory budget of one max-size body, fetches queue for memory instead of
+/// overcommitting it: two slow sources are fetched one after the other, and both become Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetches_queue_for_the_memory_budget() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("memory").await;
+    let max_size = 1 << 20;
+    let options =
+        Options { max_size, memory_budget: 2 * max_size, timeout: Duration::from_secs(30), ..Options::default() };
+    let ctl = TestController::start(cp.client(), options).await;
+    let slow = Fixture::start(Reply::ok("slow").with_delay(Duration::from_secs(3))).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    for name in ["a", "b"] {
+        api.create(&PostParams::default(), &source(name, &slow.url(&format!("/{name}")), json!({}))).await.unwrap();
+    }
+    eventually("one fetch in flight", Duration::from_secs(30), || async { (slow.request_count() >= 1).then_some(()) })
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(slow.request_count(), 1, "the second fetch waits for memory, though a reconcile slot is free");
+    for name in ["a", "b"] {
+        wait_ready(&api, name, "True").await;
     }
     ctl.stop().await;
 }

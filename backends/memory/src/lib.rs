@@ -80,6 +80,10 @@ impl BackendSettings for MemorySettings {
         t
     }
 
+    fn resident_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
     async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError> {
         Ok(Arc::new(MemoryStorage::new(self.max_bytes, base_url.map(str::to_owned))))
     }

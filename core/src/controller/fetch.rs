@@ -14,6 +14,7 @@ use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
 
 use super::egress::{self, Denied, EgressPolicy};
+use super::memory::Reservation;
 use super::redact::redact_url;
 
 /// What to fetch and how.
@@ -182,7 +183,8 @@ impl Fetcher {
     }
 
     /// Performs the request; the body is read while counting decoded bytes against the cap.
-    pub async fn fetch(&self, req: &FetchRequest) -> Result<FetchOutcome, FetchError> {
+    /// `memory` was reserved for a body of `req.max_size`; a declared length shrinks it.
+    pub async fn fetch(&self, req: &FetchRequest, memory: &mut Reservation) -> Result<FetchOutcome, FetchError> {
         // The URL as messages show it: credentials in it are sent, never displayed.
         let url = redact_url(&req.url);
         self.policy.check_literal(&req.url).map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
@@ -217,11 +219,16 @@ impl Fetcher {
         let too_large = || FetchError::TooLarge { url: url.clone(), limit: req.max_size };
         // A declared length only counts when the body is not encoded (decoded sizes differ).
         let encoded = response.headers().contains_key(reqwest::header::CONTENT_ENCODING);
-        if !encoded && response.content_length().is_some_and(|n| n > req.max_size) {
+        let declared = response.content_length().filter(|_| !encoded);
+        if declared.is_some_and(|n| n > req.max_size) {
             return Err(too_large());
         }
+        if let Some(n) = declared {
+            memory.shrink_to_body(n);
+        }
         let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let mut body = BytesMut::new();
+        // Pre-sized when the length is declared: no reallocation holding two buffers at once.
+        let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
             if body.len() as u64 + chunk.len() as u64 > req.max_size {
                 return Err(too_large());

@@ -8,6 +8,7 @@ pub mod egress;
 pub mod fetch;
 pub mod finish;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;

@@ -23,6 +23,7 @@ use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatu
 use super::conditions::Reason;
 use super::fetch::{FetchOutcome, FetchRequest, Fetcher, TlsSettings};
 use super::finish::{Report, finish, owned_by, write_status};
+use super::memory::MemoryBudget;
 use super::metrics::{Metrics, ObjectLabels, ReconcileLabels, ResultLabels};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{self, ConfigProblem, Defaults, Plan};
@@ -61,6 +62,8 @@ pub struct Settings {
     pub finalizer_attempts: u32,
     /// Reconciles of one namespace at once.
     pub namespace_concurrency: usize,
+    /// Bytes of fetched bodies (and their copies) in memory at once, across all reconciles.
+    pub memory_budget: u64,
 }
 
 /// Everything a reconcile needs.
@@ -73,6 +76,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Where `spec.transform` filters run.
     pub transforms: Sandbox,
+    /// In-flight fetch memory (see [`Settings::memory_budget`]).
+    pub memory: MemoryBudget,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: DashMap<(String, String), u32>,
     /// Reconcile slots per namespace (see [`Settings::namespace_concurrency`]).
@@ -92,6 +97,7 @@ impl Context {
         metrics: Arc<Metrics>,
         transforms: Sandbox,
     ) -> Self {
+        let memory = MemoryBudget::new(settings.memory_budget);
         Self {
             client,
             storage,
@@ -105,6 +111,7 @@ impl Context {
             recorder,
             metrics,
             transforms,
+            memory,
             failures: DashMap::new(),
             namespace_slots: DashMap::new(),
             cleanup_attempts: DashMap::new(),
@@ -318,8 +325,10 @@ async fn fetch_and_store(
     };
 
     let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
+    // Held until the body and its copies are gone, at the end of this function.
+    let mut memory = ctx.memory.reserve(plan.max_size).await;
     let started = Instant::now();
-    let fetched = ctx.fetcher.fetch(&request).await;
+    let fetched = ctx.fetcher.fetch(&request, &mut memory).await;
     ctx.metrics.source_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     let request_result = match &fetched {
         Ok(FetchOutcome::NotModified) => "not_modified",

@@ -61,7 +61,12 @@ pub fn main() -> ExitCode {
     exit_on_stack_overflow();
     // A panic in the jq engine (some filters reach an `unwrap` in it) is the filter's failure.
     std::panic::set_hook(Box::new(|info| {
-        let what = info.payload_as_str().unwrap_or("no message");
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("no message");
         let _ = std::io::stderr().write_all(capped(&format!("the jq engine panicked: {what}")).as_bytes());
         std::process::exit(exit::RUN.into());
     }));

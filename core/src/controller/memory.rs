@@ -1,0 +1,132 @@
+//! Admission of in-flight fetch memory: a reconcile reserves what its body may cost before it
+//! fetches, so `concurrency` sources fetching `max_size` bodies at once cannot together exceed
+//! `fetch.memory_budget` (they queue instead).
+//!
+//! A body of `n` bytes is reserved as `2 × n`: the body, plus one copy of it alive at the same
+//! time (the transform output, or the packaged tarball built while the body is still held).
+//! Before the response arrives `n` is the source's max size; a declared `Content-Length` (of an
+//! unencoded body) shrinks the reservation to what it needs and pre-sizes the buffer.
+
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Reservations are counted in KiB so a u32 permit count covers terabytes.
+const UNIT: u64 = 1024;
+
+/// The bytes a body of `body` bytes is reserved for.
+pub fn cost_of_body(body: u64) -> u64 {
+    body.saturating_mul(2)
+}
+
+/// The global budget.
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    units: Arc<Semaphore>,
+    total_units: u32,
+}
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> Self {
+        let total_units = units(bytes).max(1);
+        Self { units: Arc::new(Semaphore::new(total_units as usize)), total_units }
+    }
+
+    /// The whole budget, in bytes.
+    pub fn total(&self) -> u64 {
+        u64::from(self.total_units) * UNIT
+    }
+
+    /// What is not reserved now, in bytes.
+    pub fn available(&self) -> u64 {
+        self.units.available_permits() as u64 * UNIT
+    }
+
+    /// Waits until a body of up to `max_body` bytes fits. A body costlier than the whole budget
+    /// (which the configuration rules out) reserves the whole budget, so it runs alone.
+    pub async fn reserve(&self, max_body: u64) -> Reservation {
+        let wanted = units(cost_of_body(max_body)).min(self.total_units);
+        // The semaphore is never closed, so acquiring only waits.
+        let permit = self.units.clone().acquire_many_owned(wanted).await.ok();
+        Reservation { permit }
+    }
+}
+
+/// Memory held for one fetch until dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Reservation {
+    /// A reservation against no budget, for callers that do not admit memory.
+    pub fn unbounded() -> Self {
+        Self { permit: None }
+    }
+
+    /// The bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.permit.as_ref().map_or(0, |p| p.num_permits() as u64 * UNIT)
+    }
+
+    /// Gives back what a body of `body` bytes (a declared length) does not need.
+    pub fn shrink_to_body(&mut self, body: u64) {
+        let Some(permit) = self.permit.as_mut() else { return };
+        let needed = units(cost_of_body(body)) as usize;
+        if permit.num_permits() > needed {
+            drop(permit.split(permit.num_permits() - needed));
+        }
+    }
+}
+
+fn units(bytes: u64) -> u32 {
+    bytes.div_ceil(UNIT).min(u64::from(u32::MAX)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+
+    #[tokio::test]
+    async fn reservations_queue_beyond_the_budget() {
+        let budget = MemoryBudget::new(256 * MIB);
+        let a = budget.reserve(64 * MIB).await;
+        let b = budget.reserve(64 * MIB).await;
+        assert_eq!((a.bytes(), b.bytes(), budget.available()), (128 * MIB, 128 * MIB, 0));
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(64 * MIB).await.bytes() }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a third max-size body waits");
+        drop(a);
+        assert_eq!(waiting.await.unwrap(), 128 * MIB);
+        drop(b);
+        assert_eq!(budget.available(), 256 * MIB, "everything is given back");
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_gives_back_the_rest() {
+        let budget = MemoryBudget::new(256 * MIB);
+        let mut r = budget.reserve(64 * MIB).await;
+        r.shrink_to_body(MIB);
+        assert_eq!(r.bytes(), 2 * MIB);
+        assert_eq!(budget.available(), 254 * MIB);
+        r.shrink_to_body(32 * MIB);
+        assert_eq!(r.bytes(), 2 * MIB, "never grows");
+        r.shrink_to_body(0);
+        assert_eq!(r.bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_body_costlier_than_the_budget_runs_alone() {
+        let budget = MemoryBudget::new(100 * MIB);
+        let r = budget.reserve(64 * MIB).await;
+        assert_eq!((r.bytes(), budget.available()), (100 * MIB, 0));
+        assert_eq!(Reservation::unbounded().bytes(), 0);
+    }
+}
