@@ -158,6 +158,8 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         idle_timeout: config.server.idle_timeout,
         shutdown_grace: config.server.shutdown_grace,
         max_connections: config.server.max_connections as usize,
+        min_send_rate: config.server.min_send_rate,
+        ..ServeOptions::default()
     };
 
     let mut servers: Vec<JoinHandle<()>> = Vec::new();

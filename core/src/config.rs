@@ -53,6 +53,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Open connections of the artifact listener at most; beyond it new ones get a 503.
     pub max_connections: u32,
+    /// Bytes per second below which a client that holds up a download is cut; 0 disables.
+    pub min_send_rate: u64,
 }
 
 impl ServerConfig {
@@ -233,6 +235,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "idle_timeout",
             "shutdown_grace",
             "max_connections",
+            "min_send_rate",
         ],
     ),
     ("ops", &["bind_address", "port"]),
@@ -345,6 +348,7 @@ impl ConfigLoader {
             idle_timeout: r.duration("server.idle_timeout", "60s", Duration::from_millis(100))?,
             shutdown_grace: r.duration("server.shutdown_grace", "25s", Duration::ZERO)?,
             max_connections: r.int_in("server.max_connections", 4096, 1, 1_000_000)? as u32,
+            min_send_rate: r.size("server.min_send_rate", "1KiB", 0)?,
         };
         r.dns_label("server.service_name", &server.service_name)?;
         r.dns_label("server.service_namespace", &server.service_namespace)?;
@@ -671,6 +675,7 @@ impl Config {
         server.insert("idle_timeout".into(), s(&format_duration(self.server.idle_timeout)));
         server.insert("shutdown_grace".into(), s(&format_duration(self.server.shutdown_grace)));
         server.insert("max_connections".into(), V::Integer(self.server.max_connections.into()));
+        server.insert("min_send_rate".into(), s(&format_size(self.server.min_send_rate)));
         let mut ops = toml::Table::new();
         ops.insert("bind_address".into(), s(&self.ops.bind_address));
         ops.insert("port".into(), V::Integer(self.ops.port.into()));

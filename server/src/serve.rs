@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::idle::{Progress, ProgressIo};
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Timeouts of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,17 +38,24 @@ pub struct ServeOptions {
     /// `Retry-After` and is closed, so a flood of idle clients costs them, not the process (its
     /// memory and file descriptors stay bounded) nor the clients already being served.
     pub max_connections: usize,
+    /// A response the client takes slower than this many bytes per second (measured over
+    /// `send_rate_window`, while it holds up the server's writes) is cut; 0 disables. A reader
+    /// that dribbles one byte per idle timeout cannot hold a connection for hours.
+    pub min_send_rate: u64,
+    pub send_rate_window: Duration,
 }
 
 impl Default for ServeOptions {
     /// 10 s for a request head, 60 s without progress, 25 s to drain (Kubernetes gives a pod 30 s
-    /// between SIGTERM and SIGKILL by default), 4,096 connections.
+    /// between SIGTERM and SIGKILL by default), 4,096 connections, 1 KiB/s over 10 s windows.
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(25),
             max_connections: 4096,
+            min_send_rate: 1024,
+            send_rate_window: Duration::from_secs(10),
         }
     }
 }
@@ -55,6 +63,9 @@ impl Default for ServeOptions {
 /// What a connection beyond `max_connections` is told before it is closed.
 const SHED_RESPONSE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// The largest read buffer of a connection, which also bounds a request head.
+const READ_BUFFER_MAX: usize = 16 * 1024;
 
 /// Pause after a failed `accept` (out of file descriptors, typically) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -74,7 +85,13 @@ where
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(options.header_read_timeout).keep_alive(true);
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .keep_alive(true)
+        // Requests here are a GET line and a few headers: a small read buffer keeps each of
+        // thousands of connections cheap (hyper's default may grow to ~400 KiB).
+        .max_buf_size(READ_BUFFER_MAX);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     let local = listener.local_addr().ok();
@@ -95,7 +112,7 @@ where
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
-                    let conn = connection(&builder, &graceful, stream, peer, service.clone(), options.idle_timeout);
+                    let conn = connection(&builder, &graceful, stream, peer, service.clone(), &options);
                     connections.spawn(conn);
                 }
                 Err(e) => {
@@ -119,14 +136,14 @@ where
 }
 
 /// One connection: hyper's HTTP/1 state machine over a progress-recording transport, raced
-/// against the idle watchdog (dropping the connection closes the socket).
+/// against the idle and send-rate watchdogs (dropping the connection closes the socket).
 fn connection<S, B>(
     builder: &http1::Builder,
     graceful: &GracefulShutdown,
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
-    idle_timeout: Duration,
+    options: &ServeOptions,
 ) -> impl Future<Output = ()> + Send + 'static
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
@@ -136,19 +153,51 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let fd = stream.as_raw_fd();
     let progress = Progress::new();
     let io = TokioIo::new(ProgressIo::new(stream, progress.clone()));
     let conn = graceful.watch(builder.serve_connection(io, service));
+    let (idle_timeout, min_rate, window) = (options.idle_timeout, options.min_send_rate, options.send_rate_window);
     async move {
+        let mut conn = pin!(conn);
         tokio::select! {
-            result = conn => {
+            result = &mut conn => {
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
             }
             () = progress.idle_for(idle_timeout) => {
                 tracing::debug!(%peer, timeout = ?idle_timeout, "closing a connection without progress");
+                // A stalled download is reset; an idle keep-alive connection just closed.
+                if progress.write_waiting() {
+                    reset_on_close(fd);
+                }
+            }
+            () = progress.too_slow(min_rate, window) => {
+                tracing::debug!(%peer, min_rate, ?window, "closing a connection whose client reads below the minimum rate");
+                reset_on_close(fd);
             }
         }
+    }
+}
+
+/// Makes closing the socket a reset that discards what is still queued for the peer. A plain
+/// close would leave the kernel delivering megabytes of send buffer to the very reader that was
+/// cut for being too slow (or stalled), holding its memory long after the connection is gone.
+fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` belongs to the connection future, which is still alive (pinned in the caller
+    // and dropped only after this returns); setsockopt reads the struct it is given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set SO_LINGER before a reset");
     }
 }

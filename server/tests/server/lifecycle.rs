@@ -178,3 +178,41 @@ async fn connections_beyond_the_cap_get_503_and_the_others_are_still_served() {
     fourth.write_all(format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", a.path).as_bytes()).await.unwrap();
     assert_eq!(read_response(&mut fourth).await.0, 200);
 }
+
+#[tokio::test]
+async fn a_reader_below_the_minimum_rate_is_cut_though_it_never_goes_idle() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(64 << 20, None));
+    let a = put_artifact(storage.as_ref(), payload(SIZE)).await;
+    // Idle timeout far away; 256 KiB/s over 500 ms windows.
+    let opts = ServeOptions {
+        min_send_rate: 256 * 1024,
+        send_rate_window: Duration::from_millis(500),
+        ..options(5_000, 30_000, 1_000)
+    };
+    let (served, _registry) = start_artifacts(storage, opts).await;
+
+    // A fast reader is not affected: the whole artifact arrives.
+    let mut fast = TcpStream::connect(served.addr).await.unwrap();
+    fast.write_all(request_text("GET", &a.path, &[], false).as_bytes()).await.unwrap();
+    let (status, body) = read_response(&mut fast).await;
+    assert_eq!((status, body.len()), (200, SIZE));
+
+    // A reader taking 4 KiB every 100 ms (40 KiB/s) keeps the connection busy, but too slowly.
+    let mut slow = connect_small_buffer(served.addr).await;
+    slow.write_all(request_text("GET", &a.path, &[], true).as_bytes()).await.unwrap();
+    let (status, _, mut body) = read_head(&mut slow).await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let closed = loop {
+        assert!(started.elapsed() < PROMPTLY, "a reader at 40 KiB/s must be cut below 256 KiB/s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match slow.read(&mut buf).await {
+            Ok(0) | Err(_) => break started.elapsed(),
+            Ok(n) => body.extend_from_slice(&buf[..n]),
+        }
+    };
+    assert!(body.len() < SIZE, "the slow download was cut, not completed");
+    assert!(closed < Duration::from_secs(8), "cut after {closed:?}");
+}
