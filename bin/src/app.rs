@@ -252,6 +252,7 @@ async fn run_controller(
             finalizer_attempts: config.controller.finalizer_attempts,
             namespace_concurrency: config.controller.namespace_concurrency.into(),
             memory_budget: config.fetch.memory_budget,
+            namespace_quota: config.namespace_quota,
         },
         Recorder::new(client, reporter),
         metrics,

@@ -169,6 +169,8 @@ pub struct Config {
     pub ops: OpsConfig,
     pub backend: &'static str,
     pub storage: Box<dyn BackendSettings>,
+    /// Bytes of artifacts one namespace may store, when set.
+    pub namespace_quota: Option<u64>,
     pub controller: ControllerConfig,
     pub fetch: FetchConfig,
     pub transform: TransformConfig,
@@ -239,7 +241,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         ],
     ),
     ("ops", &["bind_address", "port"]),
-    ("storage", &["backend"]),
+    ("storage", &["backend", "namespace_quota"]),
     (
         "controller",
         &[
@@ -361,6 +363,7 @@ impl ConfigLoader {
         let empty = toml::Table::new();
         let table = backend_tables.get(descriptor.name).unwrap_or(&empty);
         let storage = (descriptor.parse)(&BackendContext { table, env: &self.env })?;
+        let namespace_quota = r.optional_size("storage.namespace_quota")?;
 
         let default_pod = hostname();
         let concurrency = r.int_in("controller.concurrency", 4, 1, 1024)?;
@@ -379,10 +382,7 @@ impl ConfigLoader {
             leader_election: r.bool("controller.leader_election", true)?,
             lease_name: r.string("controller.lease_name", "externalsource-controller-leader")?,
             pod_name: r.string("controller.pod_name", &default_pod)?,
-            memory_limit: match r.raw("controller.memory_limit") {
-                None => None,
-                Some(_) => Some(r.size("controller.memory_limit", "", 1)?),
-            },
+            memory_limit: r.optional_size("controller.memory_limit")?,
             memory_check: match r.string("controller.memory_check", "refuse")?.as_str() {
                 "refuse" => MemoryCheck::Refuse,
                 "warn" => MemoryCheck::Warn,
@@ -439,7 +439,17 @@ impl ConfigLoader {
             },
             level: r.string("log.level", "info")?,
         };
-        Ok(Config { server, ops, backend: descriptor.name, storage, controller, fetch, transform, log })
+        Ok(Config {
+            server,
+            ops,
+            backend: descriptor.name,
+            storage,
+            namespace_quota,
+            controller,
+            fetch,
+            transform,
+            log,
+        })
     }
 }
 
@@ -597,6 +607,14 @@ impl Reader {
             .map(Some)
     }
 
+    /// A size that has no default: `None` when the key is not set.
+    fn optional_size(&self, key: &str) -> Result<Option<u64>, ConfigError> {
+        if self.raw(key).is_none() {
+            return Ok(None);
+        }
+        self.size(key, "", 1).map(Some)
+    }
+
     fn size(&self, key: &str, default: &str, min: u64) -> Result<u64, ConfigError> {
         let text = match self.raw(key) {
             Some(toml::Value::Integer(i)) => i.to_string(),
@@ -681,6 +699,9 @@ impl Config {
         ops.insert("port".into(), V::Integer(self.ops.port.into()));
         let mut storage = toml::Table::new();
         storage.insert("backend".into(), s(self.backend));
+        if let Some(quota) = self.namespace_quota {
+            storage.insert("namespace_quota".into(), s(&format_size(quota)));
+        }
         storage.insert(self.backend.into(), V::Table(self.storage.redacted()));
         let c = &self.controller;
         let mut controller = toml::Table::new();

@@ -73,6 +73,11 @@ impl ObjectKey {
     }
 }
 
+/// The prefix holding every artifact of one namespace: `artifacts/<namespace>/`.
+pub fn namespace_dir(namespace: &str) -> String {
+    format!("{ARTIFACT_PREFIX}{namespace}/")
+}
+
 /// The prefix holding every revision of one source: `artifacts/<namespace>/<name>/`.
 pub fn artifact_dir(namespace: &str, name: &str) -> String {
     format!("{ARTIFACT_PREFIX}{namespace}/{name}/")

@@ -116,6 +116,9 @@ pub enum StorageError {
     /// The medium itself is full (ENOSPC, a quota), as opposed to our own byte budget.
     #[error("no space left during {operation} of {key}: {message}")]
     NoSpace { operation: &'static str, key: String, message: String },
+    /// A namespace's artifacts would exceed its share of the store (`storage.namespace_quota`).
+    #[error("storing {key} ({size} bytes) would exceed namespace {namespace}'s quota of {quota} bytes ({used} in use)")]
+    QuotaExceeded { namespace: String, key: ObjectKey, size: u64, used: u64, quota: u64 },
     /// The store's container (an S3 bucket) does not exist: nothing is stored, nothing can be.
     #[error("the store does not exist during {operation} of {key}: {message}")]
     StoreMissing { operation: &'static str, key: String, message: String },
@@ -143,7 +146,7 @@ impl StorageError {
         match self {
             // A missing bucket is usually an operator still setting up: worth retrying.
             Self::Unavailable { .. } | Self::Io { .. } | Self::StoreMissing { .. } => FailureClass::Transient,
-            Self::OverBudget { .. } | Self::NoSpace { .. } => FailureClass::OutOfSpace,
+            Self::OverBudget { .. } | Self::NoSpace { .. } | Self::QuotaExceeded { .. } => FailureClass::OutOfSpace,
             Self::NotFound(_)
             | Self::InvalidKey(_)
             | Self::RangeNotSatisfiable { .. }
@@ -165,6 +168,7 @@ impl StorageError {
             Self::Corrupt { .. } => "corrupt",
             Self::NoSpace { .. } => "no_space",
             Self::StoreMissing { .. } => "store_missing",
+            Self::QuotaExceeded { .. } => "namespace_quota",
         }
     }
 }

@@ -7,6 +7,7 @@
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::time::Duration;
 
@@ -14,12 +15,11 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use crate::idle::{Progress, ProgressIo};
-use std::os::fd::{AsRawFd, RawFd};
 
 /// Timeouts of a listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +93,8 @@ where
         // thousands of connections cheap (hyper's default may grow to ~400 KiB).
         .max_buf_size(READ_BUFFER_MAX);
     let graceful = GracefulShutdown::new();
+    // Tells connections still waiting for their first byte that the server is stopping.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
     let mut connections = JoinSet::new();
     let local = listener.local_addr().ok();
     let mut shutdown = pin!(shutdown);
@@ -112,7 +114,7 @@ where
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                     }
-                    let conn = connection(&builder, &graceful, stream, peer, service.clone(), &options);
+                    let conn = connection(builder.clone(), graceful.watcher(), stopping.clone(), stream, peer, service.clone(), &options);
                     connections.spawn(conn);
                 }
                 Err(e) => {
@@ -124,6 +126,7 @@ where
         }
     }
     drop(listener);
+    let _ = stopping_tx.send(true);
     tracing::info!(listener = ?local, connections = connections.len(), "stopped accepting; draining connections");
     let drain = async {
         graceful.shutdown().await;
@@ -137,9 +140,14 @@ where
 
 /// One connection: hyper's HTTP/1 state machine over a progress-recording transport, raced
 /// against the idle and send-rate watchdogs (dropping the connection closes the socket).
+///
+/// Hyper allocates an 8 KiB read buffer per connection as soon as it serves one, so the
+/// connection is handed to it only once a first byte arrives (within `header_read_timeout`):
+/// thousands of connections that send nothing cost a socket and a small task each.
 fn connection<S, B>(
-    builder: &http1::Builder,
-    graceful: &GracefulShutdown,
+    builder: http1::Builder,
+    watcher: Watcher,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
@@ -153,30 +161,69 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn StdError + Send + Sync>>,
 {
+    let options = options.clone();
+    let header_read_timeout = options.header_read_timeout;
+    async move {
+        let mut first_byte = [0u8; 1];
+        tokio::select! {
+            // A peek, not `readable()`: a fresh socket reports itself readable before any data.
+            first = tokio::time::timeout(header_read_timeout, stream.peek(&mut first_byte)) => match first {
+                Ok(Ok(0)) => return,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "connection failed before its first request");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, timeout = ?header_read_timeout, "closing a connection that sent nothing");
+                    return;
+                }
+            },
+            _ = stopping.wait_for(|stopping| *stopping) => return,
+        }
+        // Boxed: the task's own future stays small (a socket and a timer) for connections that
+        // never get here; hyper's state is allocated only for those that do.
+        Box::pin(serve_http(builder, watcher, stream, peer, service, options)).await;
+    }
+}
+
+/// The HTTP phase of a connection, raced against the idle and send-rate watchdogs.
+async fn serve_http<S, B>(
+    builder: http1::Builder,
+    watcher: Watcher,
+    stream: TcpStream,
+    peer: SocketAddr,
+    service: S,
+    options: ServeOptions,
+) where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn StdError + Send + Sync>>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    let (idle_timeout, min_rate, window) = (options.idle_timeout, options.min_send_rate, options.send_rate_window);
     let fd = stream.as_raw_fd();
     let progress = Progress::new();
     let io = TokioIo::new(ProgressIo::new(stream, progress.clone()));
-    let conn = graceful.watch(builder.serve_connection(io, service));
-    let (idle_timeout, min_rate, window) = (options.idle_timeout, options.min_send_rate, options.send_rate_window);
-    async move {
-        let mut conn = pin!(conn);
-        tokio::select! {
-            result = &mut conn => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
-                }
+    let mut conn = pin!(watcher.watch(builder.serve_connection(io, service)));
+    tokio::select! {
+        result = &mut conn => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            () = progress.idle_for(idle_timeout) => {
-                tracing::debug!(%peer, timeout = ?idle_timeout, "closing a connection without progress");
-                // A stalled download is reset; an idle keep-alive connection just closed.
-                if progress.write_waiting() {
-                    reset_on_close(fd);
-                }
-            }
-            () = progress.too_slow(min_rate, window) => {
-                tracing::debug!(%peer, min_rate, ?window, "closing a connection whose client reads below the minimum rate");
+        }
+        () = progress.idle_for(idle_timeout) => {
+            tracing::debug!(%peer, timeout = ?idle_timeout, "closing a connection without progress");
+            // A stalled download is reset; an idle keep-alive connection just closed.
+            if progress.write_waiting() {
                 reset_on_close(fd);
             }
+        }
+        () = progress.too_slow(min_rate, window) => {
+            tracing::debug!(%peer, min_rate, ?window, "closing a connection whose client reads below the minimum rate");
+            reset_on_close(fd);
         }
     }
 }

@@ -82,7 +82,8 @@ worker_processes $workers;
 daemon off;
 pid $dir/nginx.pid;
 error_log $dir/logs/error.log warn;
-events { worker_connections 4096; }
+worker_rlimit_nofile $(( ${NGINX_WORKER_CONNECTIONS:-4096} * 2 ));
+events { worker_connections ${NGINX_WORKER_CONNECTIONS:-4096}; }
 http {
   access_log off;
   sendfile on;
@@ -165,4 +166,50 @@ for unit in ("B", "KiB", "MiB", "GiB"):
         break
     n /= 1024
 EOF
+}
+
+# --- A real control plane (the test crate's externalsource-testenv: etcd + kube-apiserver). ---
+# These use the caller's DIR (logs) and TARGET_DIR, and set TESTENV, testenv_pid and KUBECONFIG.
+
+# Builds externalsource-testenv (release) into $DIR; sets TESTENV.
+build_testenv() {
+  log "building externalsource-testenv (release)"
+  cargo build --release -p externalsource-tests --bin externalsource-testenv >"$DIR/build-testenv.log" 2>&1 \
+    || die "build of externalsource-testenv failed; see $DIR/build-testenv.log"
+  cp "$TARGET_DIR/release/externalsource-testenv" "$DIR/externalsource-testenv"
+  TESTENV=$DIR/externalsource-testenv
+}
+
+now() { date +%s.%N; }
+
+# CPU seconds (user + system) a process has used so far.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
+
+# CPU seconds of the control plane (etcd + kube-apiserver, the testenv's children).
+cp_cpu_s() {
+  local total=0 p
+  for p in $(pgrep -P "$testenv_pid" || true); do total=$(calc "$total + $(cpu_s "$p")"); done
+  echo "$total"
+}
+
+start_testenv() { # NAME: a fresh control plane with a namespace "bench"; sets testenv_pid and KUBECONFIG
+  local name=$1 i p
+  start_bg "$DIR/testenv-$name.log" "$TESTENV" "$DIR/kubeconfig-$name"
+  testenv_pid=$BG_PID
+  for ((i = 0; i < 6000; i++)); do
+    grep -q '^ready ' "$DIR/testenv-$name.log" && break
+    kill -0 "$testenv_pid" 2>/dev/null || die "testenv exited: $(tail -5 "$DIR/testenv-$name.log")"
+    sleep 0.1
+  done
+  grep -q '^ready ' "$DIR/testenv-$name.log" || die "testenv not ready in 600 s"
+  # etcd and kube-apiserver are the testenv's children; registered so they go even if it is killed.
+  for p in $(pgrep -P "$testenv_pid" || true); do BENCH_PIDS+=("$p"); done
+  export KUBECONFIG=$DIR/kubeconfig-$name
+  kubectl create namespace bench >/dev/null
+}
+
+# Sources of namespace bench that are Ready=True.
+ready_count() {
+  kubectl get externalsources.source.flux.oddkin.co -n bench -o json 2>/dev/null \
+    | jq '[.items[] | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length'
 }

@@ -45,11 +45,7 @@ if [[ -z ${BIN:-} ]]; then
   cp "$TARGET_DIR/release/externalsource-controller" "$DIR/externalsource-controller"
   BIN=$DIR/externalsource-controller
 fi
-log "building externalsource-testenv (release)"
-cargo build --release -p externalsource-tests --bin externalsource-testenv >"$DIR/build-testenv.log" 2>&1 \
-  || die "build of externalsource-testenv failed; see $DIR/build-testenv.log"
-cp "$TARGET_DIR/release/externalsource-testenv" "$DIR/externalsource-testenv"
-TESTENV=$DIR/externalsource-testenv
+build_testenv
 
 # The upstream API: a 16 KiB JSON document on loopback nginx (1 worker: it is not what is measured).
 mkdir -p "$DIR/fixture-root"
@@ -84,39 +80,6 @@ spec:
       url: http://127.0.0.1:{port}/data.json?source={i}
 """)
 EOF
-
-ready_count() {
-  kubectl get externalsources.source.flux.oddkin.co -n bench -o json 2>/dev/null \
-    | jq '[.items[] | select(any(.status.conditions[]?; .type == "Ready" and .status == "True"))] | length'
-}
-
-now() { date +%s.%N; }
-
-# CPU seconds (user + system) a process has used so far.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$1/stat"; }
-
-# CPU seconds of the control plane (etcd + kube-apiserver, the testenv's children).
-cp_cpu_s() {
-  local total=0 p
-  for p in $(pgrep -P "$testenv_pid" || true); do total=$(calc "$total + $(cpu_s "$p")"); done
-  echo "$total"
-}
-
-start_testenv() { # NAME: a fresh control plane; sets testenv_pid and KUBECONFIG
-  local name=$1 i p
-  start_bg "$DIR/testenv-$name.log" "$TESTENV" "$DIR/kubeconfig-$name"
-  testenv_pid=$BG_PID
-  for ((i = 0; i < 6000; i++)); do
-    grep -q '^ready ' "$DIR/testenv-$name.log" && break
-    kill -0 "$testenv_pid" 2>/dev/null || die "testenv exited: $(tail -5 "$DIR/testenv-$name.log")"
-    sleep 0.1
-  done
-  grep -q '^ready ' "$DIR/testenv-$name.log" || die "testenv not ready in 600 s"
-  # etcd and kube-apiserver are the testenv's children; registered so they go even if it is killed.
-  for p in $(pgrep -P "$testenv_pid" || true); do BENCH_PIDS+=("$p"); done
-  export KUBECONFIG=$DIR/kubeconfig-$name
-  kubectl create namespace bench >/dev/null
-}
 
 start_controller() { # NAME CONCURRENCY: sets ctl_pid and ctl_ops
   local name=$1 conc=$2 port ops

@@ -4,13 +4,17 @@
 #   serve     artifact serving (filesystem and memory backends) vs nginx, load from wrk
 #   memory    RSS idle and with 1,000 x 64 KiB artifacts in the memory backend (peer: nginx idle)
 #   package   tar.gz + sha256 packaging vs `tar | gzip -6 | sha256sum` on the same payload
+#   connections  RSS and a 1 MiB download time with 10,000 idle connections open (peer: nginx)
 #   reconcile 1,000 ExternalSources against a local kube-apiserver (tests/bench/reconcile.sh)
+#   fetchmem  peak RSS of `concurrency` max-size fetches vs fetch.memory_budget (tests/bench/fetchmem.sh)
 #
 # Usage: bash tests/bench/run.sh           full run (20 s per wrk run, 1/10/100 MiB payloads)
 #        SMOKE=1 bash tests/bench/run.sh   tiny sizes and 1 s runs; what CI runs so the harness does not rot
 #
 # Environment:
-#   BENCH_SECTIONS   sections to run (default "size serve memory package reconcile"; SMOKE drops reconcile)
+#   BENCH_SECTIONS   sections to run (default "size serve memory connections package reconcile fetchmem";
+#                    SMOKE drops reconcile and fetchmem)
+#   IDLE_CONNECTIONS / DOWNLOADS   shape of the connections section (default 10000 / 21; SMOKE 300 / 3)
 #   BENCH_DURATION   seconds per wrk run (default 20, SMOKE 1)
 #   BENCH_WARMUP     seconds of wrk warm-up before each measured run (default 2, SMOKE 0)
 #   WRK_THREADS / WRK_CONNECTIONS   load generator shape (default 2 / 64)
@@ -30,7 +34,7 @@ source "$HERE/lib.sh"
 
 SMOKE=${SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
-  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory package}
+  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package}
   BENCH_DURATION=${BENCH_DURATION:-1}
   BENCH_WARMUP=${BENCH_WARMUP:-0}
   SERVE_SIZES=${SERVE_SIZES:-16KiB:16384:small 256KiB:262144:small 4MiB:4194304:large}
@@ -38,8 +42,10 @@ if [[ $SMOKE == 1 ]]; then
   PACKAGE_RUNS=${PACKAGE_RUNS:-3}
   CRITERION_ARGS=${CRITERION_ARGS:---warm-up-time 0.2 --measurement-time 0.5}
   MEMORY_ARTIFACTS=${MEMORY_ARTIFACTS:-1000}
+  IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-300}
+  DOWNLOADS=${DOWNLOADS:-3}
 else
-  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory package reconcile}
+  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package reconcile fetchmem}
   BENCH_DURATION=${BENCH_DURATION:-20}
   BENCH_WARMUP=${BENCH_WARMUP:-2}
   SERVE_SIZES=${SERVE_SIZES:-16KiB:16384:small 1MiB:1048576:small 50MiB:52428800:large}
@@ -47,6 +53,8 @@ else
   PACKAGE_RUNS=${PACKAGE_RUNS:-10}
   CRITERION_ARGS=${CRITERION_ARGS:---warm-up-time 1 --measurement-time 5}
   MEMORY_ARTIFACTS=${MEMORY_ARTIFACTS:-1000}
+  IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-10000}
+  DOWNLOADS=${DOWNLOADS:-21}
 fi
 WRK_THREADS=${WRK_THREADS:-2}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-64}
@@ -197,6 +205,7 @@ config_toml() {
 port = $3
 bind_address = "127.0.0.1"
 advertise_url = "http://127.0.0.1:$3"
+${SERVER_TOML_EXTRA:-}
 
 [ops]
 port = $4
@@ -401,16 +410,98 @@ section_package() {
   done
 }
 
+# Opens N idle connections to 127.0.0.1:PORT in the background and holds them until killed;
+# sets FLOOD_PID once all are open. flood_start NAME PORT N.
+flood_start() {
+  local name=$1 port=$2 n=$3 i
+  start_bg "$RUN/$name.log" python3 -c '
+import resource, socket, sys, time
+port, n = int(sys.argv[1]), int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+conns = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    conns.append(s)
+print("open", len(conns), flush=True)
+time.sleep(3600)
+' "$port" "$n"
+  FLOOD_PID=$BG_PID
+  for ((i = 0; i < 1200; i++)); do
+    grep -q '^open ' "$RUN/$name.log" && return 0
+    kill -0 "$FLOOD_PID" 2>/dev/null || die "connection flood exited: $(tail -3 "$RUN/$name.log")"
+    sleep 0.1
+  done
+  die "connection flood did not open $n connections in 120 s"
+}
+
+# Median seconds of DOWNLOADS sequential GETs of URL, each on a new connection.
+median_download_s() {
+  local url=$1 i
+  for ((i = 0; i < DOWNLOADS; i++)); do
+    curl -fsS -o /dev/null --max-time 30 -w '%{time_total}\n' "$url" || die "download of $url failed beside the flood"
+  done | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'
+}
+
+section_connections() {
+  log "== $IDLE_CONNECTIONS idle connections: RSS and a 1 MiB download beside them, vs nginx"
+  build_servers
+  local root=$RUN/conn-root dir path=/artifacts/bench/bench/bench-1MiB.tar.gz
+  dir=$root/artifacts/bench/bench
+  mkdir -p "$dir"
+  head -c 1048576 /dev/urandom >"$dir/bench-1MiB.tar.gz"
+  # Room for the flood plus the download; timeouts beyond the measurement so the flood stays.
+  SERVER_TOML_EXTRA="max_connections = $((IDLE_CONNECTIONS + 100))
+header_read_timeout = \"10m\"
+idle_timeout = \"10m\"" start_ours conn-fs filesystem "$root"
+  local before during t_ours nginx_port nginx_before nginx_during t_nginx
+  t_ours=$(median_download_s "http://127.0.0.1:$OURS_PORT$path")
+  before=$(rss_kib "$OURS_PID")
+  flood_start flood-ours "$OURS_PORT" "$IDLE_CONNECTIONS"
+  sleep 1
+  during=$(rss_kib "$OURS_PID")
+  local t_flood
+  t_flood=$(median_download_s "http://127.0.0.1:$OURS_PORT$path")
+  stop_pid "$FLOOD_PID"
+  stop_pid "$OURS_PID"
+  nginx_port=$(free_port)
+  NGINX_WORKER_CONNECTIONS=$((IDLE_CONNECTIONS + 100)) nginx_start "$RUN/nginx-conn" "$nginx_port" "$root" 2
+  local npid=$BG_PID
+  wait_http "http://127.0.0.1:$nginx_port$path" "$npid" 30
+  nginx_before=$(rss_tree_kib "$npid")
+  flood_start flood-nginx "$nginx_port" "$IDLE_CONNECTIONS"
+  sleep 1
+  nginx_during=$(rss_tree_kib "$npid")
+  t_nginx=$(median_download_s "http://127.0.0.1:$nginx_port$path")
+  stop_pid "$FLOOD_PID"
+  stop_pid "$npid"
+  log "  ours: RSS $((before / 1024)) -> $((during / 1024)) MiB, download ${t_ours}s -> ${t_flood}s; nginx: RSS $((nginx_before / 1024)) -> $((nginx_during / 1024)) MiB, download ${t_nginx}s"
+  record "isolation" "RSS with $IDLE_CONNECTIONS idle connections open (serve, filesystem)" \
+    "$(human_bytes $((during * 1024))) (idle $(human_bytes $((before * 1024))))" \
+    "nginx (2 workers): $(human_bytes $((nginx_during * 1024))) (idle $(human_bytes $((nginx_before * 1024))))" \
+    "$(calc "f'{$during / $nginx_during:.2f}×'")" "< 128 MiB" "$(verdict "$(calc "$during / 1024")" "<=" 128)"
+  record "isolation" "1 MiB download beside $IDLE_CONNECTIONS idle connections (median of $DOWNLOADS, new connection each)" \
+    "$(calc "f'{$t_flood * 1000:.1f} ms (without the flood {$t_ours * 1000:.1f} ms)'")" \
+    "$(calc "f'nginx: {$t_nginx * 1000:.1f} ms'")" "$(calc "f'{$t_flood / $t_nginx:.2f}×'")" "< 100 ms" \
+    "$(verdict "$(calc "$t_flood * 1000")" "<=" 100)"
+}
+
 section_reconcile() {
   log "== reconcile throughput (tests/bench/reconcile.sh)"
   build_servers
   BIN=$BIN RUN=$RUN bash "$HERE/reconcile.sh" || die "reconcile benchmark failed; see $RUN/reconcile"
 }
 
+section_fetchmem() {
+  log "== peak RSS of concurrent max-size fetches vs fetch.memory_budget (tests/bench/fetchmem.sh)"
+  build_servers
+  BIN=$BIN RUN=$RUN bash "$HERE/fetchmem.sh" || die "fetch memory benchmark failed; see $RUN/fetchmem"
+}
+
 ensure_tools curl python3 nginx wrk hyperfine
 cd "$REPO"
 log "mode: $([[ $SMOKE == 1 ]] && echo smoke || echo full); sections: $BENCH_SECTIONS; output: $BENCH_OUT"
-for s in size serve memory package reconcile; do
+for s in size serve memory connections package reconcile fetchmem; do
   if has_section "$s"; then "section_$s"; fi
 done
 FINISHED=1

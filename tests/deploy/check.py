@@ -69,7 +69,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
         "header_read_timeout", "idle_timeout", "shutdown_grace", "max_connections", "min_send_rate",
     },
     "ops": {"bind_address", "port"},
-    "storage": {"backend"},
+    "storage": {"backend", "namespace_quota"},
     "controller": {
         "concurrency", "namespace_concurrency", "min_interval", "retention", "finalizer_attempts",
         "leader_election", "lease_name", "pod_name",

@@ -37,6 +37,8 @@ pub struct Options {
     pub transform: TransformConfig,
     /// In-flight fetch bytes (bodies count twice).
     pub memory_budget: u64,
+    /// `storage.namespace_quota`.
+    pub namespace_quota: Option<u64>,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -62,6 +64,7 @@ impl Default for Options {
             namespace_concurrency: 3,
             transform: test_transform_limits(),
             memory_budget: 64 << 20,
+            namespace_quota: None,
         }
     }
 }
@@ -128,6 +131,7 @@ impl TestController {
                 finalizer_attempts: options.finalizer_attempts,
                 namespace_concurrency: options.namespace_concurrency,
                 memory_budget: options.memory_budget,
+                namespace_quota: options.namespace_quota,
             },
             Recorder::new(client, reporter),
             metrics,

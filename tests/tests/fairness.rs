@@ -1,14 +1,16 @@
 //! Shared limits are shared fairly: one namespace cannot hold every reconcile slot (with slow
 //! upstreams in one namespace, a source in another still becomes Ready at once), and fetches
-//! wait for the memory budget rather than overcommit it.
+//! wait for the memory budget rather than overcommit it, and a namespace stores no more than
+//! its quota.
 
 use std::time::{Duration, Instant};
 
 use externalsource_core::controller::api::ExternalSource;
+use externalsource_core::testing::noise;
 use externalsource_tests::controller::Options;
-use externalsource_tests::sources::{source, wait_ready};
+use externalsource_tests::sources::{ready, request_reconcile, source, wait_ready};
 use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually};
-use kube::api::{Api, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,5 +76,47 @@ async fn fetches_queue_for_the_memory_budget() {
     for name in ["a", "b"] {
         wait_ready(&api, name, "True").await;
     }
+    ctl.stop().await;
+}
+
+/// `storage.namespace_quota`: one namespace cannot fill the store for the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_stores_no_more_than_its_quota() {
+    let cp = ControlPlane::start().await;
+    let greedy_ns = cp.namespace("greedy").await;
+    let other_ns = cp.namespace("other").await;
+    // Room for two ~100 KiB artifacts per namespace, not three.
+    let options = Options { namespace_quota: Some(250 << 10), ..Options::default() };
+    let ctl = TestController::start(cp.client(), options).await;
+    let greedy: Api<ExternalSource> = Api::namespaced(cp.client(), &greedy_ns);
+    let mut fixtures = Vec::new();
+    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+        let fixture = Fixture::start(Reply::ok(noise(i as u64, 100 << 10))).await;
+        greedy.create(&PostParams::default(), &source(name, &fixture.url("/"), json!({}))).await.unwrap();
+        if i < 2 {
+            wait_ready(&greedy, name, "True").await;
+        }
+        fixtures.push(fixture);
+    }
+    let es = wait_ready(&greedy, "c", "False").await;
+    let (_, reason, message) = ready(&es).unwrap();
+    assert_eq!(reason, "StorageOperationFailed", "{message}");
+    assert!(message.contains(&format!("namespace {greedy_ns} already stores")), "{message}");
+    assert!(message.contains("storage.namespace_quota"), "{message}");
+
+    // Another namespace has a quota of its own.
+    let other: Api<ExternalSource> = Api::namespaced(cp.client(), &other_ns);
+    other.create(&PostParams::default(), &source("a", &fixtures[0].url("/"), json!({}))).await.unwrap();
+    wait_ready(&other, "a", "True").await;
+
+    // Deleting a source frees its share: the third fits on its next attempt.
+    greedy.delete("a", &DeleteParams::default()).await.unwrap();
+    eventually("a's artifacts deleted", Duration::from_secs(30), || async {
+        let left = ctl.storage.list(&format!("artifacts/{greedy_ns}/a/")).await.ok()?;
+        left.is_empty().then_some(())
+    })
+    .await;
+    request_reconcile(&greedy, "c", "after-delete").await;
+    wait_ready(&greedy, "c", "True").await;
     ctl.stop().await;
 }

@@ -183,6 +183,10 @@ pub fn storage_failure(e: &StorageError) -> Failure {
              after deleting this source's unpublished and older revisions",
             available = budget.saturating_sub(*used),
         ),
+        StorageError::QuotaExceeded { namespace, key, size, used, quota } => format!(
+            "storing {key} needs {size} bytes but namespace {namespace} already stores {used} of its {quota}-byte \
+             quota (storage.namespace_quota) after deleting this source's unpublished and older revisions"
+        ),
         other => format!("storage operation failed: {other}"),
     };
     let retry = match e.class() {

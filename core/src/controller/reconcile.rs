@@ -31,7 +31,7 @@ use super::redact::redact_url;
 use super::revision::revision;
 use super::transform::TransformError;
 use super::transform::sandbox::Sandbox;
-use crate::key::{ObjectKey, artifact_dir};
+use crate::key::{ObjectKey, artifact_dir, namespace_dir};
 use crate::package::package;
 use crate::storage::{FailureClass, ObjectMeta, Storage, StorageError};
 
@@ -64,6 +64,8 @@ pub struct Settings {
     pub namespace_concurrency: usize,
     /// Bytes of fetched bodies (and their copies) in memory at once, across all reconciles.
     pub memory_budget: u64,
+    /// Bytes one namespace may store, when set.
+    pub namespace_quota: Option<u64>,
 }
 
 /// Everything a reconcile needs.
@@ -438,20 +440,43 @@ async fn put_making_room(
     key: &ObjectKey,
     bytes: Bytes,
 ) -> Result<ObjectMeta, StorageError> {
-    let put = ctx.storage.put(key, bytes.clone()).await;
+    let namespace = es.namespace().unwrap_or_default();
+    let put = match within_quota(ctx, &namespace, key, bytes.len() as u64).await {
+        Ok(()) => ctx.storage.put(key, bytes.clone()).await,
+        Err(e) => Err(e),
+    };
     ctx.metrics.operation("put", put.is_ok());
     match put {
         Err(e) if e.class() == FailureClass::OutOfSpace => {
-            tracing::info!(key = %key, error = %e, "store is full; deleting this source's unpublished and older revisions");
+            tracing::info!(key = %key, error = %e, "store or quota is full; deleting this source's unpublished and older revisions");
             if make_room(ctx, es, old, key).await == 0 {
                 return Err(e);
             }
+            within_quota(ctx, &namespace, key, bytes.len() as u64).await?;
             let put = ctx.storage.put(key, bytes).await;
             ctx.metrics.operation("put", put.is_ok());
             put
         }
         other => other,
     }
+}
+
+/// Checks `storage.namespace_quota` for a put of `size` bytes at `key`: what the namespace
+/// already stores (the object being replaced aside) plus `size` must fit.
+async fn within_quota(ctx: &Context, namespace: &str, key: &ObjectKey, size: u64) -> Result<(), StorageError> {
+    let Some(quota) = ctx.settings.namespace_quota else { return Ok(()) };
+    let stored = ctx.storage.list(&namespace_dir(namespace)).await?;
+    let used: u64 = stored.iter().filter(|o| o.key != *key).map(|o| o.size).sum();
+    if used.saturating_add(size) > quota {
+        return Err(StorageError::QuotaExceeded {
+            namespace: namespace.to_owned(),
+            key: key.clone(),
+            size,
+            used,
+            quota,
+        });
+    }
+    Ok(())
 }
 
 /// Deletes this source's stored revisions other than the one the ExternalArtifact points at

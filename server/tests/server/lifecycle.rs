@@ -216,3 +216,40 @@ async fn a_reader_below_the_minimum_rate_is_cut_though_it_never_goes_idle() {
     assert!(body.len() < SIZE, "the slow download was cut, not completed");
     assert!(closed < Duration::from_secs(8), "cut after {closed:?}");
 }
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout_and_does_not_delay_shutdown() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1 << 20, None));
+    let a = put_artifact(storage.as_ref(), payload(1000)).await;
+    let (mut served, _registry) = start_artifacts(storage, options(400, 10_000, 5_000)).await;
+    let mut silent = TcpStream::connect(served.addr).await.unwrap();
+    let started = Instant::now();
+    let mut received = Vec::new();
+    read_until_closed(&mut silent, &mut received).await;
+    assert!(started.elapsed() >= Duration::from_millis(350), "closed after {:?}", started.elapsed());
+    assert!(received.is_empty(), "{received:?}");
+
+    // Silent connections waiting for a first byte end at once on shutdown (the grace is 5 s),
+    // while one that sent a request is still answered.
+    let mut waiting: Vec<TcpStream> = Vec::new();
+    for _ in 0..20 {
+        waiting.push(TcpStream::connect(served.addr).await.unwrap());
+    }
+    let mut asked = TcpStream::connect(served.addr).await.unwrap();
+    asked.write_all(request_text("GET", &a.path, &[], true).as_bytes()).await.unwrap();
+    let (status, _, _) = read_head(&mut asked).await;
+    assert_eq!(status, 200);
+    let started = Instant::now();
+    served.shutdown();
+    served.finished(Duration::from_secs(2)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "shutdown waited {:?} for silent connections",
+        started.elapsed()
+    );
+    for mut stream in waiting {
+        let mut rest = Vec::new();
+        read_until_closed(&mut stream, &mut rest).await;
+        assert!(rest.is_empty());
+    }
+}
