@@ -113,7 +113,8 @@ def known_keys_from_source() -> str:
     core = REPO / "core" / "src" / "config.rs"
     if core.exists():
         found: dict[str, set[str]] = {}
-        for table, key in re.findall(r'"(server|ops|storage|controller|fetch|log)\.([a-z_]+)"', core.read_text()):
+        tables = "|".join(sorted(KNOWN_KEYS))
+        for table, key in re.findall(rf'"({tables})\.([a-z_]+)"', core.read_text()):
             found.setdefault(table, set()).add(key)
         if sum(len(v) for v in found.values()) >= 10:
             KNOWN_KEYS.clear()
