@@ -140,6 +140,7 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
             shutdown.cancel();
         });
     }
+    let servers_stop = CancellationToken::new();
     let base_url = config.server.base_url();
     let storage: Arc<dyn Storage> = config
         .storage
@@ -170,14 +171,28 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         let mounted = routes.is_some();
         tracing::info!(addr = ?listener.local_addr().ok(), artifact_routes = mounted, "artifact server listening");
         let service = ArtifactService::new(routes);
-        let token = shutdown.clone();
+        let token = servers_stop.clone();
         servers.push(tokio::spawn(async move {
             externalsource_server::serve(listener, service, options, token.cancelled_owned()).await;
         }));
     }
     let registry = Arc::new(registry);
+    // Shutdown in the order endpoints need: not-Ready at once (so the Service stops sending new
+    // clients), both listeners still accepting for `server.shutdown_delay` (endpoint updates
+    // take a few seconds to reach every node), then stop accepting and drain.
     {
-        let token = shutdown.clone();
+        let (shutdown, servers_stop, readiness) = (shutdown.clone(), servers_stop.clone(), readiness.clone());
+        let delay = config.server.shutdown_delay;
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            readiness.set(false);
+            tracing::info!(?delay, "not ready; still accepting for the shutdown delay");
+            tokio::time::sleep(delay).await;
+            servers_stop.cancel();
+        });
+    }
+    {
+        let token = servers_stop.clone();
         let (registry, readiness) = (registry.clone(), readiness.clone());
         servers.push(tokio::spawn(async move {
             externalsource_server::serve_ops(ops_listener, registry, readiness, token.cancelled_owned()).await;
@@ -194,6 +209,10 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
     };
     readiness.set(false);
     shutdown.cancel();
+    if result.is_err() {
+        // Failing, not asked to stop: nothing to hand over gracefully.
+        servers_stop.cancel();
+    }
     for server in servers {
         let _ = server.await;
     }

@@ -145,7 +145,9 @@ fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
     use std::io::{Read, Write};
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let file = config_file("[server]\nbind_address = \"127.0.0.1\"\n[ops]\nbind_address = \"127.0.0.1\"\n");
+    let file = config_file(
+        "[server]\nbind_address = \"127.0.0.1\"\nshutdown_delay = \"1500ms\"\n[ops]\nbind_address = \"127.0.0.1\"\n",
+    );
     // Started with a low soft open-file limit (a shell lowers it, then execs the binary), so
     // the raise at start-up is visible.
     let mut child = Command::new("bash")
@@ -181,7 +183,14 @@ fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
     assert_ne!(fields[3], "512", "raised from the inherited soft limit: {line}");
     let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
     assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let signalled = std::time::Instant::now();
+    // Not Ready at once, yet both listeners still answer during the shutdown delay, so clients
+    // the Service still routes here are served while endpoints update.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(get(ops, "/readyz").unwrap_or_default().starts_with("HTTP/1.1 503"), "not ready after SIGTERM");
+    assert!(get(port, "/artifacts/ns/n/x.tar.gz").unwrap_or_default().starts_with("HTTP/1.1 404"), "still serving");
+    assert!(signalled.elapsed() < std::time::Duration::from_millis(1200), "checked within the delay");
+    let deadline = signalled + std::time::Duration::from_secs(10);
     loop {
         if let Some(code) = child.try_wait().unwrap() {
             assert!(code.success(), "clean exit on SIGTERM: {code:?}");
@@ -190,6 +199,8 @@ fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
         assert!(std::time::Instant::now() < deadline, "did not stop on SIGTERM");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    assert!(signalled.elapsed() >= std::time::Duration::from_millis(1400), "stopped before the shutdown delay");
+    assert!(get(port, "/artifacts/ns/n/x.tar.gz").is_none(), "the listener is closed once stopped");
 }
 
 #[test]

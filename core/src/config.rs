@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the listeners keep accepting while readiness is already false.
+    pub shutdown_delay: Duration,
     /// Open connections of the artifact listener at most; beyond it new ones get a 503.
     pub max_connections: u32,
     /// Bytes per second below which a client that holds up a download is cut; 0 disables.
@@ -236,6 +238,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "header_read_timeout",
             "idle_timeout",
             "shutdown_grace",
+            "shutdown_delay",
             "max_connections",
             "min_send_rate",
         ],
@@ -348,7 +351,8 @@ impl ConfigLoader {
             advertise_url: r.optional_url("server.advertise_url")?,
             header_read_timeout: r.duration("server.header_read_timeout", "10s", Duration::from_millis(100))?,
             idle_timeout: r.duration("server.idle_timeout", "60s", Duration::from_millis(100))?,
-            shutdown_grace: r.duration("server.shutdown_grace", "25s", Duration::ZERO)?,
+            shutdown_grace: r.duration("server.shutdown_grace", "20s", Duration::ZERO)?,
+            shutdown_delay: r.duration("server.shutdown_delay", "5s", Duration::ZERO)?,
             max_connections: r.int_in("server.max_connections", 4096, 1, 1_000_000)? as u32,
             min_send_rate: r.size("server.min_send_rate", "1KiB", 0)?,
         };
@@ -692,6 +696,7 @@ impl Config {
         server.insert("header_read_timeout".into(), s(&format_duration(self.server.header_read_timeout)));
         server.insert("idle_timeout".into(), s(&format_duration(self.server.idle_timeout)));
         server.insert("shutdown_grace".into(), s(&format_duration(self.server.shutdown_grace)));
+        server.insert("shutdown_delay".into(), s(&format_duration(self.server.shutdown_delay)));
         server.insert("max_connections".into(), V::Integer(self.server.max_connections.into()));
         server.insert("min_send_rate".into(), s(&format_size(self.server.min_send_rate)));
         let mut ops = toml::Table::new();

@@ -46,13 +46,14 @@ pub struct ServeOptions {
 }
 
 impl Default for ServeOptions {
-    /// 10 s for a request head, 60 s without progress, 25 s to drain (Kubernetes gives a pod 30 s
-    /// between SIGTERM and SIGKILL by default), 4,096 connections, 1 KiB/s over 10 s windows.
+    /// 10 s for a request head, 60 s without progress, 20 s to drain (Kubernetes gives a pod 30 s
+    /// between SIGTERM and SIGKILL by default, and the binary keeps accepting for a 5 s shutdown
+    /// delay first), 4,096 connections, 1 KiB/s over 10 s windows.
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(25),
+            shutdown_grace: Duration::from_secs(20),
             max_connections: 4096,
             min_send_rate: 1024,
             send_rate_window: Duration::from_secs(10),

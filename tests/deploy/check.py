@@ -66,7 +66,8 @@ SHARED_BACKENDS = {"s3"}  # every replica Ready; the others: only the leader is 
 KNOWN_KEYS: dict[str, set[str]] = {
     "server": {
         "enabled", "bind_address", "port", "service_name", "service_namespace", "advertise_url",
-        "header_read_timeout", "idle_timeout", "shutdown_grace", "max_connections", "min_send_rate",
+        "header_read_timeout", "idle_timeout", "shutdown_grace", "shutdown_delay", "max_connections",
+        "min_send_rate",
     },
     "ops": {"bind_address", "port"},
     "storage": {"backend", "namespace_quota"},

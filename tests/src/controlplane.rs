@@ -131,6 +131,16 @@ impl ControlPlane {
         let _ = self.apiserver.wait();
     }
 
+    /// Freezes kube-apiserver (SIGSTOP): connections stay open and requests hang, unanswered,
+    /// until [`Self::resume_apiserver`]; what a partitioned or overloaded API server looks like.
+    pub fn pause_apiserver(&mut self) {
+        signal(self.apiserver.id(), "-STOP");
+    }
+
+    pub fn resume_apiserver(&mut self) {
+        signal(self.apiserver.id(), "-CONT");
+    }
+
     /// Starts kube-apiserver again on the same port and certificates, and waits until it serves.
     pub async fn start_apiserver(&mut self) {
         self.restarts += 1;
@@ -245,4 +255,9 @@ impl Drop for ControlPlane {
         let _ = self.etcd.kill();
         let _ = self.etcd.wait();
     }
+}
+
+fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill").args([signal, &pid.to_string()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill {signal} {pid} failed");
 }

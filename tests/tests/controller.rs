@@ -360,7 +360,7 @@ async fn only_one_replica_holds_the_lease() {
     let ns = cp.namespace("lease").await;
     let t = Timings {
         lease_duration: Duration::from_secs(3),
-        renew_every: Duration::from_secs(1),
+        renew_deadline: Duration::from_secs(2),
         retry_every: Duration::from_millis(200),
     };
     let a = LeaderElector::new(cp.client(), &ns, "leader", "pod-a", t);
