@@ -15,7 +15,7 @@ use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::controller::{self, StartError};
 use externalsource_core::units::format_size;
 use externalsource_core::{Storage, StorageError};
-use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions};
+use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions, ServerMetrics};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -141,19 +141,36 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         });
     }
     let servers_stop = CancellationToken::new();
+    let mut registry = Registry::default();
+    let server_metrics = ServerMetrics::register(&mut registry);
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let registry = Arc::new(registry);
+    let readiness = Readiness::new(false);
+    let mut servers: Vec<JoinHandle<()>> = Vec::new();
+    // The ops listener first, before the store is opened (which may take long: a large
+    // filesystem store is scanned): `/healthz` answers at once, `/readyz` stays 503 until ready.
+    let ops_listener = bind("ops.port", &config.ops.bind_address, config.ops.port).await?;
+    tracing::info!(addr = ?ops_listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics)");
+    {
+        let token = servers_stop.clone();
+        let (registry, readiness) = (registry.clone(), readiness.clone());
+        servers.push(tokio::spawn(async move {
+            externalsource_server::serve_ops(ops_listener, registry, readiness, token.cancelled_owned()).await;
+        }));
+    }
+
     let base_url = config.server.base_url();
+    let opened = std::time::Instant::now();
     let storage: Arc<dyn Storage> = config
         .storage
         .build(base_url.as_deref())
         .await
         .map_err(|source| AppError::Storage { backend: config.backend, source })?;
     let capabilities = storage.capabilities();
-    tracing::info!(backend = config.backend, %capabilities, base_url = ?base_url, "storage ready");
+    tracing::info!(backend = config.backend, %capabilities, base_url = ?base_url, took = ?opened.elapsed(), "storage ready");
 
-    let mut registry = Registry::default();
-    let routes = if config.server.enabled { ArtifactRoutes::new(storage.clone(), &mut registry) } else { None };
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let readiness = Readiness::new(false);
+    let routes =
+        if config.server.enabled { ArtifactRoutes::with_metrics(storage.clone(), server_metrics) } else { None };
     let options = ServeOptions {
         header_read_timeout: config.server.header_read_timeout,
         idle_timeout: config.server.idle_timeout,
@@ -162,10 +179,6 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         min_send_rate: config.server.min_send_rate,
         ..ServeOptions::default()
     };
-
-    let mut servers: Vec<JoinHandle<()>> = Vec::new();
-    let ops_listener = bind("ops.port", &config.ops.bind_address, config.ops.port).await?;
-    tracing::info!(addr = ?ops_listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics)");
     if config.server.enabled {
         let listener = bind("server.port", &config.server.bind_address, config.server.port).await?;
         let mounted = routes.is_some();
@@ -176,7 +189,6 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
             externalsource_server::serve(listener, service, options, token.cancelled_owned()).await;
         }));
     }
-    let registry = Arc::new(registry);
     // Shutdown in the order endpoints need: not-Ready at once (so the Service stops sending new
     // clients), both listeners still accepting for `server.shutdown_delay` (endpoint updates
     // take a few seconds to reach every node), then stop accepting and drain.
@@ -191,14 +203,6 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
             servers_stop.cancel();
         });
     }
-    {
-        let token = servers_stop.clone();
-        let (registry, readiness) = (registry.clone(), readiness.clone());
-        servers.push(tokio::spawn(async move {
-            externalsource_server::serve_ops(ops_listener, registry, readiness, token.cancelled_owned()).await;
-        }));
-    }
-
     let result = match mode {
         Command::Serve => {
             readiness.set(true);

@@ -267,3 +267,57 @@ fn a_configuration_that_does_not_fit_the_memory_limit_is_refused() {
     );
     printed(&run(&["--config", warn.path().to_str().unwrap(), "--print-config"], &[]));
 }
+
+#[test]
+fn the_ops_port_answers_while_a_large_store_is_still_being_opened() {
+    use std::io::{Read, Write};
+    // A filesystem store the start-up scan takes a while to hash (the debug build hashes slowly).
+    let store = tempfile::tempdir().unwrap();
+    for i in 0..600u32 {
+        let body: Vec<u8> =
+            (0..128 * 1024u32).map(|j| (j.wrapping_mul(2_654_435_761) ^ i.wrapping_mul(97)) as u8).collect();
+        let dir = store.path().join(format!("artifacts/ns/s{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{}.tar.gz", externalsource_core::Digest::of(&body).hex())), &body).unwrap();
+    }
+    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let file = config_file(&format!(
+        "[server]\nbind_address = \"127.0.0.1\"\nport = {port}\nshutdown_delay = \"0s\"\n[ops]\nbind_address = \"127.0.0.1\"\nport = {ops}\n\
+         [storage]\nbackend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\n",
+        store.path().display()
+    ));
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_externalsource-controller"))
+        .args(["serve", "--config", file.path().to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = |path: &str| -> Option<u16> {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", ops)).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.get(9..12)?.parse().ok()
+    };
+    let mut healthy_at = None;
+    let mut not_ready_seen = false;
+    let ready_at = loop {
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "never became ready");
+        if healthy_at.is_none() && status("/healthz") == Some(200) {
+            healthy_at = Some(started.elapsed());
+        }
+        match status("/readyz") {
+            Some(200) => break started.elapsed(),
+            Some(503) => not_ready_seen = true,
+            _ => {}
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let healthy_at = healthy_at.expect("/healthz answered");
+    assert!(healthy_at < std::time::Duration::from_secs(1), "/healthz first answered after {healthy_at:?}");
+    assert!(not_ready_seen, "/readyz said 503 while the store was being opened (ready after {ready_at:?})");
+    assert!(healthy_at < ready_at);
+}

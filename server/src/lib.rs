@@ -38,6 +38,7 @@ mod routes;
 mod serve;
 
 pub use body::Body;
+pub use metrics::ServerMetrics;
 pub use ops::{OpsService, Readiness, serve_ops};
 pub use routes::{ArtifactRoutes, ArtifactService};
 pub use serve::{ServeOptions, serve};

@@ -29,9 +29,9 @@ struct StatusLabels {
 
 type HistogramFamily = Family<StatusLabels, Histogram, fn() -> Histogram>;
 
-/// The metric families, shared by every connection.
+/// The artifact server's metric families, shared by every connection.
 #[derive(Clone)]
-pub(crate) struct ServerMetrics(Arc<Families>);
+pub struct ServerMetrics(Arc<Families>);
 
 struct Families {
     requests: Family<RequestLabels, Counter>,
@@ -42,7 +42,7 @@ struct Families {
 impl ServerMetrics {
     /// Registers the families in `registry`; names carry their full `externalsource_` prefix
     /// because the binary's registry has none.
-    pub(crate) fn register(registry: &mut Registry) -> Self {
+    pub fn register(registry: &mut Registry) -> Self {
         let families = Families {
             requests: Family::default(),
             duration: HistogramFamily::new_with_constructor(|| Histogram::new(DURATION_BUCKETS)),

@@ -47,7 +47,17 @@ impl ArtifactRoutes {
             tracing::info!(backend = storage.name(), "backend does not serve HTTP; artifact routes not mounted");
             return None;
         }
-        Some(Self(Arc::new(Inner { storage, metrics: ServerMetrics::register(registry) })))
+        Self::with_metrics(storage, ServerMetrics::register(registry))
+    }
+
+    /// Routes over `storage` recording into metrics registered beforehand, so the registry can
+    /// be served before the storage is open; `None` when the backend does not serve HTTP.
+    pub fn with_metrics(storage: Arc<dyn Storage>, metrics: ServerMetrics) -> Option<Self> {
+        if !storage.capabilities().serves_http {
+            tracing::info!(backend = storage.name(), "backend does not serve HTTP; artifact routes not mounted");
+            return None;
+        }
+        Some(Self(Arc::new(Inner { storage, metrics })))
     }
 
     async fn respond(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Body> {
