@@ -33,13 +33,7 @@ trap 'exit 143' TERM
 
 for t in kubectl jq nginx curl python3; do command -v "$t" >/dev/null || die "fetch memory benchmark needs $t"; done
 cd "$REPO"
-if [[ -z ${BIN:-} ]]; then
-  log "building externalsource-controller (release, filesystem)"
-  cargo build --release -p externalsource-controller --features filesystem >"$DIR/build-controller.log" 2>&1 \
-    || die "build failed; see $DIR/build-controller.log"
-  cp "$TARGET_DIR/release/externalsource-controller" "$DIR/externalsource-controller"
-  BIN=$DIR/externalsource-controller
-fi
+[[ -n ${BIN:-} ]] || build_release_controller --features filesystem
 build_testenv
 
 mkdir -p "$DIR/fixture-root"

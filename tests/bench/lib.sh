@@ -171,6 +171,16 @@ EOF
 # --- A real control plane (the test crate's externalsource-testenv: etcd + kube-apiserver). ---
 # These use the caller's DIR (logs) and TARGET_DIR, and set TESTENV, testenv_pid and KUBECONFIG.
 
+# Builds externalsource-controller (release, with the given cargo feature arguments) into $DIR;
+# sets BIN.
+build_release_controller() {
+  log "building externalsource-controller (release${*:+, $*})"
+  cargo build --release -p externalsource-controller "$@" >"$DIR/build-controller.log" 2>&1 \
+    || die "build failed; see $DIR/build-controller.log"
+  cp "$TARGET_DIR/release/externalsource-controller" "$DIR/externalsource-controller"
+  BIN=$DIR/externalsource-controller
+}
+
 # Builds externalsource-testenv (release) into $DIR; sets TESTENV.
 build_testenv() {
   log "building externalsource-testenv (release)"

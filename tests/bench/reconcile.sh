@@ -38,13 +38,7 @@ trap 'exit 143' TERM
 for t in kubectl jq nginx curl python3; do command -v "$t" >/dev/null || die "reconcile benchmark needs $t"; done
 cd "$REPO"
 
-if [[ -z ${BIN:-} ]]; then
-  log "building externalsource-controller (release)"
-  cargo build --release -p externalsource-controller >"$DIR/build-controller.log" 2>&1 \
-    || die "build failed; see $DIR/build-controller.log"
-  cp "$TARGET_DIR/release/externalsource-controller" "$DIR/externalsource-controller"
-  BIN=$DIR/externalsource-controller
-fi
+[[ -n ${BIN:-} ]] || build_release_controller
 build_testenv
 
 # The upstream API: a 16 KiB JSON document on loopback nginx (1 worker: it is not what is measured).

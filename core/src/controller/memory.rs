@@ -32,11 +32,6 @@ impl MemoryBudget {
         Self { units: Arc::new(Semaphore::new(total_units as usize)), total_units }
     }
 
-    /// The whole budget, in bytes.
-    pub fn total(&self) -> u64 {
-        u64::from(self.total_units) * UNIT
-    }
-
     /// What is not reserved now, in bytes.
     pub fn available(&self) -> u64 {
         self.units.available_permits() as u64 * UNIT
@@ -59,11 +54,6 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    /// A reservation against no budget, for callers that do not admit memory.
-    pub fn unbounded() -> Self {
-        Self { permit: None }
-    }
-
     /// The bytes held.
     pub fn bytes(&self) -> u64 {
         self.permit.as_ref().map_or(0, |p| p.num_permits() as u64 * UNIT)
@@ -127,6 +117,5 @@ mod tests {
         let budget = MemoryBudget::new(100 * MIB);
         let r = budget.reserve(64 * MIB).await;
         assert_eq!((r.bytes(), budget.available()), (100 * MIB, 0));
-        assert_eq!(Reservation::unbounded().bytes(), 0);
     }
 }

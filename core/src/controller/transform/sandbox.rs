@@ -41,10 +41,6 @@ impl Sandbox {
         Self { program, limits, slots }
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
     /// Runs `code` over `payload`; the output is at most `max_output` bytes.
     pub async fn run(&self, code: &str, payload: &[u8], max_output: u64) -> Result<Vec<u8>, TransformError> {
         let _slot = self.slots.acquire().await.map_err(|_| TransformError::Worker("the sandbox is closed".into()))?;
