@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use externalsource_core::config::{Config, MemoryCheck};
 use externalsource_core::controller::egress::EgressPolicy;
@@ -11,8 +12,10 @@ use externalsource_core::controller::leader::{LeaderElector, Timings};
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
 use externalsource_core::controller::reconcile::{Context, Settings};
+use externalsource_core::controller::restore::RestorePass;
 use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::controller::{self, StartError};
+use externalsource_core::restore::Restoring;
 use externalsource_core::units::format_size;
 use externalsource_core::{Storage, StorageError};
 use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions, ServerMetrics};
@@ -45,6 +48,12 @@ pub enum AppError {
     Kube(#[source] kube::Error),
     #[error(transparent)]
     Start(#[from] StartError),
+    #[error(
+        "`serve` only reads a store the controller writes, and the {backend} store is private to one process: \
+         it would answer 404 for every artifact. Use a shared backend (s3, or filesystem with \
+         storage.filesystem.shared = true on a volume every replica mounts)"
+    )]
+    ServeNeedsShared { backend: &'static str },
     #[error("leadership was lost; exiting so a fresh process can compete again")]
     LeadershipLost,
     #[error(
@@ -169,8 +178,15 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
     let capabilities = storage.capabilities();
     tracing::info!(backend = config.backend, %capabilities, base_url = ?base_url, took = ?opened.elapsed(), "storage ready");
 
-    let routes =
-        if config.server.enabled { ArtifactRoutes::with_metrics(storage.clone(), server_metrics) } else { None };
+    if mode == Command::Serve && !capabilities.shared {
+        return Err(AppError::ServeNeedsShared { backend: config.backend });
+    }
+    let restoring = Restoring::default();
+    let routes = if config.server.enabled {
+        ArtifactRoutes::with_metrics(storage.clone(), server_metrics).map(|r| r.with_restoring(restoring.clone()))
+    } else {
+        None
+    };
     let options = ServeOptions {
         header_read_timeout: config.server.header_read_timeout,
         idle_timeout: config.server.idle_timeout,
@@ -209,7 +225,7 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
             shutdown.cancelled().await;
             Ok(())
         }
-        _ => run_controller(&config, storage, metrics, readiness.clone(), shutdown.clone()).await,
+        _ => run_controller(&config, storage, metrics, readiness.clone(), restoring, shutdown.clone()).await,
     };
     readiness.set(false);
     shutdown.cancel();
@@ -228,36 +244,51 @@ async fn run_controller(
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    restoring: Restoring,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     let client = kube::Client::try_default().await.map_err(AppError::Kube)?;
     controller::check_crds(&client).await?;
     let shared = storage.capabilities().shared;
     // With a shared store every replica serves the same objects, so every replica is Ready;
-    // otherwise only the leader holds the artifacts and only it may receive downloads.
-    if shared || !config.controller.leader_election {
+    // otherwise only the leader holds the artifacts, and only once it has stored them again.
+    if shared {
         readiness.set(true);
     }
-    let elector = config.controller.leader_election.then(|| {
-        LeaderElector::new(
-            client.clone(),
-            &config.server.service_namespace,
-            &config.controller.lease_name,
-            &config.controller.pod_name,
-            Timings::default(),
-        )
+    let c = &config.controller;
+    let elector = c.leader_election.then(|| {
+        let timings =
+            Timings { lease_duration: c.lease_duration, renew_deadline: c.renew_deadline, retry_every: c.retry_period };
+        LeaderElector::new(client.clone(), &config.server.service_namespace, &c.lease_name, &c.pod_name, timings)
     });
     if let Some(elector) = &elector {
-        tracing::info!(lease = %config.controller.lease_name, identity = %config.controller.pod_name, "waiting for leadership");
+        tracing::info!(lease = %c.lease_name, identity = %c.pod_name, "waiting for leadership");
         tokio::select! {
             _ = elector.acquire() => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
-        readiness.set(true);
     }
+    let restore = if shared {
+        None
+    } else {
+        match RestorePass::begin(&client, storage.as_ref(), restoring.clone()).await {
+            Ok(pass) => Some(Arc::new(pass)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot tell which published artifacts are missing; Ready without waiting");
+                None
+            }
+        }
+    };
+    let ready_after_restore = match restore.clone() {
+        None => {
+            readiness.set(true);
+            None
+        }
+        Some(pass) => Some(tokio::spawn(ready_after_restore(pass, restoring, readiness.clone(), c.restore_timeout))),
+    };
     let reporter =
         Reporter { controller: "externalsource-controller".into(), instance: Some(config.controller.pod_name.clone()) };
-    let ctx = Arc::new(Context::new(
+    let ctx = Context::new(
         client.clone(),
         storage,
         Fetcher::with_policy(
@@ -281,7 +312,11 @@ async fn run_controller(
         metrics,
         // This very binary, whatever happened to its file since it started.
         Sandbox::new(PathBuf::from("/proc/self/exe"), config.transform.clone()),
-    ));
+    );
+    let ctx = Arc::new(match restore {
+        Some(pass) => ctx.with_restore(pass),
+        None => ctx,
+    });
     tracing::info!(concurrency = config.controller.concurrency, "controller starting");
     let controller = controller::run(ctx, config.controller.concurrency, shutdown.clone().cancelled_owned());
     let lost = async {
@@ -298,8 +333,37 @@ async fn run_controller(
             Err(AppError::LeadershipLost)
         }
     };
+    if let Some(task) = ready_after_restore {
+        task.abort();
+    }
     if let Some(elector) = &elector {
         elector.release().await;
     }
     result
+}
+
+/// Turns Ready once the first pass stored every published artifact again, or at `timeout` with
+/// a warning; artifacts still missing at `timeout` stop answering 503 and answer 404.
+async fn ready_after_restore(pass: Arc<RestorePass>, restoring: Restoring, readiness: Readiness, timeout: Duration) {
+    let started = tokio::time::Instant::now();
+    tracing::info!(missing = pass.total(), ?timeout, "not Ready until the published artifacts are stored again");
+    if tokio::time::timeout(timeout, pass.finished()).await.is_ok() {
+        tracing::info!(artifacts = pass.total(), not_restored = restoring.len(), took = ?started.elapsed(), "first pass done; Ready");
+    } else {
+        tracing::warn!(
+            artifacts = pass.total(),
+            sources_not_reconciled = pass.remaining(),
+            ?timeout,
+            "the first pass did not reach every source within controller.restore_timeout; Ready anyway"
+        );
+    }
+    readiness.set(true);
+    tokio::time::sleep_until(started + timeout).await;
+    let left = restoring.clear();
+    if left > 0 {
+        tracing::warn!(
+            artifacts = left,
+            "published artifacts still missing after controller.restore_timeout now answer 404"
+        );
+    }
 }

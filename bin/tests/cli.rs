@@ -112,12 +112,40 @@ fn unknown_keys_and_tables_are_errors() {
 }
 
 #[test]
+fn leader_election_timings_follow_client_go_rules() {
+    for (text, expect) in [
+        (
+            "lease_duration = \"10s\"\nrenew_deadline = \"10s\"",
+            ["controller.renew_deadline", "10s", "shorter than controller.lease_duration (10s)"],
+        ),
+        (
+            "renew_deadline = \"2s\"\nretry_period = \"2s\"",
+            ["controller.retry_period", "2s", "controller.renew_deadline (2s) divided by 1.2"],
+        ),
+    ] {
+        let file = config_file(&format!("[controller]\n{text}\n"));
+        let o = run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]);
+        assert_eq!(o.status.code(), Some(2), "{text}");
+        for needle in expect {
+            assert!(stderr(&o).contains(needle), "{text}: {} lacks {needle:?}", stderr(&o));
+        }
+    }
+    let file = config_file(
+        "[controller]\nlease_duration = \"4s\"\nrenew_deadline = \"2s\"\nretry_period = \"500ms\"\nrestore_timeout = \"30s\"\n",
+    );
+    let t = printed(&run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]));
+    assert_eq!(get(&t, "controller.lease_duration").as_str(), Some("4s"));
+    assert_eq!(get(&t, "controller.retry_period").as_str(), Some("500ms"));
+    assert_eq!(get(&t, "controller.restore_timeout").as_str(), Some("30s"));
+}
+
+#[test]
 fn list_backends_prints_each_linked_backend_with_capabilities() {
     let o = run(&["--list-backends"], &[]);
     assert!(o.status.success());
     let mut expected = Vec::new();
     if cfg!(feature = "filesystem") {
-        expected.push("filesystem serves_http");
+        expected.push("filesystem serves_http (shared = true on a ReadWriteMany volume makes it shared)");
     }
     if cfg!(feature = "memory") {
         expected.push("memory serves_http");
@@ -145,9 +173,12 @@ fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
     use std::io::{Read, Write};
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let file = config_file(
-        "[server]\nbind_address = \"127.0.0.1\"\nshutdown_delay = \"1500ms\"\n[ops]\nbind_address = \"127.0.0.1\"\n",
-    );
+    let store = tempfile::tempdir().unwrap();
+    let file = config_file(&format!(
+        "[server]\nbind_address = \"127.0.0.1\"\nshutdown_delay = \"1500ms\"\n[ops]\nbind_address = \"127.0.0.1\"\n\
+         [storage]\nbackend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\nshared = true\n",
+        store.path().display()
+    ));
     // Started with a low soft open-file limit (a shell lowers it, then execs the binary), so
     // the raise at start-up is visible.
     let mut child = Command::new("bash")
@@ -269,55 +300,147 @@ fn a_configuration_that_does_not_fit_the_memory_limit_is_refused() {
 }
 
 #[test]
-fn the_ops_port_answers_while_a_large_store_is_still_being_opened() {
-    use std::io::{Read, Write};
-    // A filesystem store the start-up scan takes a while to hash (the debug build hashes slowly).
+fn serve_refuses_a_store_that_is_not_shared() {
     let store = tempfile::tempdir().unwrap();
-    for i in 0..600u32 {
+    for (table, backend) in [
+        (String::new(), "memory"),
+        (
+            format!(
+                "[storage]\nbackend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\n",
+                store.path().display()
+            ),
+            "filesystem",
+        ),
+    ] {
+        let (ops, port) = (free_port(), free_port());
+        let file = config_file(&format!("[ops]\nport = {ops}\n[server]\nport = {port}\n{table}"));
+        let o = run(&["serve", "--config", file.path().to_str().unwrap()], &[]);
+        assert_eq!(o.status.code(), Some(1), "{backend}: {}", stderr(&o));
+        let err = stderr(&o);
+        for needle in ["`serve`", &format!("the {backend} store is private"), "storage.filesystem.shared = true"] {
+            assert!(err.contains(needle), "{backend}: {err:?} lacks {needle:?}");
+        }
+    }
+}
+
+/// Writes `count` artifacts of `size` bytes, each named by its digest, under `root`.
+fn fill_store(root: &std::path::Path, count: u32, size: usize) {
+    for i in 0..count {
         let body: Vec<u8> =
-            (0..128 * 1024u32).map(|j| (j.wrapping_mul(2_654_435_761) ^ i.wrapping_mul(97)) as u8).collect();
-        let dir = store.path().join(format!("artifacts/ns/s{i}"));
+            (0..size as u32).map(|j| (j.wrapping_mul(2_654_435_761) ^ i.wrapping_mul(97)) as u8).collect();
+        let dir = root.join(format!("artifacts/ns/s{i}"));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{}.tar.gz", externalsource_core::Digest::of(&body).hex())), &body).unwrap();
     }
+}
+
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    std::str::from_utf8(out.get(9..12)?).ok()?.parse().ok()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start-up does not read the store: 20,000 artifacts are indexed from their names, `/healthz`
+/// answers within a second, Ready follows, and the content is verified in the background (a
+/// corrupt artifact is removed, never served). Run as an unprivileged user, so a directory it
+/// may not read is a real permission error: logged and skipped, not fatal.
+#[test]
+fn start_up_with_20000_artifacts_is_fast_and_survives_unreadable_entries() {
+    const ARTIFACTS: u32 = 20_000;
+    let store = tempfile::tempdir().unwrap();
+    fill_store(store.path(), ARTIFACTS, 4096);
+    let corrupt =
+        store.path().join(format!("artifacts/ns/bad/{}.tar.gz", externalsource_core::Digest::of(b"promised").hex()));
+    std::fs::create_dir_all(corrupt.parent().unwrap()).unwrap();
+    std::fs::write(&corrupt, b"tampered").unwrap();
+    let locked = store.path().join("artifacts/locked");
+    std::fs::create_dir_all(&locked).unwrap();
+    fill_store(&locked, 1, 16);
+    let unprivileged = 65534u32;
+    assert!(
+        Command::new("chown")
+            .args(["-R", &format!("{unprivileged}:{unprivileged}")])
+            .arg(store.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(Command::new("chown").args(["-R", "0:0"]).arg(&locked).status().unwrap().success());
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
+
     let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let file = config_file(&format!(
         "[server]\nbind_address = \"127.0.0.1\"\nport = {port}\nshutdown_delay = \"0s\"\n[ops]\nbind_address = \"127.0.0.1\"\nport = {ops}\n\
-         [storage]\nbackend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\n",
+         [storage]\nbackend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\nshared = true\n[log]\nformat = \"json\"\n",
         store.path().display()
     ));
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
     let started = std::time::Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_externalsource-controller"))
-        .args(["serve", "--config", file.path().to_str().unwrap()])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let status = |path: &str| -> Option<u16> {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", ops)).ok()?;
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        out.get(9..12)?.parse().ok()
-    };
+    let mut child = KillOnDrop(
+        Command::new("setpriv")
+            .args(["--reuid", &unprivileged.to_string(), "--regid", &unprivileged.to_string(), "--clear-groups", "--"])
+            .arg(env!("CARGO_BIN_EXE_externalsource-controller"))
+            .args(["serve", "--config", file.path().to_str().unwrap()])
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let mut healthy_at = None;
-    let mut not_ready_seen = false;
     let ready_at = loop {
-        assert!(started.elapsed() < std::time::Duration::from_secs(120), "never became ready");
-        if healthy_at.is_none() && status("/healthz") == Some(200) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "never became ready");
+        assert!(child.0.try_wait().unwrap().is_none(), "exited: {}", std::fs::read_to_string(log.path()).unwrap());
+        if healthy_at.is_none() && http_status(ops, "/healthz") == Some(200) {
             healthy_at = Some(started.elapsed());
         }
-        match status("/readyz") {
-            Some(200) => break started.elapsed(),
-            Some(503) => not_ready_seen = true,
-            _ => {}
+        if http_status(ops, "/readyz") == Some(200) {
+            break started.elapsed();
         }
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
-    let healthy_at = healthy_at.expect("/healthz answered");
+    let healthy_at = healthy_at.unwrap_or(ready_at);
+    eprintln!("{ARTIFACTS} artifacts: /healthz after {healthy_at:?}, Ready after {ready_at:?}");
     assert!(healthy_at < std::time::Duration::from_secs(1), "/healthz first answered after {healthy_at:?}");
-    assert!(not_ready_seen, "/readyz said 503 while the store was being opened (ready after {ready_at:?})");
-    assert!(healthy_at < ready_at);
+    assert!(ready_at < std::time::Duration::from_secs(5), "Ready after {ready_at:?}");
+    let bad_path = corrupt.strip_prefix(store.path()).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(http_status(port, &format!("/{bad_path}")), Some(404), "a corrupt artifact is never served");
+    let good = std::fs::read_dir(store.path().join("artifacts/ns/s7")).unwrap().next().unwrap().unwrap().path();
+    let good_path = good.strip_prefix(store.path()).unwrap().to_str().unwrap().to_owned();
+    assert_eq!(http_status(port, &format!("/{good_path}")), Some(200));
+    let verified = loop {
+        let text = std::fs::read_to_string(log.path()).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains("filesystem store verified")) {
+            break line.to_owned();
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(120), "verification never finished: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status();
+    assert!(child.0.wait().unwrap().success());
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    assert!(!corrupt.exists(), "the corrupt artifact was removed so it is rebuilt");
+    // Every artifact but the one already hashed when it was served.
+    assert!(verified.contains(&format!("\"verified\":{}", ARTIFACTS - 1)), "{verified}");
+    let skipped =
+        text.lines().find(|l| l.contains("cannot read a store entry; skipped")).unwrap_or_else(|| panic!("{text}"));
+    assert!(skipped.contains("artifacts/locked"), "{skipped}");
 }

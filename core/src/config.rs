@@ -95,6 +95,17 @@ pub struct ControllerConfig {
     pub leader_election: bool,
     pub lease_name: String,
     pub pod_name: String,
+    /// How long a lease nobody renews stays held (client-go's `LeaseDuration`).
+    pub lease_duration: Duration,
+    /// How long a leader keeps trying to renew before it steps down; below `lease_duration`
+    /// so it has stopped before anyone may take the lease.
+    pub renew_deadline: Duration,
+    /// Pause between acquire or renew attempts.
+    pub retry_period: Duration,
+    /// With a store that is not shared: how long a new leader (or a restarted single replica)
+    /// waits for its first pass to re-store every published artifact before it turns Ready
+    /// anyway; until then the missing artifacts answer 503 with `Retry-After`.
+    pub restore_timeout: Duration,
     /// The memory the process may use; `None`: the cgroup limit, read at start-up.
     pub memory_limit: Option<u64>,
     /// What start-up does when the configuration may need more than the limit.
@@ -256,6 +267,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "leader_election",
             "lease_name",
             "pod_name",
+            "lease_duration",
+            "renew_deadline",
+            "retry_period",
+            "restore_timeout",
             "memory_limit",
             "memory_check",
         ],
@@ -386,6 +401,10 @@ impl ConfigLoader {
             leader_election: r.bool("controller.leader_election", true)?,
             lease_name: r.string("controller.lease_name", "externalsource-controller-leader")?,
             pod_name: r.string("controller.pod_name", &default_pod)?,
+            lease_duration: r.duration("controller.lease_duration", "15s", Duration::from_secs(1))?,
+            renew_deadline: r.duration("controller.renew_deadline", "10s", Duration::from_millis(500))?,
+            retry_period: r.duration("controller.retry_period", "2s", Duration::from_millis(100))?,
+            restore_timeout: r.duration("controller.restore_timeout", "2m", Duration::ZERO)?,
             memory_limit: r.optional_size("controller.memory_limit")?,
             memory_check: match r.string("controller.memory_check", "refuse")?.as_str() {
                 "refuse" => MemoryCheck::Refuse,
@@ -394,6 +413,24 @@ impl ConfigLoader {
             },
         };
         r.dns_label("controller.lease_name", &controller.lease_name)?;
+        // client-go's rule: a leader gives up renewing before its lease can lapse, and tries
+        // more than once within that deadline.
+        if controller.renew_deadline >= controller.lease_duration {
+            let text = format_duration(controller.renew_deadline);
+            let rule = format!(
+                "must be shorter than controller.lease_duration ({})",
+                format_duration(controller.lease_duration)
+            );
+            return Err(r.invalid("controller.renew_deadline", &text, &rule));
+        }
+        if controller.retry_period.mul_f64(1.2) >= controller.renew_deadline {
+            let text = format_duration(controller.retry_period);
+            let rule = format!(
+                "must be shorter than controller.renew_deadline ({}) divided by 1.2, so a renewal is retried in time",
+                format_duration(controller.renew_deadline)
+            );
+            return Err(r.invalid("controller.retry_period", &text, &rule));
+        }
         let max_size = r.size("fetch.max_size", "64MiB", 1)?;
         // One body of the largest size and its packaged copy must fit.
         let one_fetch = max_size.saturating_mul(2);
@@ -718,6 +755,10 @@ impl Config {
         controller.insert("leader_election".into(), V::Boolean(c.leader_election));
         controller.insert("lease_name".into(), s(&c.lease_name));
         controller.insert("pod_name".into(), s(&c.pod_name));
+        controller.insert("lease_duration".into(), s(&format_duration(c.lease_duration)));
+        controller.insert("renew_deadline".into(), s(&format_duration(c.renew_deadline)));
+        controller.insert("retry_period".into(), s(&format_duration(c.retry_period)));
+        controller.insert("restore_timeout".into(), s(&format_duration(c.restore_timeout)));
         if let Some(limit) = c.memory_limit {
             controller.insert("memory_limit".into(), s(&format_size(limit)));
         }

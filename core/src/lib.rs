@@ -9,6 +9,7 @@ pub mod digest;
 pub mod key;
 pub mod package;
 pub mod registry;
+pub mod restore;
 pub mod storage;
 pub mod units;
 

@@ -9,11 +9,12 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use externalsource_core::restore::Restoring;
 use externalsource_core::{ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
 use futures::future::BoxFuture;
 use http::header::{
     ACCEPT_RANGES, ALLOW, CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, ETAG,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, InvalidHeaderValue, LAST_MODIFIED, RANGE,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, InvalidHeaderValue, LAST_MODIFIED, RANGE, RETRY_AFTER,
 };
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use prometheus_client::registry::Registry;
@@ -37,7 +38,11 @@ pub struct ArtifactRoutes(Arc<Inner>);
 struct Inner {
     storage: Arc<dyn Storage>,
     metrics: ServerMetrics,
+    restoring: Restoring,
 }
+
+/// What a client is told to wait before asking again for an artifact being restored.
+const RESTORE_RETRY_AFTER: HeaderValue = HeaderValue::from_static("5");
 
 impl ArtifactRoutes {
     /// Routes over `storage`, with their metrics registered in `registry`; `None` (and nothing
@@ -57,7 +62,14 @@ impl ArtifactRoutes {
             tracing::info!(backend = storage.name(), "backend does not serve HTTP; artifact routes not mounted");
             return None;
         }
-        Some(Self(Arc::new(Inner { storage, metrics })))
+        Some(Self(Arc::new(Inner { storage, metrics, restoring: Restoring::default() })))
+    }
+
+    /// Requests for keys in `restoring` that the store does not hold yet answer 503 with
+    /// `Retry-After` instead of 404 (see [`Restoring`]).
+    pub fn with_restoring(self, restoring: Restoring) -> Self {
+        let inner = Inner { storage: self.0.storage.clone(), metrics: self.0.metrics.clone(), restoring };
+        Self(Arc::new(inner))
     }
 
     async fn respond(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response<Body> {
@@ -71,6 +83,11 @@ impl ArtifactRoutes {
         };
         match self.artifact(method, &key, headers).await {
             Ok(response) => response,
+            Err(Failure::Storage(StorageError::NotFound(_))) if self.0.restoring.contains(&key) => {
+                let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "artifact being restored; retry later\n");
+                response.headers_mut().insert(RETRY_AFTER, RESTORE_RETRY_AFTER);
+                response
+            }
             Err(Failure::Storage(e)) => storage_error(&key, &e),
             Err(Failure::Header(e)) => {
                 tracing::error!(key = %key, error = %e, "could not encode a response header");

@@ -219,6 +219,8 @@ max_bytes = "4GiB"
 
 [storage.filesystem]
 root = "${5:-$RUN/unused-root}"
+# `serve` reads a store other replicas write; these benchmarks pre-fill the directory.
+shared = true
 
 [log]
 level = "warn"
@@ -330,15 +332,15 @@ section_memory() {
   sleep "$settle"
   nginx_rss=$(rss_tree_kib "$npid")
   stop_pid "$npid"
-  for backend in memory filesystem; do
-    start_ours "idle-$backend" "$backend" "$RUN/empty-root"
-    sleep "$settle"
-    ours=$(rss_kib "$OURS_PID")
-    stop_pid "$OURS_PID"
-    record "memory" "idle RSS, serve --storage-backend $backend" "$(human_bytes $((ours * 1024)))" \
-      "nginx idle (master + 2 workers): $(human_bytes $((nginx_rss * 1024)))" "$(calc "f'{$ours / $nginx_rss:.2f}×'")" \
-      "≤ 20 MiB" "$(verdict "$(calc "$ours / 1024")" "<=" 20)"
-  done
+  # `serve` refuses the memory backend (it would hold nothing); its idle figure is the
+  # preloaded server's, empty, below.
+  start_ours "idle-filesystem" filesystem "$RUN/empty-root"
+  sleep "$settle"
+  ours=$(rss_kib "$OURS_PID")
+  stop_pid "$OURS_PID"
+  record "memory" "idle RSS, serve --storage-backend filesystem" "$(human_bytes $((ours * 1024)))" \
+    "nginx idle (master + 2 workers): $(human_bytes $((nginx_rss * 1024)))" "$(calc "f'{$ours / $nginx_rss:.2f}×'")" \
+    "≤ 20 MiB" "$(verdict "$(calc "$ours / 1024")" "<=" 20)"
   # The memory backend holding N x 64 KiB: marginal RSS over the bytes stored.
   local adir=$RUN/memory-artifacts
   python3 - "$adir" "$MEMORY_ARTIFACTS" <<'EOF'
@@ -355,6 +357,9 @@ EOF
   sleep "$settle"
   empty=$(rss_kib "$MEM_PID")
   stop_pid "$MEM_PID"
+  record "memory" "idle RSS, memory backend (bench-serve-memory, empty)" "$(human_bytes $((empty * 1024)))" \
+    "nginx idle (master + 2 workers): $(human_bytes $((nginx_rss * 1024)))" "$(calc "f'{$empty / $nginx_rss:.2f}×'")" \
+    "≤ 20 MiB" "$(verdict "$(calc "$empty / 1024")" "<=" 20)"
   start_membench mem-loaded "$adir"
   # Touch every artifact once, as consumers would.
   local i

@@ -212,30 +212,77 @@ pub fn remove(root: &Path, key: &ObjectKey) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// Walks `dir` (never following symlinks) and calls `f` with each regular file's key.
-fn walk(root: &Path, dir: &Path, f: &mut dyn FnMut(&Path, Option<ObjectKey>, &fs::Metadata)) -> io::Result<()> {
+/// An entry the walk could not read (permissions, I/O errors, removed meanwhile): logged and
+/// skipped, so one bad entry never hides the rest of the store.
+#[derive(Debug)]
+pub struct Unreadable {
+    pub path: PathBuf,
+    pub error: io::Error,
+}
+
+/// Removes the file of `key` if it is still the version `id` (a replica may have replaced it).
+pub fn remove_version(root: &Path, key: &ObjectKey, id: FileId) -> Result<(), StorageError> {
+    let err = |e| io_error("delete", key.as_str(), e);
+    if !parents_are_real_dirs(root, key).map_err(err)? {
+        return Ok(());
+    }
+    let path = path_of(root, key);
+    match fs::symlink_metadata(&path) {
+        Ok(md) if md.file_type().is_file() && FileId::of(&md) == id => fs::remove_file(&path).map_err(err),
+        Ok(_) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
+        Err(e) => Err(err(e)),
+    }
+}
+
+/// Walks `dir` (never following symlinks) and calls `f` with each non-directory entry and its
+/// key, if its path is a valid key. Entries that cannot be read are pushed to `unreadable`.
+fn walk(
+    root: &Path,
+    dir: &Path,
+    f: &mut dyn FnMut(&Path, Option<ObjectKey>, &fs::Metadata),
+    unreadable: &mut Vec<Unreadable>,
+) {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
-        Err(e) if is_missing(&e) => return Ok(()),
-        Err(e) => return Err(e),
+        // Removed meanwhile (a delete on a shared volume): nothing to report.
+        Err(e) if is_missing(&e) => return,
+        Err(error) => return unreadable.push(Unreadable { path: dir.to_owned(), error }),
     };
     for entry in entries {
-        let entry = entry?;
-        let path = entry.path();
-        let md = fs::symlink_metadata(&path)?;
+        let path = match entry {
+            Ok(entry) => entry.path(),
+            Err(error) => {
+                unreadable.push(Unreadable { path: dir.to_owned(), error });
+                continue;
+            }
+        };
+        let md = match fs::symlink_metadata(&path) {
+            Ok(md) => md,
+            Err(e) if is_missing(&e) => continue,
+            Err(error) => {
+                unreadable.push(Unreadable { path, error });
+                continue;
+            }
+        };
         if md.file_type().is_dir() {
-            walk(root, &path, f)?;
+            walk(root, &path, f, unreadable);
         } else {
             let key =
                 path.strip_prefix(root).ok().and_then(|rel| rel.to_str()).and_then(|rel| ObjectKey::parse(rel).ok());
             f(&path, key, &md);
         }
     }
-    Ok(())
 }
 
-/// Keys of the regular files whose key starts with `prefix`, sorted.
-pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<ObjectKey>, StorageError> {
+fn log_unreadable(unreadable: &[Unreadable]) {
+    for u in unreadable {
+        tracing::warn!(path = %u.path.display(), error = %u.error, "cannot read a store entry; skipped");
+    }
+}
+
+/// Keys of the regular files whose key starts with `prefix`, sorted, with their identities.
+pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<(ObjectKey, FileId)>, StorageError> {
     let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
     let start = if dir_part.is_empty() {
         root.to_owned()
@@ -254,69 +301,79 @@ pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<ObjectKey>, StorageErr
         return Ok(Vec::new());
     }
     let mut keys = Vec::new();
-    walk(root, &start, &mut |_, key, md| {
-        if let Some(key) = key.filter(|k| md.file_type().is_file() && k.as_str().starts_with(prefix)) {
-            keys.push(key);
-        }
-    })
-    .map_err(|e| io_error("list", prefix, e))?;
-    keys.sort();
+    let mut unreadable = Vec::new();
+    walk(
+        root,
+        &start,
+        &mut |_, key, md| {
+            if let Some(key) = key.filter(|k| md.file_type().is_file() && k.as_str().starts_with(prefix)) {
+                keys.push((key, FileId::of(md)));
+            }
+        },
+        &mut unreadable,
+    );
+    log_unreadable(&unreadable);
+    keys.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(keys)
 }
 
-/// The name an artifact must have for its content: `<digest hex>.tar.gz`.
-fn expected_hex(key: &ObjectKey) -> Option<&str> {
+/// The digest an artifact's name promises: artifact keys end in `<digest hex>.tar.gz`, so the
+/// name is the digest persisted at put time, and start-up needs no hashing to know it.
+pub fn claimed_digest(key: &ObjectKey) -> Option<Digest> {
     let hex = key.file_name().strip_suffix(".tar.gz")?;
-    (key.as_str().starts_with(externalsource_core::key::ARTIFACT_PREFIX)
-        && hex.len() == 64
-        && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-    .then_some(hex)
+    if !key.as_str().starts_with(externalsource_core::key::ARTIFACT_PREFIX) {
+        return None;
+    }
+    Digest::parse(&format!("{}:{hex}", externalsource_core::digest::ALGORITHM))
 }
 
-/// Creates the root if needed, removes temp leftovers and corrupt artifacts, hashes the rest.
+/// Creates the root if needed, removes leftovers of interrupted writes (on a shared volume
+/// only those older than `temp_age`, as another replica may be writing), and indexes every
+/// artifact from its name and `lstat` alone: no file is read, so start-up time does not grow
+/// with the bytes stored. Content is verified later (see `verify`).
 #[allow(clippy::type_complexity)]
-pub fn scan(root: &Path) -> Result<(PathBuf, Vec<(FileId, ObjectMeta)>, ScanReport), StorageError> {
+pub fn scan(
+    root: &Path,
+    temp_age: Option<std::time::Duration>,
+) -> Result<(PathBuf, Vec<(FileId, ObjectMeta)>, ScanReport), StorageError> {
     let err = |e| io_error("scan", &root.display().to_string(), e);
     fs::create_dir_all(root).map_err(err)?;
     let root = fs::canonicalize(root).map_err(err)?;
+    // The root itself must be readable: without it there is no store at all.
+    fs::read_dir(&root).map_err(err)?;
     let mut report = ScanReport::default();
     let mut found = Vec::new();
-    let mut failure = None;
-    walk(&root, &root, &mut |path, key, md| {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with(TEMP_PREFIX) && md.file_type().is_file() {
-            if fs::remove_file(path).is_ok() {
-                report.temp_files_removed += 1;
-            }
-            return;
-        }
-        let Some(key) = key.filter(|_| md.file_type().is_file()) else {
-            report.ignored.push(path.display().to_string());
-            return;
-        };
-        let hashed = File::open(path).map_err(|e| io_error("scan", key.as_str(), e)).and_then(|mut f| {
-            let md = f.metadata().map_err(|e| io_error("scan", key.as_str(), e))?;
-            hash_file(&key, &mut f, &md).map(|meta| (FileId::of(&md), meta))
-        });
-        match hashed {
-            Ok((id, meta)) => {
-                if expected_hex(&key).is_some_and(|hex| hex != meta.digest.hex()) {
-                    tracing::warn!(key = %key, digest = %meta.digest, "stored artifact does not match its name; removed so it is rebuilt");
-                    let _ = fs::remove_file(path);
-                    report.corrupt_removed.push(key.to_string());
-                    return;
+    let mut unreadable = Vec::new();
+    let now = SystemTime::now();
+    walk(
+        &root,
+        &root,
+        &mut |path, key, md| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.starts_with(TEMP_PREFIX) && md.file_type().is_file() {
+                let old_enough = temp_age.is_none_or(|age| {
+                    md.modified().ok().and_then(|m| now.duration_since(m).ok()).is_some_and(|a| a >= age)
+                });
+                if old_enough && fs::remove_file(path).is_ok() {
+                    report.temp_files_removed += 1;
                 }
-                report.objects += 1;
-                report.bytes += meta.size;
-                found.push((id, meta));
+                return;
             }
-            Err(e) => failure = Some(e),
-        }
-    })
-    .map_err(err)?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
+            let Some(key) = key.filter(|_| md.file_type().is_file()) else {
+                report.ignored.push(path.display().to_string());
+                return;
+            };
+            report.objects += 1;
+            report.bytes += md.len();
+            if let Some(digest) = claimed_digest(&key) {
+                let last_modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                found.push((FileId::of(md), ObjectMeta { key, size: md.len(), digest, last_modified }));
+            }
+        },
+        &mut unreadable,
+    );
+    log_unreadable(&unreadable);
+    report.unreadable = unreadable.into_iter().map(|u| u.path.display().to_string()).collect();
     for ignored in &report.ignored {
         tracing::warn!(path = %ignored, "ignoring an entry that is not a regular file with a valid key");
     }

@@ -34,7 +34,7 @@ async fn objects_live_at_root_slash_key_and_survive_a_restart() {
 }
 
 #[tokio::test]
-async fn start_up_scan_removes_temp_files_and_corrupt_artifacts() {
+async fn start_up_removes_temp_files_and_verification_removes_corrupt_artifacts() {
     let dir = tempfile::tempdir().unwrap();
     let good = Bytes::from_static(b"good");
     let good_key = format!("artifacts/ns/a/{}.tar.gz", Digest::of(&good).hex());
@@ -48,10 +48,57 @@ async fn start_up_scan_removes_temp_files_and_corrupt_artifacts() {
     let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
     let report = s.scan_report().clone();
     assert_eq!(report.temp_files_removed, 1);
-    assert_eq!(report.corrupt_removed, vec![bad_key.clone()]);
-    assert_eq!(report.objects, 1);
+    assert_eq!(report.objects, 2, "the scan reads no content");
+    let verified = s.verification().await;
+    assert_eq!(verified.corrupt_removed, vec![bad_key.clone()]);
+    assert_eq!(verified.verified, 1);
     assert!(matches!(s.stat(&key(&bad_key)).await, Err(StorageError::NotFound(_))));
+    assert!(!dir.path().join(&bad_key).exists());
     assert_eq!(s.list("artifacts/").await.unwrap().len(), 1);
+}
+
+/// A corrupt artifact is never served, even when asked for before the background verification
+/// reaches it: an unverified entry is hashed on first access.
+#[tokio::test]
+async fn an_unverified_artifact_is_hashed_before_it_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let small_bad = format!("artifacts/ns/a/{}.tar.gz", Digest::of(b"promised").hex());
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    let big_bad = format!("artifacts/ns/b/{}.tar.gz", Digest::of(&big).hex());
+    let big_good = format!("artifacts/ns/c/{}.tar.gz", Digest::of(&big).hex());
+    for (k, body) in [(&small_bad, &b"tampered"[..]), (&big_bad, &vec![8u8; 1 << 20][..]), (&big_good, &big[..])] {
+        std::fs::create_dir_all(dir.path().join(k).parent().unwrap()).unwrap();
+        std::fs::write(dir.path().join(k), body).unwrap();
+    }
+    let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
+    assert!(matches!(s.get(&key(&small_bad), None).await, Err(StorageError::NotFound(_))));
+    assert!(matches!(s.get(&key(&big_bad), None).await, Err(StorageError::NotFound(_))));
+    let got = s.get(&key(&big_good), None).await.unwrap();
+    assert_eq!(got.meta.digest, Digest::of(&big));
+    assert_eq!(got.collect().await.unwrap(), big);
+    assert!(!dir.path().join(&small_bad).exists() && !dir.path().join(&big_bad).exists());
+}
+
+/// On a volume other replicas write, a temporary file may be another replica's put in
+/// progress: only old ones are removed.
+#[tokio::test]
+async fn a_shared_store_keeps_recent_temp_files_and_says_it_is_shared() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("artifacts/ns/a")).unwrap();
+    let temp = dir.path().join("artifacts/ns/a/.~tmp-1-2-x.tar.gz");
+    std::fs::write(&temp, b"being written").unwrap();
+    let options = OpenOptions { base_url: None, shared: true };
+    let s = FilesystemStorage::open_with(dir.path(), options.clone()).await.unwrap();
+    assert!(s.capabilities().shared);
+    assert_eq!(s.scan_report().temp_files_removed, 0);
+    assert!(temp.exists());
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
+    std::fs::File::options().write(true).open(&temp).unwrap().set_modified(old).unwrap();
+    let s = FilesystemStorage::open_with(dir.path(), options).await.unwrap();
+    assert_eq!(s.scan_report().temp_files_removed, 1);
+    assert!(!temp.exists());
+    let private = FilesystemStorage::open(dir.path(), None).await.unwrap();
+    assert!(!private.capabilities().shared);
 }
 
 #[tokio::test]

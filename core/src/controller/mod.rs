@@ -14,6 +14,7 @@ pub mod outcome;
 pub mod plan;
 pub mod reconcile;
 pub mod redact;
+pub mod restore;
 pub mod revision;
 pub mod transform;
 

@@ -28,6 +28,7 @@ use super::metrics::{Metrics, ObjectLabels, ReconcileLabels, ResultLabels};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{self, ConfigProblem, Defaults, Plan};
 use super::redact::redact_url;
+use super::restore::RestorePass;
 use super::revision::revision;
 use super::transform::TransformError;
 use super::transform::sandbox::Sandbox;
@@ -87,6 +88,8 @@ pub struct Context {
     /// Failed cleanup attempts per UID of an object being deleted; an entry stays after the
     /// finalizer was released anyway (one per abandoned cleanup), so stale retries stop at once.
     pub(super) cleanup_attempts: DashMap<String, u32>,
+    /// The first pass of a new leader over a store that is not shared, when one runs.
+    restore: Option<Arc<RestorePass>>,
 }
 
 impl Context {
@@ -117,7 +120,15 @@ impl Context {
             failures: DashMap::new(),
             namespace_slots: DashMap::new(),
             cleanup_attempts: DashMap::new(),
+            restore: None,
         }
+    }
+
+    /// Reports each reconcile to `pass`, so the process turns Ready once its store holds what
+    /// is published.
+    pub fn with_restore(mut self, pass: Arc<RestorePass>) -> Self {
+        self.restore = Some(pass);
+        self
     }
 
     /// A reconcile slot of `namespace`, or `None` when the namespace already uses all of its own.
@@ -210,6 +221,9 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
         other => other.map_err(|e| Error::Finalizer(Box::new(e))),
     };
     ctx.metrics.active_reconciliations.dec();
+    if let Some(pass) = &ctx.restore {
+        pass.attempted(&ns, &name, ctx.storage.as_ref()).await;
+    }
     let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
     if result.is_ok() {
         ctx.forget_failures(&(ns.clone(), name.clone()));
