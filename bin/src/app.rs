@@ -181,7 +181,10 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
     if mode == Command::Serve && !capabilities.shared {
         return Err(AppError::ServeNeedsShared { backend: config.backend });
     }
-    let restoring = Restoring::default();
+    // A store that is not shared holds nothing the cluster may still point at until the
+    // leader's first pass has run: 503, not 404, for any missing artifact until then.
+    let restoring =
+        if capabilities.shared || mode == Command::Serve { Restoring::default() } else { Restoring::everything() };
     let routes = if config.server.enabled {
         ArtifactRoutes::with_metrics(storage.clone(), server_metrics).map(|r| r.with_restoring(restoring.clone()))
     } else {
@@ -275,6 +278,7 @@ async fn run_controller(
             Ok(pass) => Some(Arc::new(pass)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell which published artifacts are missing; Ready without waiting");
+                restoring.clear();
                 None
             }
         }

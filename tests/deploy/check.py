@@ -51,6 +51,7 @@ FEATURE_GATE_ARG = "--feature-gates=ExternalArtifact=true"
 OVERLAYS: dict[str, str] = {
     "default": "memory",
     "filesystem": "filesystem",
+    "filesystem-shared": "filesystem",
     "s3-direct": "s3",
     "s3-proxy": "s3",
     "networkpolicy": "memory",
@@ -61,6 +62,14 @@ FIXTURE_OVERLAYS: dict[str, str] = {"name-prefix": "memory", "egress-policy": "m
 COMPONENTS = {"components/networkpolicy", "components/egress-policy", "components/s3", "flux-feature-gate"}
 
 SHARED_BACKENDS = {"s3"}  # every replica Ready; the others: only the leader is Ready
+
+
+def store_is_shared(backend: str, storage: dict) -> bool:
+    """s3 always; filesystem when `storage.filesystem.shared = true` (a ReadWriteMany volume)."""
+    if backend in SHARED_BACKENDS:
+        return True
+    fs = storage.get(backend) if isinstance(storage.get(backend), dict) else {}
+    return backend == "filesystem" and fs.get("shared") is True
 
 # The configuration file's tables and keys (core/src/config.rs and the backends' own tables).
 KNOWN_KEYS: dict[str, set[str]] = {
@@ -578,7 +587,12 @@ def check_workload(r: Report, scope: str, ren: Render, wl: dict, expected_backen
         backend = env0.get("STORAGE_BACKEND") or st.get("backend") or "memory"
         strategy = (wl.get("spec", {}).get("strategy") or {}).get("type", "RollingUpdate")
         replicas = wl.get("spec", {}).get("replicas", 1)
-        if backend not in SHARED_BACKENDS:
+        if store_is_shared(backend, st) and backend == "filesystem":
+            claims = [(v.get("persistentVolumeClaim") or {}).get("claimName") for v in pod.get("volumes") or []]
+            modes = [m for c in claims if c for m in (ren.get("PersistentVolumeClaim", c, ns) or {}).get("spec", {}).get("accessModes", [])]
+            r.check(scope, f"{wname}: a shared filesystem store is on a ReadWriteMany PVC", "ReadWriteMany" in modes,
+                    f"access modes {modes}")
+        if not store_is_shared(backend, st):
             r.check(scope, f"{wname}: Recreate strategy (backend {backend} is not shared: only the leader is Ready, "
                            "a surge rollout would never finish)", strategy == "Recreate", f"strategy {strategy}")
             r.check(scope, f"{wname}: one replica (backend {backend} is not shared)", replicas == 1, f"replicas {replicas}")

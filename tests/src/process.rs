@@ -73,6 +73,27 @@ impl ChildProcess {
         }
     }
 
+    /// Sends `signal` (a name such as `TERM`) without waiting.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.lock().unwrap_or_else(|e| e.into_inner()).id();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "{}: kill -{signal} {pid} failed", self.name);
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status, or `None` if still running.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.lock().unwrap_or_else(|e| e.into_inner()).try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process (SIGKILL) and reaps it.
     pub fn kill(&self) {
         let mut child = self.child.lock().unwrap_or_else(|e| e.into_inner());
