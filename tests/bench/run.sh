@@ -7,13 +7,16 @@
 #   connections  RSS and a 1 MiB download time with 10,000 idle connections open (peer: nginx)
 #   reconcile 1,000 ExternalSources against a local kube-apiserver (tests/bench/reconcile.sh)
 #   fetchmem  peak RSS of `concurrency` max-size fetches vs fetch.memory_budget (tests/bench/fetchmem.sh)
+#   startup   `serve` over filesystem stores of 0 to 20,000 artifacts: /healthz, /readyz and background
+#             verification times; peer: nginx's first 200 over the same directory (tests/bench/startup.sh)
 #
 # Usage: bash tests/bench/run.sh           full run (20 s per wrk run, 1/10/100 MiB payloads)
 #        SMOKE=1 bash tests/bench/run.sh   tiny sizes and 1 s runs; what CI runs so the harness does not rot
 #
 # Environment:
-#   BENCH_SECTIONS   sections to run (default "size serve memory connections package reconcile fetchmem";
+#   BENCH_SECTIONS   sections to run (default "size serve memory connections package reconcile fetchmem startup";
 #                    SMOKE drops reconcile and fetchmem)
+#   STARTUP_STORES   artifact counts of the startup section (default "0 5000 20000", SMOKE "0 500")
 #   IDLE_CONNECTIONS / DOWNLOADS   shape of the connections section (default 10000 / 21; SMOKE 300 / 3)
 #   BENCH_DURATION   seconds per wrk run (default 20, SMOKE 1)
 #   BENCH_WARMUP     seconds of wrk warm-up before each measured run (default 2, SMOKE 0)
@@ -34,7 +37,8 @@ source "$HERE/lib.sh"
 
 SMOKE=${SMOKE:-0}
 if [[ $SMOKE == 1 ]]; then
-  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package}
+  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package startup}
+  STARTUP_STORES=${STARTUP_STORES:-0 500}
   BENCH_DURATION=${BENCH_DURATION:-1}
   BENCH_WARMUP=${BENCH_WARMUP:-0}
   SERVE_SIZES=${SERVE_SIZES:-16KiB:16384:small 256KiB:262144:small 4MiB:4194304:large}
@@ -45,7 +49,8 @@ if [[ $SMOKE == 1 ]]; then
   IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-300}
   DOWNLOADS=${DOWNLOADS:-3}
 else
-  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package reconcile fetchmem}
+  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package reconcile fetchmem startup}
+  STARTUP_STORES=${STARTUP_STORES:-0 5000 20000}
   BENCH_DURATION=${BENCH_DURATION:-20}
   BENCH_WARMUP=${BENCH_WARMUP:-2}
   SERVE_SIZES=${SERVE_SIZES:-16KiB:16384:small 1MiB:1048576:small 50MiB:52428800:large}
@@ -503,10 +508,16 @@ section_fetchmem() {
   BIN=$BIN RUN=$RUN bash "$HERE/fetchmem.sh" || die "fetch memory benchmark failed; see $RUN/fetchmem"
 }
 
+section_startup() {
+  log "== start-up time vs store size (tests/bench/startup.sh)"
+  build_servers
+  BIN=$BIN RUN=$RUN STARTUP_STORES=$STARTUP_STORES bash "$HERE/startup.sh" || die "start-up benchmark failed; see $RUN/startup"
+}
+
 ensure_tools curl python3 nginx wrk hyperfine
 cd "$REPO"
 log "mode: $([[ $SMOKE == 1 ]] && echo smoke || echo full); sections: $BENCH_SECTIONS; output: $BENCH_OUT"
-for s in size serve memory connections package reconcile fetchmem; do
+for s in size serve memory connections package reconcile fetchmem startup; do
   if has_section "$s"; then "section_$s"; fi
 done
 FINISHED=1
