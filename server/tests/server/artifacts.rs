@@ -198,3 +198,40 @@ async fn other_methods_are_405_with_allow() {
         );
     }
 }
+
+/// A key being restored (published, not yet stored again by a new leader) answers 503 with
+/// `Retry-After`, so Flux retries instead of reading "gone"; other missing keys stay 404, and
+/// the key is served as soon as it is stored.
+#[tokio::test]
+async fn keys_being_restored_answer_503_with_retry_after_until_stored() {
+    use externalsource_core::restore::Restoring;
+    use externalsource_server::{ArtifactRoutes, ArtifactService};
+    for store in stores().await {
+        let body = payload(1000);
+        let key = externalsource_core::ObjectKey::artifact("flux-system", "podinfo", &Digest::of(&body)).unwrap();
+        let other = format!("/artifacts/flux-system/podinfo/{}.tar.gz", Digest::of(b"nothing").hex());
+        let restoring = Restoring::default();
+        restoring.expect([key.clone()]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        let routes =
+            ArtifactRoutes::new(store.storage.clone(), &mut registry).unwrap().with_restoring(restoring.clone());
+        let served = crate::start(ArtifactService::new(Some(routes)), test_options()).await;
+        let r = get(served.addr, &format!("/{key}")).await;
+        assert_eq!(r.status, 503, "{}", store.name);
+        assert_eq!(r.header("retry-after"), Some("5"), "{}", store.name);
+        assert_eq!(get(served.addr, &other).await.status, 404, "{}: a key nobody published", store.name);
+        let a = put_artifact(store.storage.as_ref(), body.clone()).await;
+        restoring.restored(&key);
+        let r = get(served.addr, &a.path).await;
+        assert_eq!((r.status, r.body), (200, body), "{}", store.name);
+
+        // Before the published keys are known (a standby), every missing artifact is 503.
+        let standby = Restoring::everything();
+        let mut registry = prometheus_client::registry::Registry::default();
+        let routes = ArtifactRoutes::new(store.storage.clone(), &mut registry).unwrap().with_restoring(standby);
+        let served = crate::start(ArtifactService::new(Some(routes)), test_options()).await;
+        assert_eq!(get(served.addr, &other).await.status, 503, "{}", store.name);
+        assert_eq!(get(served.addr, &a.path).await.status, 200, "{}: what it holds is served", store.name);
+        assert_eq!(get(served.addr, "/healthz").await.status, 404, "{}: not an artifact path", store.name);
+    }
+}
