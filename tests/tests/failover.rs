@@ -19,6 +19,10 @@ use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, free_port, 
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+/// The SeaweedFS server the s3 backend's own tests use (`WEED_BIN`, see `tests/s3/seaweedfs.sh`).
+#[path = "../../backends/s3/tests/support/mod.rs"]
+mod weed;
+
 /// One scenario at a time: each runs an apiserver, etcd and two controllers on 2 cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -40,17 +44,9 @@ struct Replica {
 }
 
 impl Replica {
-    fn new(name: &str, backend: &str, shared_root: Option<&Path>, cp: &ControlPlane, ns: &str, dir: &Path) -> Self {
+    /// `storage`: the body of the `[storage]` table and its backend table.
+    fn new(name: &str, storage: &str, cp: &ControlPlane, ns: &str, dir: &Path) -> Self {
         let (server_port, ops_port) = (free_port(), free_port());
-        let storage = match shared_root {
-            Some(root) => {
-                format!(
-                    "backend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\nshared = true\n",
-                    root.display()
-                )
-            }
-            None => format!("backend = \"{backend}\"\n"),
-        };
         let text = format!(
             "[server]\nbind_address = \"127.0.0.1\"\nport = {server_port}\n\
              advertise_url = \"http://artifacts.test\"\nshutdown_delay = \"{}ms\"\nshutdown_grace = \"15s\"\n\
@@ -321,8 +317,8 @@ async fn memory_leader_killed_the_standby_restores_and_no_download_fails() {
     let ns = cp.namespace("failover-memory").await;
     // The restore after the failover fetches from here: slow, so its 503 window is visible.
     let upstream = Fixture::start(Reply::ok("key: value\n")).await;
-    let mut a = Replica::new("replica-a", "memory", None, &cp, &ns, &dir);
-    let mut b = Replica::new("replica-b", "memory", None, &cp, &ns, &dir);
+    let mut a = Replica::new("replica-a", "backend = \"memory\"\n", &cp, &ns, &dir);
+    let mut b = Replica::new("replica-b", "backend = \"memory\"\n", &cp, &ns, &dir);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     a.start();
     a.wait_ready(&http).await;
@@ -401,21 +397,46 @@ async fn memory_leader_killed_the_standby_restores_and_no_download_fails() {
     assert!(log.contains("first pass done; Ready"), "the restore is logged");
 }
 
-/// Shared filesystem, two replicas, both Ready: SIGTERM of each in turn during 200 slow
-/// downloads with new ones arriving (a rolling restart) fails none; then kill -9 of the leader
-/// loses nothing, and the new leader publishes a new revision.
+/// A shared filesystem (one directory both replicas mount).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_filesystem_rolling_restart_and_leader_kill_fail_no_download() {
     let _serial = SERIAL.lock().await;
     let dir = work_dir("shared-filesystem");
-    let root = dir.join("store");
+    let storage = format!(
+        "backend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\nshared = true\n",
+        dir.join("store").display()
+    );
+    shared_store_rolling_restart_and_leader_kill(&dir, &storage, "filesystem").await;
+}
+
+/// S3 in proxy mode (every replica streams from the bucket).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_rolling_restart_and_leader_kill_fail_no_download() {
+    let _serial = SERIAL.lock().await;
+    let dir = work_dir("s3");
+    let weed = weed::Weed::start_new().await;
+    let bucket = weed.bucket().await;
+    let storage = format!(
+        "backend = \"s3\"\n[storage.s3]\nbucket = \"{bucket}\"\nendpoint = \"{}\"\npath_style = true\n\
+         mode = \"proxy\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        weed.endpoint,
+        weed::ACCESS_KEY,
+        weed::SECRET_KEY
+    );
+    shared_store_rolling_restart_and_leader_kill(&dir, &storage, "s3").await;
+}
+
+/// Two replicas over a shared store, both Ready: SIGTERM of each in turn during 200 slow
+/// downloads with new ones arriving (a rolling restart) fails none; then kill -9 of the leader
+/// loses nothing, and the new leader publishes a new revision.
+async fn shared_store_rolling_restart_and_leader_kill(dir: &Path, storage: &str, what: &str) {
     let cp = ControlPlane::start().await;
-    let ns = cp.namespace("failover-shared").await;
+    let ns = cp.namespace(&format!("failover-{what}")).await;
     // 512 KiB of incompressible bytes read slowly (a pause after each chunk): downloads outlast the shutdown delay.
     let payload: Vec<u8> = (0..512 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     let upstream = Fixture::start(Reply::ok(payload.clone())).await;
-    let mut a = Replica::new("replica-a", "filesystem", Some(&root), &cp, &ns, &dir);
-    let mut b = Replica::new("replica-b", "filesystem", Some(&root), &cp, &ns, &dir);
+    let mut a = Replica::new("replica-a", storage, &cp, &ns, dir);
+    let mut b = Replica::new("replica-b", storage, &cp, &ns, dir);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     a.start();
     a.wait_ready(&http).await;
@@ -450,7 +471,10 @@ async fn shared_filesystem_rolling_restart_and_leader_kill_fail_no_download() {
         replica.start();
         replica.wait_ready(&http).await;
         let done = downloads.ok.load(Ordering::Relaxed) - before;
-        eprintln!("rolling restart of {}: exited {took:?} after SIGTERM; {done} downloads meanwhile", replica.name);
+        eprintln!(
+            "{what}: rolling restart of {}: exited {took:?} after SIGTERM; {done} downloads meanwhile",
+            replica.name
+        );
         assert_eq!(downloads.failures(), Vec::<String>::new(), "SIGTERM of {}", replica.name);
     }
 
@@ -480,7 +504,7 @@ async fn shared_filesystem_rolling_restart_and_leader_kill_fail_no_download() {
     }
     watcher.await.unwrap();
     eprintln!(
-        "shared filesystem: new revision published {took_over:?} after kill -9 of the leader; {} downloads ok, {} retries",
+        "{what}: new revision published {took_over:?} after kill -9 of the leader; {} downloads ok, {} retries",
         downloads.ok.load(Ordering::Relaxed),
         downloads.retried.load(Ordering::Relaxed)
     );
@@ -501,12 +525,8 @@ async fn kill_during_a_filesystem_put_leaves_nothing_half_written() {
         (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(round) >> 11) as u8).collect()
     };
     let upstream = Fixture::start(Reply::ok(body(0))).await;
-    let mut replica = Replica::new("replica", "filesystem", None, &cp, &ns, &dir);
-    let text = std::fs::read_to_string(&replica.config).unwrap().replace(
-        "backend = \"filesystem\"\n",
-        &format!("backend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\n", root.display()),
-    );
-    std::fs::write(&replica.config, text).unwrap();
+    let storage = format!("backend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\n", root.display());
+    let mut replica = Replica::new("replica", &storage, &cp, &ns, &dir);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     replica.start();
     replica.wait_ready(&http).await;
