@@ -584,3 +584,59 @@ async fn kill_during_a_filesystem_put_leaves_nothing_half_written() {
     assert_eq!(status, 200);
     assert_eq!(sha256(&bytes), published.digest);
 }
+
+/// The API server freezes (SIGSTOP) for longer than the lease: the leader turns not-Ready and
+/// exits within its renew deadline, before the lease could be taken; once the API server is
+/// back, exactly one replica leads and is Ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_api_server_makes_the_leader_step_down_and_one_leader_follows() {
+    let _serial = SERIAL.lock().await;
+    let dir = work_dir("frozen-apiserver");
+    let mut cp = ControlPlane::start().await;
+    let ns = cp.namespace("frozen-apiserver").await;
+    let mut a = Replica::new("replica-a", "backend = \"memory\"\n", &cp, &ns, &dir);
+    let mut b = Replica::new("replica-b", "backend = \"memory\"\n", &cp, &ns, &dir);
+    let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
+    a.start();
+    a.wait_ready(&http).await;
+    b.start();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cp.pause_apiserver();
+    let paused = Instant::now();
+    let mut not_ready_after = None;
+    while paused.elapsed() < LEASE + Duration::from_secs(2) {
+        if not_ready_after.is_none() && !a.ready(&http).await {
+            not_ready_after = Some(paused.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let exited = a.process.as_ref().and_then(|p| p.wait_exit(Duration::from_secs(5)));
+    cp.resume_apiserver();
+    let not_ready_after = not_ready_after.expect("the leader turned not-Ready while the API server was frozen");
+    eprintln!(
+        "frozen API server: the leader was not Ready {not_ready_after:?} after the freeze and exited ({exited:?})"
+    );
+    // The renew deadline (2 s) plus one retry period and the poll.
+    assert!(not_ready_after < Duration::from_secs(3), "stepped down after {not_ready_after:?}");
+    assert!(exited.is_some_and(|s| !s.success()), "the leader exits to compete afresh: {exited:?}");
+    a.process = None;
+    a.start();
+    let deadline = Instant::now() + STEP;
+    let ready = loop {
+        let ready = [a.ready(&http).await, b.ready(&http).await];
+        if ready.iter().filter(|r| **r).count() == 1 {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "no single leader after the API server came back: {ready:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for _ in 0..20 {
+        let now = [a.ready(&http).await, b.ready(&http).await];
+        assert!(now.iter().filter(|r| **r).count() <= 1, "two replicas Ready at once: {now:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(cp.client(), &ns);
+    let holder = leases.get("externalsource-controller-leader").await.unwrap().spec.unwrap().holder_identity.unwrap();
+    let ready_one = if ready[0] { &a.name } else { &b.name };
+    assert_eq!(&holder, ready_one, "the Ready replica holds the lease");
+}
