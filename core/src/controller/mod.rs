@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod egress;
 pub mod fetch;
 pub mod finish;
+pub mod hooks;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
