@@ -8,6 +8,7 @@ use std::time::Duration;
 use externalsource_core::config::{Config, MemoryCheck};
 use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::fetch::Fetcher;
+use externalsource_core::controller::hooks::spec::HookDefaults;
 use externalsource_core::controller::leader::{LeaderElector, Timings};
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
@@ -107,7 +108,7 @@ async fn bind(key: &'static str, host: &str, port: u16) -> Result<TcpListener, A
 }
 
 /// Resolves on SIGTERM or SIGINT.
-async fn termination_signal() {
+pub(crate) async fn termination_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -305,12 +306,18 @@ async fn run_controller(
                 timeout: config.fetch.timeout,
                 max_timeout: config.fetch.max_timeout,
                 max_size: config.fetch.max_size,
+                hooks: HookDefaults {
+                    enabled: config.hooks.socket.is_some(),
+                    default_timeout: config.hooks.default_timeout,
+                    max_timeout: config.hooks.max_timeout,
+                },
             },
             retention: config.controller.retention.into(),
             finalizer_attempts: config.controller.finalizer_attempts,
             namespace_concurrency: config.controller.namespace_concurrency.into(),
             memory_budget: config.fetch.memory_budget,
             namespace_quota: config.namespace_quota,
+            hook_socket: config.hooks.socket.clone(),
         },
         Recorder::new(client, reporter),
         metrics,

@@ -62,6 +62,10 @@ pub enum Command {
     Serve,
     /// Print the ExternalSource CRD as YAML.
     Crd,
+    /// Run the hook executor: runs `spec.hooks` commands from the whitelist (hooks.whitelist)
+    /// for the controller, over the Unix socket hooks.socket. Needs no Kubernetes access; run
+    /// it as a sidecar without a service account token.
+    HookExecutor,
     /// Internal: run one `spec.transform` filter read from stdin (the controller starts these
     /// in a sandbox; see the README's Security section).
     #[command(name = "transform-worker", hide = true)]

@@ -5,6 +5,7 @@
 mod app;
 mod backends;
 mod cli;
+mod hook_executor;
 mod limits;
 mod telemetry;
 
@@ -80,6 +81,16 @@ pub fn main() -> ExitCode {
         }
     };
     let mode = cli.command.unwrap_or(Command::Run);
+    if mode == Command::HookExecutor {
+        return match runtime.block_on(hook_executor::run(&config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "exiting");
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(app::run(config, mode)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

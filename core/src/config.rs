@@ -155,6 +155,24 @@ pub struct TransformConfig {
     pub concurrency: usize,
 }
 
+/// `[hooks]`: the executor that runs `spec.hooks` (see `controller::hooks`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HooksConfig {
+    /// The executor's Unix socket; `None`: hooks are off and a source with hooks is not Ready.
+    pub socket: Option<PathBuf>,
+    /// The executor's whitelist file (read by `hook-executor` only).
+    pub whitelist: PathBuf,
+    /// Timeout of a hook that sets none.
+    pub default_timeout: Duration,
+    /// The longest timeout a hook may ask for.
+    pub max_timeout: Duration,
+    /// Hooks the executor runs at once.
+    pub concurrency: usize,
+}
+
+/// Where `hook-executor` reads its whitelist by default.
+pub const DEFAULT_HOOK_WHITELIST: &str = "/etc/externalsource/hooks/whitelist.toml";
+
 /// The default `fetch.memory_budget` unless twice `fetch.max_size` is more.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
 
@@ -187,6 +205,7 @@ pub struct Config {
     pub controller: ControllerConfig,
     pub fetch: FetchConfig,
     pub transform: TransformConfig,
+    pub hooks: HooksConfig,
     pub log: LogConfig,
 }
 
@@ -231,6 +250,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HTTP_TIMEOUT", "fetch.timeout"),
     ("HTTP_USER_AGENT", "fetch.user_agent"),
     ("FETCH_MAX_SIZE", "fetch.max_size"),
+    ("HOOK_EXECUTOR_SOCKET", "hooks.socket"),
     ("LOG_FORMAT", "log.format"),
     ("LOG_LEVEL", "log.level"),
 ];
@@ -277,6 +297,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ),
     ("fetch", &["timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs", "memory_budget"]),
     ("transform", &["max_cpu", "max_memory", "timeout", "max_depth", "concurrency"]),
+    ("hooks", &["socket", "whitelist", "default_timeout", "max_timeout", "concurrency"]),
     ("log", &["format", "level"]),
 ];
 
@@ -470,6 +491,21 @@ impl ConfigLoader {
             let rule = format!("must not exceed transform.timeout ({})", format_duration(transform.timeout));
             return Err(r.invalid("transform.max_cpu", &text, &rule));
         }
+        let hooks = HooksConfig {
+            socket: match r.raw("hooks.socket") {
+                None => None,
+                Some(_) => Some(r.absolute_path("hooks.socket", "")?),
+            },
+            whitelist: r.absolute_path("hooks.whitelist", DEFAULT_HOOK_WHITELIST)?,
+            default_timeout: r.duration("hooks.default_timeout", "30s", Duration::from_secs(1))?,
+            max_timeout: r.duration("hooks.max_timeout", "5m", Duration::from_secs(1))?,
+            concurrency: r.int_in("hooks.concurrency", 2, 1, 64)? as usize,
+        };
+        if hooks.default_timeout > hooks.max_timeout {
+            let text = format_duration(hooks.default_timeout);
+            let rule = format!("must not exceed hooks.max_timeout ({})", format_duration(hooks.max_timeout));
+            return Err(r.invalid("hooks.default_timeout", &text, &rule));
+        }
         let log = LogConfig {
             format: match r.string("log.format", "text")?.as_str() {
                 "text" => LogFormat::Text,
@@ -489,6 +525,7 @@ impl ConfigLoader {
             controller,
             fetch,
             transform,
+            hooks,
             log,
         })
     }
@@ -587,6 +624,16 @@ impl Reader {
             Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
             Some(v) => Err(self.invalid(key, &v.to_string(), "must be a non-empty string")),
         }
+    }
+
+    /// An absolute path (a relative one would depend on the working directory).
+    fn absolute_path(&self, key: &str, default: &str) -> Result<PathBuf, ConfigError> {
+        let text = self.string(key, default)?;
+        let path = PathBuf::from(&text);
+        if !path.is_absolute() {
+            return Err(self.invalid(key, &text, "must be an absolute path"));
+        }
+        Ok(path)
     }
 
     fn bool(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -782,6 +829,15 @@ impl Config {
         transform.insert("timeout".into(), s(&format_duration(t.timeout)));
         transform.insert("max_depth".into(), V::Integer(t.max_depth.into()));
         transform.insert("concurrency".into(), V::Integer(t.concurrency as i64));
+        let h = &self.hooks;
+        let mut hooks = toml::Table::new();
+        if let Some(socket) = &h.socket {
+            hooks.insert("socket".into(), s(&socket.display().to_string()));
+        }
+        hooks.insert("whitelist".into(), s(&h.whitelist.display().to_string()));
+        hooks.insert("default_timeout".into(), s(&format_duration(h.default_timeout)));
+        hooks.insert("max_timeout".into(), s(&format_duration(h.max_timeout)));
+        hooks.insert("concurrency".into(), V::Integer(h.concurrency as i64));
         let mut log = toml::Table::new();
         log.insert("format".into(), s(if self.log.format == LogFormat::Json { "json" } else { "text" }));
         log.insert("level".into(), s(&self.log.level));
@@ -793,6 +849,7 @@ impl Config {
             ("controller", controller),
             ("fetch", fetch),
             ("transform", transform),
+            ("hooks", hooks),
             ("log", log),
         ] {
             root.insert(name.into(), V::Table(table));

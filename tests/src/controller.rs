@@ -9,6 +9,7 @@ use externalsource_core::Storage;
 use externalsource_core::config::TransformConfig;
 use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::fetch::Fetcher;
+use externalsource_core::controller::hooks::spec::HookDefaults;
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
 use externalsource_core::controller::reconcile::{Context, Settings};
@@ -39,6 +40,8 @@ pub struct Options {
     pub memory_budget: u64,
     /// `storage.namespace_quota`.
     pub namespace_quota: Option<u64>,
+    /// The hook executor's socket; `None`: hooks are off.
+    pub hook_socket: Option<std::path::PathBuf>,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -65,6 +68,7 @@ impl Default for Options {
             transform: test_transform_limits(),
             memory_budget: 64 << 20,
             namespace_quota: None,
+            hook_socket: None,
         }
     }
 }
@@ -126,12 +130,18 @@ impl TestController {
                     timeout: options.timeout,
                     max_timeout: std::time::Duration::from_secs(600),
                     max_size: options.max_size,
+                    hooks: HookDefaults {
+                        enabled: options.hook_socket.is_some(),
+                        default_timeout: Duration::from_secs(10),
+                        max_timeout: Duration::from_secs(60),
+                    },
                 },
                 retention: options.retention,
                 finalizer_attempts: options.finalizer_attempts,
                 namespace_concurrency: options.namespace_concurrency,
                 memory_budget: options.memory_budget,
                 namespace_quota: options.namespace_quota,
+                hook_socket: options.hook_socket.clone(),
             },
             Recorder::new(client, reporter),
             metrics,

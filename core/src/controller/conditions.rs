@@ -21,6 +21,8 @@ pub enum Reason {
     Suspended,
     FetchFailed,
     TransformFailed,
+    /// A `spec.hooks` command failed (its name is in the message).
+    HookFailed,
     StorageOperationFailed,
     InvalidSpec,
     SecretNotFound,
@@ -43,6 +45,7 @@ impl Reason {
             Self::Suspended => "Suspended",
             Self::FetchFailed => "FetchFailed",
             Self::TransformFailed => "TransformFailed",
+            Self::HookFailed => "HookFailed",
             Self::StorageOperationFailed => "StorageOperationFailed",
             Self::InvalidSpec => "InvalidSpec",
             Self::SecretNotFound => "SecretNotFound",

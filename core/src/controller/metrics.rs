@@ -35,6 +35,23 @@ pub struct ReconcileLabels {
     pub kind: String,
 }
 
+/// Labels of the hook counter (`result` is `success` or `failure`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub namespace: String,
+    pub name: String,
+    pub hook: String,
+    pub policy: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookObjectLabels {
+    pub namespace: String,
+    pub name: String,
+    pub hook: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: String,
@@ -56,6 +73,10 @@ pub struct Metrics {
     pub artifact_operations: Family<OperationLabels, Counter>,
     pub active_reconciliations: Gauge,
     pub storage_bytes: Family<ObjectLabels, Gauge>,
+    pub hook_executions: Family<HookLabels, Counter>,
+    pub hook_duration: Family<HookObjectLabels, Histogram>,
+    /// Hook label sets used per object, removed with it.
+    hook_series: Mutex<HashMap<ObjectLabels, HashSet<HookLabels>>>,
 }
 
 impl Metrics {
@@ -69,7 +90,20 @@ impl Metrics {
             artifact_operations: Family::default(),
             active_reconciliations: Gauge::default(),
             storage_bytes: Family::default(),
+            hook_executions: Family::default(),
+            hook_duration: Family::new_with_constructor(histogram),
+            hook_series: Mutex::default(),
         };
+        registry.register(
+            "externalsource_hook_execution",
+            "Hook attempts by hook, retry policy and result",
+            m.hook_executions.clone(),
+        );
+        registry.register(
+            "externalsource_hook_execution_duration_seconds",
+            "Duration of hook attempts",
+            m.hook_duration.clone(),
+        );
         registry.register(
             "externalsource_reconciliation",
             "Reconciliations by result and error kind",
@@ -120,9 +154,39 @@ impl Metrics {
             .inc();
     }
 
+    /// Counts one hook attempt of `namespace/name`.
+    pub fn hook_attempt(&self, namespace: &str, name: &str, attempt: &super::hooks::chain::Attempt<'_>) {
+        let policy = match attempt.policy {
+            super::api::RetryPolicy::Ignore => "ignore",
+            super::api::RetryPolicy::Retry => "retry",
+            super::api::RetryPolicy::Fail => "fail",
+        };
+        let labels = HookLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+            hook: attempt.hook.into(),
+            policy: policy.into(),
+            result: if attempt.ok { "success" } else { "failure" }.into(),
+        };
+        self.hook_executions.get_or_create(&labels).inc();
+        let timing = HookObjectLabels { namespace: namespace.into(), name: name.into(), hook: attempt.hook.into() };
+        self.hook_duration.get_or_create(&timing).observe(attempt.took.as_secs_f64());
+        let object = ObjectLabels { namespace: namespace.into(), name: name.into() };
+        self.hook_series.lock().unwrap_or_else(|p| p.into_inner()).entry(object).or_default().insert(labels);
+    }
+
     /// Drops every series of a deleted object.
     pub fn forget(&self, namespace: &str, name: &str) {
         let obj = ObjectLabels { namespace: namespace.into(), name: name.into() };
+        let hooks = self.hook_series.lock().unwrap_or_else(|p| p.into_inner()).remove(&obj);
+        for labels in hooks.into_iter().flatten() {
+            self.hook_duration.remove(&HookObjectLabels {
+                namespace: labels.namespace.clone(),
+                name: labels.name.clone(),
+                hook: labels.hook.clone(),
+            });
+            self.hook_executions.remove(&labels);
+        }
         self.reconcile_duration.remove(&obj);
         self.source_request_duration.remove(&obj);
         self.storage_bytes.remove(&obj);

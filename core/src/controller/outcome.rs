@@ -174,6 +174,22 @@ pub fn after_store(stored: Stored, etag: Option<&str>) -> Outcome {
     }
 }
 
+/// A failed hook: `HookFailed` naming it; the last good artifact stays. A whitelist refusal
+/// fails again on every try, so it waits for the interval; anything else backs off.
+pub fn hook_failure(e: &super::hooks::chain::HookFailure) -> Failure {
+    Failure {
+        reason: Reason::HookFailed,
+        kind: "hook",
+        message: e.to_string(),
+        retry: if e.is_permanent() { Retry::AtInterval } else { Retry::Backoff { after: None } },
+    }
+}
+
+/// Pre-request hooks printed something that is not headers (the same output next time).
+pub fn hook_output_failure(e: &super::hooks::chain::HeaderLineError) -> Failure {
+    Failure { reason: Reason::HookFailed, kind: "hook", message: e.to_string(), retry: Retry::AtInterval }
+}
+
 /// A storage failure by class: outages back off; a full store, denied access, corruption and
 /// invalid keys wait for the interval (room was already made for the put, where that helps).
 pub fn storage_failure(e: &StorageError) -> Failure {

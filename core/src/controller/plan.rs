@@ -10,6 +10,7 @@ use reqwest::{Method, Url};
 
 use super::api::{ExternalSourceSpec, GeneratorType};
 use super::conditions::Reason;
+use super::hooks::spec::{HookDefaults, HookPlan};
 use crate::package::DestinationPath;
 use crate::units::{format_duration, parse_duration, parse_size};
 
@@ -48,6 +49,8 @@ pub struct Defaults {
     /// The longest `spec.timeout` accepted (`fetch.max_timeout`).
     pub max_timeout: Duration,
     pub max_size: u64,
+    /// `[hooks]`: whether an executor runs `spec.hooks`, and their timeouts.
+    pub hooks: HookDefaults,
 }
 
 /// A validated spec.
@@ -67,6 +70,8 @@ pub struct Plan {
     /// The jq filter, compiled and run in the transform sandbox (compiling tenant code can
     /// recurse as deep as the code nests, so not even that happens in the controller).
     pub transform: Option<Arc<str>>,
+    /// `spec.hooks`, run through the hook executor.
+    pub hooks: HookPlan,
 }
 
 /// Methods accepted for `generator.http.method`.
@@ -85,12 +90,7 @@ impl Plan {
         let raw_path = spec.destination_path.as_deref().unwrap_or(DEFAULT_DESTINATION);
         let destination = DestinationPath::parse(raw_path)
             .map_err(|e| ConfigProblem::invalid("spec.destinationPath", raw_path, e))?;
-        if spec.hooks.as_ref().is_some_and(|h| !h.pre_request.is_empty() || !h.post_request.is_empty()) {
-            return Err(ConfigProblem {
-                reason: Reason::Unsupported,
-                message: "spec.hooks: hooks are not supported by this controller; remove them and use spec.transform.jq to reshape JSON".into(),
-            });
-        }
+        let hooks = HookPlan::from_spec(spec, &defaults.hooks)?;
         let transform = spec.transform.as_ref().map(|t| Arc::from(t.jq.as_str()));
         let GeneratorType::Http = spec.generator.type_;
         let http = spec.generator.http.as_ref().ok_or_else(|| {
@@ -153,6 +153,7 @@ impl Plan {
             ca_bundle: http.ca_bundle_secret_ref.as_ref().map(|r| (r.name.clone(), r.key.clone())),
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
             transform,
+            hooks,
         })
     }
 
@@ -214,6 +215,11 @@ mod tests {
 
     fn defaults() -> Defaults {
         Defaults {
+            hooks: HookDefaults {
+                enabled: false,
+                default_timeout: Duration::from_secs(30),
+                max_timeout: Duration::from_secs(300),
+            },
             min_interval: Duration::from_secs(60),
             timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),

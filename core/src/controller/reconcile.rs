@@ -23,6 +23,8 @@ use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatu
 use super::conditions::Reason;
 use super::fetch::{FetchOutcome, FetchRequest, Fetcher, TlsSettings};
 use super::finish::{Report, finish, owned_by, write_status};
+use super::hooks::chain::{self, HookFailure, Phase};
+use super::hooks::protocol::ExecutorClient;
 use super::memory::MemoryBudget;
 use super::metrics::{Metrics, ObjectLabels, ReconcileLabels, ResultLabels};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
@@ -67,6 +69,8 @@ pub struct Settings {
     pub memory_budget: u64,
     /// Bytes one namespace may store, when set.
     pub namespace_quota: Option<u64>,
+    /// The hook executor's socket (`hooks.socket`), when hooks are on.
+    pub hook_socket: Option<std::path::PathBuf>,
 }
 
 /// Everything a reconcile needs.
@@ -81,6 +85,8 @@ pub struct Context {
     pub transforms: Sandbox,
     /// In-flight fetch memory (see [`Settings::memory_budget`]).
     pub memory: MemoryBudget,
+    /// Where `spec.hooks` run, when an executor is configured.
+    pub hooks: Option<ExecutorClient>,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: DashMap<(String, String), u32>,
     /// Reconcile slots per namespace (see [`Settings::namespace_concurrency`]).
@@ -103,6 +109,7 @@ impl Context {
         transforms: Sandbox,
     ) -> Self {
         let memory = MemoryBudget::new(settings.memory_budget);
+        let hooks = settings.hook_socket.as_ref().map(|s| ExecutorClient::new(s, settings.defaults.max_size as usize));
         Self {
             client,
             storage,
@@ -117,6 +124,7 @@ impl Context {
             metrics,
             transforms,
             memory,
+            hooks,
             failures: DashMap::new(),
             namespace_slots: DashMap::new(),
             cleanup_attempts: DashMap::new(),
@@ -322,6 +330,34 @@ async fn fetch_and_store(
     tls: TlsSettings,
 ) -> Outcome {
     let (ns, name) = key_of(es);
+    // One budget of retries for every hook of this reconcile (`spec.maxRetries`).
+    let mut retries_left = plan.hooks.max_retries;
+    let mut headers = headers;
+    if !plan.hooks.pre_request.is_empty() {
+        let output = match run_hooks(
+            ctx,
+            &ns,
+            &name,
+            Phase::PreRequest,
+            &plan.hooks.pre_request,
+            Bytes::new(),
+            &mut retries_left,
+        )
+        .await
+        {
+            Ok(output) => output,
+            Err(e) => return Outcome::Failed(outcome::hook_failure(&e)),
+        };
+        match chain::parse_headers(&output) {
+            // Hook headers win over the headers Secret's: they are the fresher credential.
+            Ok(extra) => {
+                for (name, value) in extra.iter() {
+                    headers.insert(name.clone(), value.clone());
+                }
+            }
+            Err(e) => return Outcome::Failed(outcome::hook_output_failure(&e)),
+        }
+    }
     let current = match verified_artifact(ctx, old).await {
         Ok(current) => current,
         Err(e) => return Outcome::Failed(outcome::storage_failure(&e)),
@@ -353,7 +389,7 @@ async fn fetch_and_store(
     };
     ctx.metrics
         .source_requests
-        .get_or_create(&ResultLabels { namespace: ns, name, result: request_result.into() })
+        .get_or_create(&ResultLabels { namespace: ns.clone(), name: name.clone(), result: request_result.into() })
         .inc();
 
     let recorded_etag = old.last_handled_e_tag.as_deref();
@@ -367,8 +403,43 @@ async fn fetch_and_store(
             return outcome::after_fetch(current.as_ref(), recorded_etag, sent_if_none_match, Unfetched::Failed(&e));
         }
     };
+    let body = if plan.hooks.post_request.is_empty() {
+        body
+    } else {
+        match run_hooks(ctx, &ns, &name, Phase::PostRequest, &plan.hooks.post_request, body, &mut retries_left).await {
+            Ok(body) => body,
+            Err(e) => return Outcome::Failed(outcome::hook_failure(&e)),
+        }
+    };
     let stored = store(ctx, es, plan, old, body, etag.as_deref(), current).await;
     outcome::after_store(stored, etag.as_deref())
+}
+
+/// Runs one list of hooks through the executor, counting each attempt in the metrics.
+async fn run_hooks(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    phase: Phase,
+    hooks: &[super::hooks::spec::Hook],
+    input: Bytes,
+    retries_left: &mut u32,
+) -> Result<Bytes, HookFailure> {
+    let Some(client) = &ctx.hooks else {
+        // The plan refuses hooks without an executor; this only guards a wiring mistake.
+        let error = super::hooks::protocol::CallError::Failed {
+            kind: super::hooks::protocol::FailureKind::BadRequest,
+            message: "no hook executor is configured (hooks.socket)".into(),
+        };
+        let hook = hooks.first().map(|h| h.name.clone()).unwrap_or_default();
+        return Err(HookFailure { hook, phase, attempts: 0, error });
+    };
+    let call = |invocation: super::hooks::run::Invocation| {
+        let client = client.clone();
+        async move { client.call(&invocation).await }
+    };
+    let record = |a: chain::Attempt<'_>| ctx.metrics.hook_attempt(namespace, name, &a);
+    chain::run_chain(hooks, phase, input, retries_left, call, record).await
 }
 
 /// The artifact in the status, if its object is still stored with the recorded digest. A lost or

@@ -1,0 +1,69 @@
+//! `hook-executor`: the sidecar that runs `spec.hooks` commands for the controller.
+//!
+//! It holds no Kubernetes credentials (its container mounts no token), reads only its whitelist
+//! and listens only on a Unix socket in a volume shared with the controller container, so the
+//! only thing that can ask it to run anything is a process in the same pod.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+
+use externalsource_core::config::Config;
+use externalsource_core::controller::hooks::protocol;
+use externalsource_core::controller::hooks::run::Limits;
+use externalsource_core::controller::hooks::whitelist::{Whitelist, WhitelistError};
+use tokio::net::UnixListener;
+
+/// Why the executor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error("hooks.socket is not set: the executor needs the Unix socket path it listens on")]
+    NoSocket,
+    #[error("cannot read the hook whitelist {path}: {source}")]
+    ReadWhitelist {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Whitelist(#[from] WhitelistError),
+    #[error("cannot listen on hooks.socket = {path}: {source}")]
+    Bind {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub async fn run(config: &Config) -> Result<(), ExecutorError> {
+    let hooks = &config.hooks;
+    let socket = hooks.socket.as_ref().ok_or(ExecutorError::NoSocket)?;
+    let path = hooks.whitelist.display().to_string();
+    let text = std::fs::read_to_string(&hooks.whitelist)
+        .map_err(|source| ExecutorError::ReadWhitelist { path: path.clone(), source })?;
+    let whitelist = Whitelist::parse(&path, &text)?;
+    let bind_error = |source| ExecutorError::Bind { path: socket.display().to_string(), source };
+    // A socket file left by a previous run (a restarted sidecar) would make bind fail.
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(bind_error(e)),
+    }
+    let listener = UnixListener::bind(socket).map_err(bind_error)?;
+    // Owner and group only: the controller container runs as the same user.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(bind_error)?;
+    let limits = Limits { max_output: config.fetch.max_size as usize, max_timeout: hooks.max_timeout };
+    tracing::info!(socket = %socket.display(), whitelist = %path, commands = whitelist.len(),
+        concurrency = hooks.concurrency, "hook executor listening");
+    protocol::serve(
+        listener,
+        Arc::new(whitelist),
+        limits,
+        config.fetch.max_size as usize,
+        hooks.concurrency,
+        crate::app::termination_signal(),
+    )
+    .await;
+    let _ = std::fs::remove_file(socket);
+    tracing::info!("hook executor stopped");
+    Ok(())
+}
