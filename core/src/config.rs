@@ -251,6 +251,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("HTTP_USER_AGENT", "fetch.user_agent"),
     ("FETCH_MAX_SIZE", "fetch.max_size"),
     ("HOOK_EXECUTOR_SOCKET", "hooks.socket"),
+    ("HOOK_WHITELIST", "hooks.whitelist"),
     ("LOG_FORMAT", "log.format"),
     ("LOG_LEVEL", "log.level"),
 ];

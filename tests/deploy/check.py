@@ -57,9 +57,11 @@ OVERLAYS: dict[str, str] = {
     "networkpolicy": "memory",
 }
 # Fixtures rendered like overlays (path relative to tests/deploy/fixtures).
-FIXTURE_OVERLAYS: dict[str, str] = {"name-prefix": "memory", "egress-policy": "memory"}
+FIXTURE_OVERLAYS: dict[str, str] = {"name-prefix": "memory", "egress-policy": "memory", "hooks": "memory"}
 # Components: rendered through a fixture.
-COMPONENTS = {"components/networkpolicy", "components/egress-policy", "components/s3", "flux-feature-gate"}
+COMPONENTS = {
+    "components/networkpolicy", "components/egress-policy", "components/s3", "components/hooks", "flux-feature-gate",
+}
 
 SHARED_BACKENDS = {"s3"}  # every replica Ready; the others: only the leader is Ready
 
@@ -86,6 +88,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
     },
     "fetch": {"timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"},
     "transform": {"max_cpu", "max_memory", "timeout", "max_depth", "concurrency"},
+    "hooks": {"socket", "whitelist", "default_timeout", "max_timeout", "concurrency"},
     "log": {"format", "level"},
 }
 KNOWN_BACKEND_KEYS: dict[str, set[str]] = {
@@ -693,6 +696,59 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                     pod_spec(wl).get("automountServiceAccountToken") is False)
 
 
+def env_value(container: dict, name: str) -> str | None:
+    return next((e.get("value") for e in container.get("env") or [] if e.get("name") == name), None)
+
+
+def mounts_at(container: dict, directory: str) -> list[str]:
+    return [m.get("name") for m in container.get("volumeMounts") or [] if m.get("mountPath", "").rstrip("/") == directory]
+
+
+def check_hooks(r: Report, scope: str, ren: Render) -> None:
+    """The hooks component: a sidecar without Kubernetes credentials, a socket both containers
+    share, and a whitelist it reads."""
+    for wl in workloads(ren):
+        pod = pod_spec(wl)
+        containers = pod.get("containers") or []
+        executors = [c for c in containers if subcommand(c) == "hook-executor"]
+        managers = [c for c in containers if subcommand(c) == "run"]
+        if not executors:
+            continue
+        wname = f"{wl.get('kind')}/{name_of(wl)}"
+        ex, mgr = executors[0], (managers or [{}])[0]
+        vols = {v.get("name"): v for v in pod.get("volumes") or []}
+        token_vols = {n for n, v in vols.items()
+                      if any("serviceAccountToken" in s for s in (v.get("projected") or {}).get("sources") or [])}
+        r.check(scope, f"{wname}: the pod does not automount the service account token",
+                pod.get("automountServiceAccountToken") is False)
+        r.check(scope, f"{wname}[{ex.get('name')}]: the hook executor mounts no service account token",
+                not ({m.get("name") for m in ex.get("volumeMounts") or []} & token_vols))
+        r.check(scope, f"{wname}[{mgr.get('name')}]: the manager mounts a projected token at the in-cluster path",
+                bool(set(mounts_at(mgr, "/var/run/secrets/kubernetes.io/serviceaccount")) & token_vols))
+        sockets = {env_value(c, "HOOK_EXECUTOR_SOCKET") for c in (ex, mgr)}
+        socket = next(iter(sockets)) if len(sockets) == 1 else None
+        r.check(scope, f"{wname}: manager and executor agree on HOOK_EXECUTOR_SOCKET", socket is not None, f"{sockets}")
+        if socket:
+            d = str(Path(socket).parent)
+            shared = set(mounts_at(ex, d)) & set(mounts_at(mgr, d))
+            r.check(scope, f"{wname}: the socket directory {d} is one emptyDir both containers mount",
+                    any("emptyDir" in (vols.get(n) or {}) for n in shared), f"shared mounts {shared}")
+        wl_path = env_value(ex, "HOOK_WHITELIST") or "/etc/externalsource/hooks/whitelist.toml"
+        d, fname = str(Path(wl_path).parent), Path(wl_path).name
+        cms = [(vols.get(n) or {}).get("configMap", {}).get("name") for n in mounts_at(ex, d)]
+        cm = next((ren.get("ConfigMap", c, ns_of(wl)) for c in cms if c), None)
+        text = ((cm or {}).get("data") or {}).get(fname)
+        r.check(scope, f"{wname}: the whitelist {wl_path} comes from a rendered ConfigMap", text is not None, f"{cms}")
+        if text is not None:
+            try:
+                parsed = tomllib.loads(text)
+                paths = [c.get("path", "") for c in parsed.get("command", [])]
+                r.check(scope, f"{wname}: every whitelisted command is an absolute path", all(p.startswith("/") for p in paths),
+                        f"{paths}")
+            except tomllib.TOMLDecodeError as e:
+                r.check(scope, f"{wname}: the whitelist parses as TOML", False, str(e))
+
+
 def check_egress_policy(r: Report, scope: str, ren: Render) -> None:
     """The egress component selects the controller's pods and keeps them off link-local and
     metadata addresses, and allows the rest (the API server, DNS, upstreams)."""
@@ -981,6 +1037,8 @@ def main() -> int:
                     len(renamed) == len(ren.of_kind("Service")) > 0, f"{[name_of(s) for s in ren.of_kind('Service')]}")
         if name == "egress-policy":
             check_egress_policy(r, scope, ren)
+        if name == "hooks":
+            check_hooks(r, scope, ren)
         check_controller_overlay(r, scope, ren, backend, expect_ns=NAMESPACE, require_netpol=False)
 
     if wanted("flux-feature-gate"):

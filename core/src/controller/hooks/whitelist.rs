@@ -196,6 +196,19 @@ path = "/usr/bin/date"
         ));
     }
 
+    /// The example `deploy/components/hooks` ships parses, and keeps jq from reading files.
+    #[test]
+    fn the_shipped_whitelist_parses_and_refuses_file_reading_options() {
+        let text = include_str!("../../../../deploy/components/hooks/whitelist.toml");
+        let w = Whitelist::parse("deploy/components/hooks/whitelist.toml", text).unwrap();
+        assert!(w.check("/usr/bin/jq", &args(&["-c", ".items | map(.name)"])).is_ok());
+        assert!(w.check("/usr/bin/yq", &args(&["-o", "json"])).is_ok());
+        for bad in [&["--rawfile", "x", "/etc/passwd"][..], &["-f", "/etc/passwd"], &["-c", "--slurpfile"]] {
+            assert!(w.check("/usr/bin/jq", &args(bad)).is_err(), "{bad:?}");
+        }
+        assert!(w.check("/usr/bin/yq", &args(&["load(\"/etc/passwd\")"])).is_err());
+    }
+
     #[test]
     fn bad_files_are_refused_naming_entry_and_rule() {
         let cases = [
