@@ -645,6 +645,20 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                      if any("leases" in (rule.get("resources") or []) for rule in cr.get("rules") or [])]
     r.check(scope, "RBAC: leases are granted by a namespaced Role only, never a ClusterRole",
             not lease_cluster, f"ClusterRoles {lease_cluster}")
+    # Users get ExternalSources through the built-in roles; never status writes or ExternalArtifacts.
+    agg = {name_of(cr): cr for cr in ren.of_kind("ClusterRole")
+           if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in (cr.get("metadata", {}).get("labels") or {}))}
+    def aggregated_to(role: str, verb: str) -> bool:
+        return any((cr["metadata"]["labels"].get(f"rbac.authorization.k8s.io/aggregate-to-{role}") == "true")
+                   and grants(cr.get("rules") or [], "source.flux.oddkin.co", "externalsources", verb) for cr in agg.values())
+    r.check(scope, "RBAC: view reads ExternalSources, edit and admin also create and delete them (aggregated roles)",
+            aggregated_to("view", "list") and not aggregated_to("view", "create")
+            and all(aggregated_to(role, v) for role in ("edit", "admin") for v in ("list", "create", "delete")),
+            f"aggregated ClusterRoles {sorted(agg)}")
+    user_writes = [name_of(cr) for cr in agg.values() for rule in cr.get("rules") or []
+                   if ("externalsources/status" in (rule.get("resources") or []) and set(rule.get("verbs") or []) - {"get", "list", "watch"})
+                   or "source.toolkit.fluxcd.io" in (rule.get("apiGroups") or [])]
+    r.check(scope, "RBAC: aggregated user roles never write status or ExternalArtifacts", not user_writes, f"{user_writes}")
 
     # Bindings resolve, and what the controller's ServiceAccount ends up with.
     dangling = []
