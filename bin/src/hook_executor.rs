@@ -10,20 +10,17 @@ use std::sync::Arc;
 use externalsource_core::config::Config;
 use externalsource_core::controller::hooks::protocol;
 use externalsource_core::controller::hooks::run::Limits;
-use externalsource_core::controller::hooks::whitelist::{Whitelist, WhitelistError};
+use externalsource_core::controller::hooks::whitelist::{LiveWhitelist, WhitelistError};
 use tokio::net::UnixListener;
+
+/// How often the whitelist file is checked for changes.
+const WHITELIST_RELOAD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
     #[error("hooks.socket is not set: the executor needs the Unix socket path it listens on")]
     NoSocket,
-    #[error("cannot read the hook whitelist {path}: {source}")]
-    ReadWhitelist {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Whitelist(#[from] WhitelistError),
     #[error("cannot listen on hooks.socket = {path}: {source}")]
@@ -38,9 +35,7 @@ pub async fn run(config: &Config) -> Result<(), ExecutorError> {
     let hooks = &config.hooks;
     let socket = hooks.socket.as_ref().ok_or(ExecutorError::NoSocket)?;
     let path = hooks.whitelist.display().to_string();
-    let text = std::fs::read_to_string(&hooks.whitelist)
-        .map_err(|source| ExecutorError::ReadWhitelist { path: path.clone(), source })?;
-    let whitelist = Whitelist::parse(&path, &text)?;
+    let whitelist = Arc::new(LiveWhitelist::load(&hooks.whitelist)?);
     let bind_error = |source| ExecutorError::Bind { path: socket.display().to_string(), source };
     // A socket file left by a previous run (a restarted sidecar) would make bind fail.
     match std::fs::remove_file(socket) {
@@ -52,17 +47,20 @@ pub async fn run(config: &Config) -> Result<(), ExecutorError> {
     // Owner and group only: the controller container runs as the same user.
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(bind_error)?;
     let limits = Limits { max_output: config.fetch.max_size as usize, max_timeout: hooks.max_timeout };
-    tracing::info!(socket = %socket.display(), whitelist = %path, commands = whitelist.len(),
+    // A ConfigMap update reaches the mounted file within a minute or so; no restart needed.
+    let watcher = tokio::spawn(whitelist.clone().watch(WHITELIST_RELOAD));
+    tracing::info!(socket = %socket.display(), whitelist = %path, commands = whitelist.current().len(),
         concurrency = hooks.concurrency, "hook executor listening");
     protocol::serve(
         listener,
-        Arc::new(whitelist),
+        whitelist,
         limits,
         config.fetch.max_size as usize,
         hooks.concurrency,
         crate::app::termination_signal(),
     )
     .await;
+    watcher.abort();
     let _ = std::fs::remove_file(socket);
     tracing::info!("hook executor stopped");
     Ok(())

@@ -15,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::run::{self, Invocation, Limits, Ran, RunError};
-use super::whitelist::Whitelist;
+use super::whitelist::{LiveWhitelist, Whitelist};
 
 /// Largest JSON header accepted (command, arguments, environment).
 pub const MAX_HEADER: usize = 64 * 1024;
@@ -169,7 +169,7 @@ impl ExecutorClient {
 /// hooks at once, each input at most `max_input` bytes.
 pub async fn serve(
     listener: UnixListener,
-    whitelist: Arc<Whitelist>,
+    whitelist: Arc<LiveWhitelist>,
     limits: Limits,
     max_input: usize,
     concurrency: usize,
@@ -193,7 +193,7 @@ pub async fn serve(
         let (whitelist, slots) = (whitelist.clone(), slots.clone());
         tokio::spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            handle(stream, &whitelist, limits, max_input).await;
+            handle(stream, &whitelist.current(), limits, max_input).await;
         });
     }
 }
@@ -248,11 +248,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("executor.sock");
         let listener = UnixListener::bind(&socket).unwrap();
-        let whitelist = Whitelist::parse(
-            "test",
+        let path = dir.path().join("whitelist.toml");
+        std::fs::write(
+            &path,
             "[[command]]\npath = \"/bin/cat\"\n[[command]]\npath = \"/bin/sh\"\nargs = ['-c', '.*']\n",
         )
         .unwrap();
+        let whitelist = LiveWhitelist::load(&path).unwrap();
         let limits = Limits { max_output: 1 << 20, max_timeout: Duration::from_secs(5) };
         let task = tokio::spawn(serve(listener, Arc::new(whitelist), limits, max_input, 2, std::future::pending()));
         (dir, socket, task)

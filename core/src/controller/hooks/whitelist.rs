@@ -13,6 +13,7 @@
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use regex::Regex;
 
@@ -22,6 +23,12 @@ pub const DEFAULT_MAX_ARGS: usize = 16;
 /// Why a whitelist file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WhitelistError {
+    #[error("cannot read the hook whitelist {file}: {source}")]
+    Read {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("hook whitelist {file}: {source}")]
     Syntax {
         file: String,
@@ -144,6 +151,58 @@ impl Whitelist {
     }
 }
 
+/// The whitelist in force, replaced when its file changes (a ConfigMap update), so the executor
+/// needs no restart. A change that does not parse is logged and the previous list stays.
+pub struct LiveWhitelist {
+    path: PathBuf,
+    current: RwLock<(String, Arc<Whitelist>)>,
+}
+
+impl LiveWhitelist {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, WhitelistError> {
+        let text = read(path)?;
+        let list = Whitelist::parse(&path.display().to_string(), &text)?;
+        Ok(Self { path: path.to_owned(), current: RwLock::new((text, Arc::new(list))) })
+    }
+
+    /// The list to check a request against.
+    pub fn current(&self) -> Arc<Whitelist> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).1.clone()
+    }
+
+    /// Re-reads the file; `Ok(true)` when a changed list took effect.
+    pub fn reload(&self) -> Result<bool, WhitelistError> {
+        let text = read(&self.path)?;
+        if self.current.read().unwrap_or_else(PoisonError::into_inner).0 == text {
+            return Ok(false);
+        }
+        let list = Whitelist::parse(&self.path.display().to_string(), &text)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = (text, Arc::new(list));
+        Ok(true)
+    }
+
+    /// Reloads every `every` until the task is dropped, logging what happened.
+    pub async fn watch(self: Arc<Self>, every: std::time::Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.reload() {
+                Ok(true) => {
+                    tracing::info!(whitelist = %self.path.display(), commands = self.current().len(), "hook whitelist reloaded")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "hook whitelist changed but is invalid; the previous one stays in force")
+                }
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, WhitelistError> {
+    std::fs::read_to_string(path).map_err(|source| WhitelistError::Read { file: path.display().to_string(), source })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,6 +266,24 @@ path = "/usr/bin/date"
             assert!(w.check("/usr/bin/jq", &args(bad)).is_err(), "{bad:?}");
         }
         assert!(w.check("/usr/bin/yq", &args(&["load(\"/etc/passwd\")"])).is_err());
+    }
+
+    #[test]
+    fn a_changed_file_takes_effect_and_a_broken_one_keeps_the_old_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("whitelist.toml");
+        std::fs::write(&path, "[[command]]\npath = \"/usr/bin/date\"\n").unwrap();
+        let live = LiveWhitelist::load(&path).unwrap();
+        assert!(live.current().check("/usr/bin/date", &[]).is_ok());
+        assert!(!live.reload().unwrap(), "unchanged");
+        std::fs::write(&path, "[[command]]\npath = \"/usr/bin/id\"\n").unwrap();
+        assert!(live.reload().unwrap());
+        assert!(
+            live.current().check("/usr/bin/date", &[]).is_err() && live.current().check("/usr/bin/id", &[]).is_ok()
+        );
+        std::fs::write(&path, "[[command]]\npath = \"relative\"\n").unwrap();
+        assert!(matches!(live.reload(), Err(WhitelistError::RelativePath { .. })));
+        assert!(live.current().check("/usr/bin/id", &[]).is_ok(), "the previous list stays");
     }
 
     #[test]
