@@ -427,3 +427,39 @@ async fn jq_transforms_reshape_the_payload_in_the_sandbox() {
     assert_eq!(artifact(&es).digest, sha256(&bytes));
     ctl.stop().await;
 }
+
+/// The source's labels reach its ExternalArtifact (flux-operator ResourceSets and sharded Flux
+/// controllers select ExternalArtifacts by label); a changed or removed label follows at once,
+/// and labels someone else put on the ExternalArtifact stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sources_labels_are_copied_to_its_external_artifact() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("labels").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok("a: 1\n")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let mut es = source("labelled", &fixture.url("/a"), json!({}));
+    es.metadata.labels = Some([("team".into(), "a".into()), ("sharding.fluxcd.io/key".into(), "shard1".into())].into());
+    api.create(&PostParams::default(), &es).await.unwrap();
+    wait_ready(&api, "labelled", "True").await;
+    let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+    let labels = |ea: &ExternalArtifact| ea.metadata.labels.clone().unwrap_or_default();
+    let ea = eas.get("labelled").await.unwrap();
+    assert_eq!(labels(&ea).get("team").map(String::as_str), Some("a"));
+    assert_eq!(labels(&ea).get("sharding.fluxcd.io/key").map(String::as_str), Some("shard1"));
+    assert_eq!(labels(&ea).get("app.kubernetes.io/managed-by").map(String::as_str), Some("externalsource-controller"));
+    let theirs = json!({"metadata": {"labels": {"added-by-someone": "x"}}});
+    eas.patch("labelled", &PatchParams::default(), &Patch::Merge(&theirs)).await.unwrap();
+
+    let change = json!({"metadata": {"labels": {"team": "b", "sharding.fluxcd.io/key": null}}});
+    api.patch("labelled", &PatchParams::default(), &Patch::Merge(&change)).await.unwrap();
+    let ea = eventually("the label change reaches the ExternalArtifact", WAIT, || async {
+        let ea = eas.get("labelled").await.ok()?;
+        (labels(&ea).get("team").map(String::as_str) == Some("b")).then_some(ea)
+    })
+    .await;
+    assert!(!labels(&ea).contains_key("sharding.fluxcd.io/key"), "a removed label is removed: {:?}", labels(&ea));
+    assert_eq!(labels(&ea).get("added-by-someone").map(String::as_str), Some("x"), "other labels stay");
+    assert_eq!(labels(&ea).get("app.kubernetes.io/managed-by").map(String::as_str), Some("externalsource-controller"));
+    ctl.stop().await;
+}

@@ -110,12 +110,56 @@ async fn publish(ctx: &Context, es: &ExternalSource, outcome: &Outcome) -> Resul
         None if ready => api.create(&PostParams::default(), &new_artifact(es, &ns, &name)).await?,
         None => return Ok(Publication::Untouched),
     };
+    if let Some(patch) = label_patch(es, &existing) {
+        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
     let old = existing.status.clone().unwrap_or_default();
     let previous = old.artifact.as_ref().map(|a| a.path.clone());
     if let Some(status) = outcome::next_artifact_status(&old, outcome, existing.metadata.generation) {
         patch_status(&api, &name, &old, &status).await?;
     }
     Ok(Publication::Written { previous })
+}
+
+/// Annotation on an ExternalArtifact listing the label keys copied from its ExternalSource, so
+/// a label removed from the source is removed from the artifact too (and no other).
+pub const COPIED_LABELS: &str = "source.flux.oddkin.co/copied-labels";
+
+/// The label the controller sets on every ExternalArtifact it manages.
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "externalsource-controller");
+
+/// The ExternalSource's labels to copy: all but the ones the controller sets itself, so that
+/// selectors on ExternalArtifacts (flux-operator ResourceSets, sharding) see the source's.
+fn copied_labels(es: &ExternalSource) -> std::collections::BTreeMap<String, String> {
+    es.labels().iter().filter(|(k, _)| k.as_str() != MANAGED_BY.0).map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+/// A metadata merge patch bringing `ea`'s copied labels in line with `es`'s; `None` when they
+/// already are (no write).
+fn label_patch(es: &ExternalSource, ea: &ExternalArtifact) -> Option<serde_json::Value> {
+    let want = copied_labels(es);
+    let have = ea.labels();
+    let before: Vec<&str> = ea
+        .annotations()
+        .get(COPIED_LABELS)
+        .map(|v| v.split(',').filter(|k| !k.is_empty()).collect())
+        .unwrap_or_default();
+    let mut labels = serde_json::Map::new();
+    for (k, v) in &want {
+        if have.get(k) != Some(v) {
+            labels.insert(k.clone(), serde_json::Value::String(v.clone()));
+        }
+    }
+    for k in before.iter().filter(|k| !want.contains_key(**k) && have.contains_key(**k)) {
+        labels.insert((*k).to_owned(), serde_json::Value::Null);
+    }
+    let keys = want.keys().cloned().collect::<Vec<_>>().join(",");
+    let annotation_current = ea.annotations().get(COPIED_LABELS).map(String::as_str).unwrap_or("") == keys;
+    if labels.is_empty() && annotation_current {
+        return None;
+    }
+    let annotation = if keys.is_empty() { serde_json::Value::Null } else { serde_json::Value::String(keys) };
+    Some(json!({"metadata": {"labels": labels, "annotations": {COPIED_LABELS: annotation}}}))
 }
 
 fn new_artifact(es: &ExternalSource, ns: &str, name: &str) -> ExternalArtifact {
@@ -132,8 +176,13 @@ fn new_artifact(es: &ExternalSource, ns: &str, name: &str) -> ExternalArtifact {
     );
     ea.metadata.namespace = Some(ns.to_owned());
     ea.metadata.owner_references = es.controller_owner_ref(&()).map(|r| vec![r]);
-    ea.metadata.labels =
-        Some([("app.kubernetes.io/managed-by".to_owned(), "externalsource-controller".to_owned())].into());
+    let mut labels = copied_labels(es);
+    if !labels.is_empty() {
+        let keys = labels.keys().cloned().collect::<Vec<_>>().join(",");
+        ea.metadata.annotations = Some([(COPIED_LABELS.to_owned(), keys)].into());
+    }
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    ea.metadata.labels = Some(labels);
     ea
 }
 
@@ -248,6 +297,29 @@ pub(super) async fn event(ctx: &Context, es: &ExternalSource, type_: EventType, 
 mod tests {
     use super::*;
     use crate::controller::api::Artifact;
+
+    #[test]
+    fn label_patch_adds_changes_and_removes_only_copied_labels() {
+        let mut es: ExternalSource = serde_json::from_value(json!({
+            "apiVersion": "source.flux.oddkin.co/v1alpha1", "kind": "ExternalSource",
+            "metadata": {"name": "s", "labels": {"team": "a", "tier": "1"}},
+            "spec": {"interval": "1m", "generator": {"type": "http", "http": {"url": "https://example.com"}}},
+        }))
+        .unwrap();
+        let mut ea = new_artifact(&es, "ns", "s");
+        assert_eq!(label_patch(&es, &ea), None, "a new artifact carries the labels already");
+        ea.metadata.labels.as_mut().unwrap().insert("theirs".into(), "x".into());
+        es.metadata.labels = Some([("team".into(), "b".into())].into());
+        let patch = label_patch(&es, &ea).unwrap();
+        assert_eq!(
+            patch,
+            json!({"metadata": {"labels": {"team": "b", "tier": null}, "annotations": {COPIED_LABELS: "team"}}})
+        );
+        es.metadata.labels = None;
+        let patch = label_patch(&es, &ea).unwrap();
+        assert_eq!(patch["metadata"]["labels"], json!({"team": null, "tier": null}));
+        assert_eq!(patch["metadata"]["annotations"][COPIED_LABELS], Value::Null);
+    }
 
     #[test]
     fn a_cleared_field_is_sent_as_null_and_others_as_they_are() {
