@@ -275,7 +275,8 @@ async fn run_controller(
     let restore = if shared {
         None
     } else {
-        match RestorePass::begin(&client, storage.as_ref(), restoring.clone()).await {
+        match RestorePass::begin(&client, storage.as_ref(), restoring.clone(), c.watch_label_selector.as_deref()).await
+        {
             Ok(pass) => Some(Arc::new(pass)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot tell which published artifacts are missing; Ready without waiting");
@@ -318,6 +319,7 @@ async fn run_controller(
             memory_budget: config.fetch.memory_budget,
             namespace_quota: config.namespace_quota,
             hook_socket: config.hooks.socket.clone(),
+            watch_label_selector: config.controller.watch_label_selector.clone(),
         },
         Recorder::new(client, reporter),
         metrics,

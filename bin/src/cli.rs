@@ -49,6 +49,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SIZE")]
     pub memory_limit: Option<String>,
 
+    /// Reconcile only ExternalSources matching this label selector, e.g.
+    /// `sharding.fluxcd.io/key=shard1` (controller.watch_label_selector).
+    #[arg(long, global = true, value_name = "SELECTOR")]
+    pub watch_label_selector: Option<String>,
+
     /// Log format: text or json (log.format).
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -83,6 +88,7 @@ impl Cli {
             (&self.storage_backend, "storage.backend", "--storage-backend"),
             (&self.log_format, "log.format", "--log-format"),
             (&self.memory_limit, "controller.memory_limit", "--memory-limit"),
+            (&self.watch_label_selector, "controller.watch_label_selector", "--watch-label-selector"),
         ];
         for (value, key, flag) in flags {
             if let Some(value) = value {

@@ -85,6 +85,11 @@ fn invalid_values_fail_start_up_naming_key_value_and_rule() {
         (vec![], vec![("STORAGE_BACKEND", "tape")], vec!["unknown storage backend", "tape", "linked backends: "]),
         (vec!["--log-format", "xml"], vec![], vec!["log.format", "xml"]),
         (vec!["--advertise-url", "ftp://x"], vec![], vec!["server.advertise_url", "ftp://x", "http"]),
+        (
+            vec!["--watch-label-selector", "team in a"],
+            vec![],
+            vec!["controller.watch_label_selector", "team in a", "parenthesised list", "flag --watch-label-selector"],
+        ),
     ] {
         let mut a = args.clone();
         a.push("--print-config");

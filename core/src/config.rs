@@ -95,6 +95,9 @@ pub struct ControllerConfig {
     pub leader_election: bool,
     pub lease_name: String,
     pub pod_name: String,
+    /// Only ExternalSources matching this label selector are reconciled (sharding, like Flux's
+    /// `--watch-label-selector`); `None`: all.
+    pub watch_label_selector: Option<String>,
     /// How long a lease nobody renews stays held (client-go's `LeaseDuration`).
     pub lease_duration: Duration,
     /// How long a leader keeps trying to renew before it steps down; below `lease_duration`
@@ -247,6 +250,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("MIN_INTERVAL", "controller.min_interval"),
     ("LEADER_ELECTION", "controller.leader_election"),
     ("POD_NAME", "controller.pod_name"),
+    ("WATCH_LABEL_SELECTOR", "controller.watch_label_selector"),
     ("HTTP_TIMEOUT", "fetch.timeout"),
     ("HTTP_USER_AGENT", "fetch.user_agent"),
     ("FETCH_MAX_SIZE", "fetch.max_size"),
@@ -288,6 +292,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "leader_election",
             "lease_name",
             "pod_name",
+            "watch_label_selector",
             "lease_duration",
             "renew_deadline",
             "retry_period",
@@ -423,6 +428,10 @@ impl ConfigLoader {
             leader_election: r.bool("controller.leader_election", true)?,
             lease_name: r.string("controller.lease_name", "externalsource-controller-leader")?,
             pod_name: r.string("controller.pod_name", &default_pod)?,
+            watch_label_selector: match r.raw("controller.watch_label_selector") {
+                None => None,
+                Some(_) => Some(r.label_selector("controller.watch_label_selector")?),
+            },
             lease_duration: r.duration("controller.lease_duration", "15s", Duration::from_secs(1))?,
             renew_deadline: r.duration("controller.renew_deadline", "10s", Duration::from_millis(500))?,
             retry_period: r.duration("controller.retry_period", "2s", Duration::from_millis(100))?,
@@ -532,6 +541,82 @@ impl ConfigLoader {
     }
 }
 
+/// What is wrong with a label selector, if anything (the API server's grammar, checked at
+/// start-up so a typo is a configuration error rather than a watch that fails later).
+fn label_selector_problem(text: &str) -> Option<String> {
+    let label_key = |k: &str| {
+        let (prefix, name) = k.rsplit_once('/').unwrap_or(("", k));
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && name.as_bytes()[0].is_ascii_alphanumeric()
+            && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+        let prefix_ok = prefix.len() <= 253
+            && prefix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'));
+        name_ok && prefix_ok && (k.matches('/').count() <= 1) && (!k.contains('/') || !prefix.is_empty())
+    };
+    let label_value = |v: &str| {
+        v.is_empty()
+            || (v.len() <= 63
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && v.as_bytes()[0].is_ascii_alphanumeric()
+                && v.as_bytes()[v.len() - 1].is_ascii_alphanumeric())
+    };
+    // Split on commas outside parentheses.
+    let mut parts = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    for part in parts.iter().map(|p| p.trim()) {
+        if part.is_empty() {
+            return Some("an empty requirement".into());
+        }
+        let words: Vec<&str> = part.split_whitespace().collect();
+        let bad_key = |k: &str| Some(format!("{k:?} is not a valid label key"));
+        let bad_value = |v: &str| Some(format!("{v:?} is not a valid label value"));
+        if let Some(op) = words.get(1).filter(|w| **w == "in" || **w == "notin") {
+            // After the key and the operator words (a key may itself contain "in").
+            let set = part[words[0].len()..].trim_start()[op.len()..].trim();
+            let Some(inner) = set.strip_prefix('(').and_then(|s| s.strip_suffix(')')) else {
+                return Some(format!("`{op}` needs a parenthesised list in {part:?}"));
+            };
+            if !label_key(words[0]) {
+                return bad_key(words[0]);
+            }
+            if let Some(v) = inner.split(',').map(str::trim).find(|v| !label_value(v)) {
+                return bad_value(v);
+            }
+            continue;
+        }
+        let (k, v) = if let Some((k, v)) = part.split_once("!=") {
+            (k, Some(v))
+        } else if let Some((k, v)) = part.split_once("==") {
+            (k, Some(v))
+        } else if let Some((k, v)) = part.split_once('=') {
+            (k, Some(v))
+        } else {
+            (part.strip_prefix('!').unwrap_or(part), None)
+        };
+        if !label_key(k.trim()) {
+            return bad_key(k.trim());
+        }
+        if let Some(v) = v.map(str::trim).filter(|v| !label_value(v)) {
+            return bad_value(v);
+        }
+    }
+    None
+}
+
 /// `memory` when linked; otherwise the only linked backend (a slim build needs no setting).
 fn default_backend() -> String {
     let names = registry::backend_names();
@@ -624,6 +709,16 @@ impl Reader {
             None => Ok(default.to_owned()),
             Some(toml::Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
             Some(v) => Err(self.invalid(key, &v.to_string(), "must be a non-empty string")),
+        }
+    }
+
+    /// A Kubernetes label selector: comma-separated `key`, `!key`, `key=value`, `key==value`,
+    /// `key!=value`, `key in (a,b)` or `key notin (a,b)` requirements.
+    fn label_selector(&self, key: &str) -> Result<String, ConfigError> {
+        let text = self.string(key, "")?;
+        match label_selector_problem(&text) {
+            None => Ok(text),
+            Some(problem) => Err(self.invalid(key, &text, &format!("is not a label selector: {problem}"))),
         }
     }
 
@@ -803,6 +898,9 @@ impl Config {
         controller.insert("leader_election".into(), V::Boolean(c.leader_election));
         controller.insert("lease_name".into(), s(&c.lease_name));
         controller.insert("pod_name".into(), s(&c.pod_name));
+        if let Some(selector) = &c.watch_label_selector {
+            controller.insert("watch_label_selector".into(), s(selector));
+        }
         controller.insert("lease_duration".into(), s(&format_duration(c.lease_duration)));
         controller.insert("renew_deadline".into(), s(&format_duration(c.renew_deadline)));
         controller.insert("retry_period".into(), s(&format_duration(c.retry_period)));
@@ -856,5 +954,34 @@ impl Config {
             root.insert(name.into(), V::Table(table));
         }
         toml::to_string(&root).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::label_selector_problem;
+
+    #[test]
+    fn label_selectors_follow_the_api_servers_grammar() {
+        for ok in [
+            "sharding.fluxcd.io/key=shard1",
+            "team==a,tier!=2",
+            "team in (a, b),!legacy",
+            "ingress in (x)",
+            "env notin (dev),app.kubernetes.io/part-of",
+            "key=",
+        ] {
+            assert_eq!(label_selector_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("team in a", "parenthesised list"),
+            ("Team/x=y", "not a valid label key"),
+            ("a=b c", "not a valid label value"),
+            ("a=b,,c=d", "empty requirement"),
+            ("-a=b", "not a valid label key"),
+        ] {
+            let problem = label_selector_problem(bad).unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(problem.contains(why), "{bad}: {problem}");
+        }
     }
 }

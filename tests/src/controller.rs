@@ -42,6 +42,8 @@ pub struct Options {
     pub namespace_quota: Option<u64>,
     /// The hook executor's socket; `None`: hooks are off.
     pub hook_socket: Option<std::path::PathBuf>,
+    /// Only sources matching this selector are reconciled.
+    pub watch_label_selector: Option<String>,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -69,6 +71,7 @@ impl Default for Options {
             memory_budget: 64 << 20,
             namespace_quota: None,
             hook_socket: None,
+            watch_label_selector: None,
         }
     }
 }
@@ -142,6 +145,7 @@ impl TestController {
                 memory_budget: options.memory_budget,
                 namespace_quota: options.namespace_quota,
                 hook_socket: options.hook_socket.clone(),
+                watch_label_selector: options.watch_label_selector.clone(),
             },
             Recorder::new(client, reporter),
             metrics,

@@ -463,3 +463,35 @@ async fn the_sources_labels_are_copied_to_its_external_artifact() {
     assert_eq!(labels(&ea).get("app.kubernetes.io/managed-by").map(String::as_str), Some("externalsource-controller"));
     ctl.stop().await;
 }
+
+/// Sharding like Flux: each controller reconciles only the sources its
+/// `controller.watch_label_selector` matches; a source no shard selects is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_reconcile_only_the_sources_their_selector_matches() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("shards").await;
+    let shard = |key: &str| Options {
+        watch_label_selector: Some(format!("sharding.fluxcd.io/key={key}")),
+        ..Options::default()
+    };
+    let one = TestController::start(cp.client(), shard("shard1")).await;
+    let two = TestController::start(cp.client(), shard("shard2")).await;
+    let fixture = Fixture::start(Reply::ok("a: 1\n")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    for (name, key) in [("first", Some("shard1")), ("second", Some("shard2")), ("nobodys", None)] {
+        let mut es = source(name, &fixture.url(&format!("/{name}")), json!({}));
+        es.metadata.labels = key.map(|k| [("sharding.fluxcd.io/key".to_owned(), k.to_owned())].into());
+        api.create(&PostParams::default(), &es).await.unwrap();
+    }
+    let first = artifact(&wait_ready(&api, "first", "True").await);
+    let second = artifact(&wait_ready(&api, "second", "True").await);
+    assert!(first.url.starts_with(&one.base_url), "{} from shard1's controller", first.url);
+    assert!(second.url.starts_with(&two.base_url), "{} from shard2's controller", second.url);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let nobodys = api.get("nobodys").await.unwrap();
+    assert!(nobodys.status.is_none(), "no shard touched it: {:?}", nobodys.status);
+    assert!(nobodys.metadata.finalizers.is_none(), "no finalizer added");
+    assert_eq!(fixture.requests().iter().filter(|r| r.path == "/nobodys").count(), 0);
+    one.stop().await;
+    two.stop().await;
+}

@@ -94,36 +94,40 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
 /// do not echo back as reconciles.
 fn artifact_changes(
     client: kube::Client,
+    config: watcher::Config,
 ) -> impl futures::Stream<Item = Result<ExternalArtifact, watcher::Error>> + Send + 'static {
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
-    watcher(Api::<ExternalArtifact>::all(client), watcher::Config::default()).default_backoff().filter_map(
-        move |event| {
-            let relevant = match event {
-                Ok(watcher::Event::InitApply(ea)) => {
-                    generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
-                    None
-                }
-                Ok(watcher::Event::Apply(ea)) => {
-                    let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
-                    (previous != Some(ea.metadata.generation)).then_some(Ok(ea))
-                }
-                Ok(watcher::Event::Delete(ea)) => {
-                    generations.remove(&ea.uid().unwrap_or_default());
-                    Some(Ok(ea))
-                }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-                Err(e) => Some(Err(e)),
-            };
-            std::future::ready(relevant)
-        },
-    )
+    watcher(Api::<ExternalArtifact>::all(client), config).default_backoff().filter_map(move |event| {
+        let relevant = match event {
+            Ok(watcher::Event::InitApply(ea)) => {
+                generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
+                None
+            }
+            Ok(watcher::Event::Apply(ea)) => {
+                let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
+                (previous != Some(ea.metadata.generation)).then_some(Ok(ea))
+            }
+            Ok(watcher::Event::Delete(ea)) => {
+                generations.remove(&ea.uid().unwrap_or_default());
+                Some(Ok(ea))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+            Err(e) => Some(Err(e)),
+        };
+        std::future::ready(relevant)
+    })
 }
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
     let client = ctx.client.clone();
     let (reader, writer) = reflector::store();
-    let sources = watcher(Api::<ExternalSource>::all(client.clone()), watcher::Config::default().any_semantic())
+    // A shard watches only its sources, and their ExternalArtifacts, which carry the same labels.
+    let shard = |config: watcher::Config| match &ctx.settings.watch_label_selector {
+        Some(selector) => config.labels(selector),
+        None => config,
+    };
+    let sources = watcher(Api::<ExternalSource>::all(client.clone()), shard(watcher::Config::default().any_semantic()))
         .default_backoff()
         .reflect(writer)
         .applied_objects()
@@ -144,7 +148,7 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
             .collect::<Vec<_>>()
     };
     Controller::for_stream(sources, reader)
-        .owns_stream(artifact_changes(client))
+        .owns_stream(artifact_changes(client, shard(watcher::Config::default())))
         .watches_stream(secrets, secret_mapper)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)

@@ -71,6 +71,9 @@ pub struct Settings {
     pub namespace_quota: Option<u64>,
     /// The hook executor's socket (`hooks.socket`), when hooks are on.
     pub hook_socket: Option<std::path::PathBuf>,
+    /// Only sources (and their ExternalArtifacts, which carry their labels) matching this
+    /// selector are watched: one shard of several controllers.
+    pub watch_label_selector: Option<String>,
 }
 
 /// Everything a reconcile needs.

@@ -38,11 +38,13 @@ impl RestorePass {
         client: &kube::Client,
         storage: &dyn Storage,
         restoring: Restoring,
+        selector: Option<&str>,
     ) -> Result<Self, RestoreError> {
-        let sources = Api::<ExternalSource>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .map_err(RestoreError::List)?;
+        let params = match selector {
+            Some(s) => ListParams::default().labels(s),
+            None => ListParams::default(),
+        };
+        let sources = Api::<ExternalSource>::all(client.clone()).list(&params).await.map_err(RestoreError::List)?;
         let stored: std::collections::HashSet<ObjectKey> =
             storage.list(ARTIFACT_PREFIX).await.map_err(RestoreError::Store)?.into_iter().map(|m| m.key).collect();
         let waiting: HashMap<(String, String), ObjectKey> = sources
