@@ -184,8 +184,7 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
     }
     // A store that is not shared holds nothing the cluster may still point at until the
     // leader's first pass has run: 503, not 404, for any missing artifact until then.
-    let restoring =
-        if capabilities.shared || mode == Command::Serve { Restoring::default() } else { Restoring::everything() };
+    let restoring = if capabilities.shared { Restoring::default() } else { Restoring::everything() };
     let routes = if config.server.enabled {
         ArtifactRoutes::with_metrics(storage.clone(), server_metrics).map(|r| r.with_restoring(restoring.clone()))
     } else {

@@ -176,8 +176,8 @@ fn crd_subcommand_prints_the_committed_crd() {
 #[test]
 fn serve_runs_without_kubernetes_and_stops_on_sigterm() {
     use std::io::{Read, Write};
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
+    let ops = free_port();
     let store = tempfile::tempdir().unwrap();
     let file = config_file(&format!(
         "[server]\nbind_address = \"127.0.0.1\"\nshutdown_delay = \"1500ms\"\n[ops]\nbind_address = \"127.0.0.1\"\n\
@@ -391,8 +391,8 @@ fn start_up_with_20000_artifacts_is_fast_and_survives_unreadable_entries() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
 
-    let ops = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let ops = free_port();
+    let port = free_port();
     let file = config_file(&format!(
         "[server]\nbind_address = \"127.0.0.1\"\nport = {port}\nshutdown_delay = \"0s\"\n[ops]\nbind_address = \"127.0.0.1\"\nport = {ops}\n\
          [storage]\nbackend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\nshared = true\n[log]\nformat = \"json\"\n",

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use externalsource_core::controller::api::ExternalSource;
-use externalsource_tests::process::{ChildProcess, controller_binary, target_dir};
+use externalsource_tests::process::{ChildProcess, controller_binary, target_dir, wait_http_ok};
 use externalsource_tests::sources::{artifact, request_reconcile, source, wait_ready};
 use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, free_port, sha256};
 use kube::api::{Api, PostParams};
@@ -103,11 +103,9 @@ impl Replica {
         client.get(url).send().await.map(|r| r.status() == 200).unwrap_or(false)
     }
 
-    async fn wait_ready(&self, client: &reqwest::Client) {
-        if let Some(p) = &self.process {
-            p.assert_running();
-        }
-        eventually(&format!("{} Ready", self.name), STEP, || async { self.ready(client).await.then_some(()) }).await;
+    async fn wait_ready(&self) {
+        let process = self.process.as_ref().expect("started");
+        wait_http_ok(process, &format!("http://127.0.0.1:{}/readyz", self.ops_port), STEP).await;
     }
 }
 
@@ -127,6 +125,15 @@ impl Endpoints {
 struct Watch {
     both_ready_samples: AtomicUsize,
     samples: AtomicUsize,
+}
+
+/// The emulated Service in front of `replicas`: its endpoints, what it saw, the flag that stops
+/// it (and the clients), and its polling task.
+fn service(replicas: [&Replica; 2]) -> (Endpoints, Arc<Watch>, Arc<AtomicBool>, tokio::task::JoinHandle<()>) {
+    let (endpoints, watch, stop) = (Endpoints::default(), Arc::new(Watch::default()), Arc::new(AtomicBool::new(false)));
+    let ports = replicas.iter().map(|r| (r.server_port, r.ops_port)).collect();
+    let task = watch_endpoints(ports, endpoints.clone(), watch.clone(), stop.clone());
+    (endpoints, watch, stop, task)
 }
 
 /// Polls every replica's `/readyz` into `endpoints` until `stop`.
@@ -321,19 +328,13 @@ async fn memory_leader_killed_the_standby_restores_and_no_download_fails() {
     let mut b = Replica::new("replica-b", "backend = \"memory\"\n", &cp, &ns, &dir);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     a.start();
-    a.wait_ready(&http).await;
+    a.wait_ready().await;
     b.start();
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let published = create_sources(&api, &upstream.url("/config.yaml"), &["one", "two", "three"]).await;
     assert!(!b.ready(&http).await, "the standby holds nothing and is not Ready");
 
-    let (endpoints, watch, stop) = (Endpoints::default(), Arc::new(Watch::default()), Arc::new(AtomicBool::new(false)));
-    let watcher = watch_endpoints(
-        vec![(a.server_port, a.ops_port), (b.server_port, b.ops_port)],
-        endpoints.clone(),
-        watch.clone(),
-        stop.clone(),
-    );
+    let (endpoints, watch, stop, watcher) = service([&a, &b]);
     let downloads = Arc::new(Downloads::default());
     let clients = start_clients(4, published.clone(), endpoints.clone(), None, downloads.clone(), stop.clone());
     eventually("downloads from the leader", STEP, || async {
@@ -361,7 +362,7 @@ async fn memory_leader_killed_the_standby_restores_and_no_download_fails() {
     };
     let killed = Instant::now();
     a.kill();
-    b.wait_ready(&http).await;
+    b.wait_ready().await;
     let ready_after = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let window = downloads.longest_gap_since(killed).expect("downloads after the failover");
@@ -437,21 +438,14 @@ async fn shared_store_rolling_restart_and_leader_kill(dir: &Path, storage: &str,
     let upstream = Fixture::start(Reply::ok(payload.clone())).await;
     let mut a = Replica::new("replica-a", storage, &cp, &ns, dir);
     let mut b = Replica::new("replica-b", storage, &cp, &ns, dir);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     a.start();
-    a.wait_ready(&http).await;
+    a.wait_ready().await;
     b.start();
-    b.wait_ready(&http).await;
+    b.wait_ready().await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let published = create_sources(&api, &upstream.url("/blob.bin"), &["blob"]).await;
 
-    let (endpoints, watch, stop) = (Endpoints::default(), Arc::new(Watch::default()), Arc::new(AtomicBool::new(false)));
-    let watcher = watch_endpoints(
-        vec![(a.server_port, a.ops_port), (b.server_port, b.ops_port)],
-        endpoints.clone(),
-        watch.clone(),
-        stop.clone(),
-    );
+    let (endpoints, watch, stop, watcher) = service([&a, &b]);
     let downloads = Arc::new(Downloads::default());
     let read_delay = Some(Duration::from_millis(250));
     let clients = start_clients(200, published.clone(), endpoints.clone(), read_delay, downloads.clone(), stop.clone());
@@ -469,7 +463,7 @@ async fn shared_store_rolling_restart_and_leader_kill(dir: &Path, storage: &str,
         let took = signalled.elapsed();
         assert!(took >= SHUTDOWN_DELAY, "{} stopped {took:?} after SIGTERM, before the shutdown delay", replica.name);
         replica.start();
-        replica.wait_ready(&http).await;
+        replica.wait_ready().await;
         let done = downloads.ok.load(Ordering::Relaxed) - before;
         eprintln!(
             "{what}: rolling restart of {}: exited {took:?} after SIGTERM; {done} downloads meanwhile",
@@ -527,9 +521,8 @@ async fn kill_during_a_filesystem_put_leaves_nothing_half_written() {
     let upstream = Fixture::start(Reply::ok(body(0))).await;
     let storage = format!("backend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\n", root.display());
     let mut replica = Replica::new("replica", &storage, &cp, &ns, &dir);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
     replica.start();
-    replica.wait_ready(&http).await;
+    replica.wait_ready().await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("big", &upstream.url("/big.bin"), json!({}))).await.unwrap();
     let source_dir = root.join(format!("artifacts/{ns}/big"));
@@ -547,7 +540,7 @@ async fn kill_during_a_filesystem_put_leaves_nothing_half_written() {
         if round > 1 {
             upstream.set(Reply::ok(body(round)));
             replica.start();
-            replica.wait_ready(&http).await;
+            replica.wait_ready().await;
             let patch =
                 json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": format!("round-{round}")}}});
             api.patch("big", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.unwrap();
@@ -598,7 +591,7 @@ async fn a_frozen_api_server_makes_the_leader_step_down_and_one_leader_follows()
     let mut b = Replica::new("replica-b", "backend = \"memory\"\n", &cp, &ns, &dir);
     let http = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().unwrap();
     a.start();
-    a.wait_ready(&http).await;
+    a.wait_ready().await;
     b.start();
     tokio::time::sleep(Duration::from_secs(1)).await;
     cp.pause_apiserver();

@@ -81,6 +81,10 @@ impl RestorePass {
     /// A reconcile of `namespace/name` ended: its artifact is restored if the store now holds
     /// it. A failed fetch leaves the key pending (503) until the restore times out.
     pub async fn attempted(&self, namespace: &str, name: &str, storage: &dyn Storage) {
+        // Every reconcile ends here: once the pass is done, at the cost of one atomic read.
+        if self.remaining() == 0 {
+            return;
+        }
         let key = {
             let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
             let Some(key) = waiting.remove(&(namespace.to_owned(), name.to_owned())) else { return };
@@ -88,12 +92,8 @@ impl RestorePass {
             key
         };
         match storage.stat(&key).await {
-            Ok(_) => self.restored(&key),
+            Ok(_) => self.restoring.restored(&key),
             Err(e) => tracing::info!(key = %key, error = %e, "a published artifact was not restored by the first pass"),
         }
-    }
-
-    fn restored(&self, key: &ObjectKey) {
-        self.restoring.restored(key);
     }
 }

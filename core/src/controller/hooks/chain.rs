@@ -9,7 +9,6 @@
 //! A refusal by the whitelist is never retried. Unlike the predecessor, the pause is
 //! cancellable with the reconcile, and an explicit `maxRetries: 0` means no retry.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -132,7 +131,7 @@ pub struct HeaderLineError {
 /// headers, a later line replacing an earlier one of the same name.
 pub fn parse_headers(output: &[u8]) -> Result<HeaderMap, HeaderLineError> {
     let text = std::str::from_utf8(output).map_err(|_| HeaderLineError { line: 0, rule: "the output is not UTF-8" })?;
-    let mut headers = BTreeMap::new();
+    let mut headers = HeaderMap::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = line.trim_end_matches('\r');
@@ -143,23 +142,20 @@ pub fn parse_headers(output: &[u8]) -> Result<HeaderMap, HeaderLineError> {
             line.split_once(':').ok_or(HeaderLineError { line: line_no, rule: "there is no `:` after the name" })?;
         let name = HeaderName::from_bytes(name.trim().as_bytes())
             .map_err(|_| HeaderLineError { line: line_no, rule: "the name is not a valid header name" })?;
-        let value = HeaderValue::from_str(value.trim())
+        let mut value = HeaderValue::from_str(value.trim())
             .map_err(|_| HeaderLineError { line: line_no, rule: "the value has characters a header cannot hold" })?;
-        headers.insert(name.as_str().to_owned(), (name, value));
-    }
-    let mut map = HeaderMap::new();
-    for (_, (name, mut value)) in headers {
         // Dynamic tokens are what these headers are for: never print them.
         value.set_sensitive(true);
-        map.insert(name, value);
+        headers.insert(name, value);
     }
-    Ok(map)
+    Ok(headers)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::protocol::FailureKind;
     use super::*;
+    use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 
     fn hook(name: &str, policy: RetryPolicy) -> Hook {

@@ -43,6 +43,8 @@ pub enum FailureKind {
     Spawn,
     /// The request itself was malformed or too large.
     BadRequest,
+    /// The command ran and exited non-zero (or was killed by a signal).
+    Exited,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -159,7 +161,7 @@ impl ExecutorClient {
                 } else {
                     format!("{} {status}: {tail}", invocation.command)
                 };
-                Err(CallError::Failed { kind: FailureKind::Spawn, message })
+                Err(CallError::Failed { kind: FailureKind::Exited, message })
             }
         }
     }
