@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what the tests need, builds the real components
-# (etcd, kube-apiserver, Flux kustomize-controller, SeaweedFS) into $HOME/.cache/externalsource,
-# then lints and tests the workspace, checks the deployment, and smoke-runs the benchmarks.
+# (etcd, kube-apiserver, Flux kustomize-controller and helm-controller, helm, SeaweedFS) into
+# $HOME/.cache/externalsource, then lints and tests the workspace, checks the deployment (kustomize
+# overlays and the Helm chart, including a helm install/upgrade/uninstall), and smoke-runs the
+# benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -39,13 +41,14 @@ step "workspace tests (real kube-apiserver, SeaweedFS, Flux kustomize-controller
 # the end-to-end tests, the deploy check and the benchmark smoke run use.
 cargo test --workspace --all-features -- --test-threads=2
 
-step "deployment renders and passes a server-side dry run"
+step "deployment (kustomize and Helm) renders, installs and passes a server-side dry run"
 kubeconfig=$(mktemp)
 target/debug/externalsource-testenv "$kubeconfig" >"$kubeconfig.out" 2>"$kubeconfig.log" &
 testenv_pid=$!
 trap 'kill $testenv_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q '^ready' "$kubeconfig.out" 2>/dev/null && break; sleep 0.3; done
-python3 tests/deploy/check.py --kubeconfig "$kubeconfig" --binary target/debug/externalsource-controller
+python3 tests/deploy/check.py --kubeconfig "$kubeconfig" --binary target/debug/externalsource-controller \
+  --helm "$EXTERNALSOURCE_TESTENV/bin/helm"
 kill $testenv_pid 2>/dev/null || true
 
 step "benchmark smoke run (debug binaries, tiny sizes: keeps the harness from rotting, measures nothing)"

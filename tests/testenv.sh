@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real components the tests run against, once, into a cache outside the checkout:
-#   etcd, kube-apiserver, Flux kustomize-controller, and the CRDs those need.
+#   etcd, kube-apiserver, Flux kustomize-controller and helm-controller, the helm CLI (for the
+#   chart's install test), and the CRDs those need (Flux's, prometheus-operator's for the
+#   monitoring objects).
 # Go is used here only to build these third-party binaries; the product contains no Go.
 # Prints the cache directory on its last line. Re-runs are no-ops once everything is built.
 set -euo pipefail
@@ -9,10 +11,18 @@ K8S_VERSION=1.34.4
 ETCD_VERSION=3.6.16
 KUSTOMIZE_CONTROLLER_VERSION=1.9.4
 SOURCE_CONTROLLER_VERSION=1.9.1
+HELM_CONTROLLER_VERSION=1.6.0
+# The Helm v4 SDK helm-controller is built with (what fluxcd/pkg/chartutil v1.27.1 requires);
+# the helm CLI is built from it too.
+HELM_VERSION=4.2.2
+# Only its CRD files are used (ServiceMonitor, PrometheusRule); nothing is built.
+PROMETHEUS_OPERATOR_VERSION=0.85.0
 
 CACHE="${EXTERNALSOURCE_CACHE:-$HOME/.cache/externalsource}/testenv/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kc-${KUSTOMIZE_CONTROLLER_VERSION}"
 BIN="$CACHE/bin"
 CRDS="$CACHE/crds"
+# Names the versions the Flux binaries in $BIN were built at (older caches hold other ones).
+FLUX_MARKER="$BIN/.flux-kc${KUSTOMIZE_CONTROLLER_VERSION}-hc${HELM_CONTROLLER_VERSION}-helm${HELM_VERSION}"
 mkdir -p "$BIN" "$CRDS"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -68,18 +78,30 @@ GO
   mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
 }
 
-build_kustomize_controller() {
-  local dir="$CACHE/build/kustomize-controller"
+# Flux's kustomize-controller and helm-controller (the consumers in the end-to-end tests) and the
+# helm CLI (`helm lint`, `helm template` and the install/upgrade/uninstall test of deploy/chart),
+# from one wrapper module: they share client-go, controller-runtime and fluxcd/pkg, and
+# helm-controller brings the Helm v4 SDK the CLI is built from, so one `go build` compiles the
+# shared packages once. Versions are pinned by the go.mod below and the replace lines the
+# controllers' own go.mod files carry.
+build_flux() {
+  local dir="$CACHE/build/flux"
   rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
   cat > go.mod <<GOMOD
 module example.invalid/flux-build
 
 go 1.26.0
 
-require github.com/fluxcd/kustomize-controller v${KUSTOMIZE_CONTROLLER_VERSION}
+require (
+	github.com/fluxcd/kustomize-controller v${KUSTOMIZE_CONTROLLER_VERSION}
+	github.com/fluxcd/helm-controller v${HELM_CONTROLLER_VERSION}
+	helm.sh/helm/v4 v${HELM_VERSION}
+	// helm-controller asks for v1.27.0, which the module proxy does not serve; v1.27.1 is its patch release.
+	github.com/fluxcd/pkg/chartutil v1.27.1
+)
 
 replace (
-	github.com/opencontainers/go-digest => github.com/opencontainers/go-digest v1.0.1-0.20220411205349-bde1400a84be
+	github.com/opencontainers/go-digest => github.com/opencontainers/go-digest v1.0.1-0.20231025023718-d50d2fec9c98
 	sigs.k8s.io/kustomize/api => sigs.k8s.io/kustomize/api v0.21.1
 	sigs.k8s.io/kustomize/kyaml => sigs.k8s.io/kustomize/kyaml v0.21.1
 	gopkg.in/yaml.v3 => gopkg.in/yaml.v3 v3.0.1
@@ -90,11 +112,36 @@ GOMOD
 
 package tools
 
-import _ "github.com/fluxcd/kustomize-controller"
+import (
+	_ "github.com/fluxcd/helm-controller"
+	_ "github.com/fluxcd/kustomize-controller"
+	_ "helm.sh/helm/v4/cmd/helm"
+)
 GO
   go mod tidy >&2
-  go build -trimpath -ldflags "-s -w" -o "$BIN/kustomize-controller.tmp" github.com/fluxcd/kustomize-controller
-  mv "$BIN/kustomize-controller.tmp" "$BIN/kustomize-controller"
+  mkdir -p out
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v${HELM_VERSION}" -o out/ \
+    github.com/fluxcd/kustomize-controller github.com/fluxcd/helm-controller helm.sh/helm/v4/cmd/helm
+  mv out/kustomize-controller out/helm-controller out/helm "$BIN/"
+  touch "$FLUX_MARKER"
+}
+
+fetch_monitoring_crds() {
+  local po
+  po=$(cd "$CACHE" && go mod download -json "github.com/prometheus-operator/prometheus-operator@v${PROMETHEUS_OPERATOR_VERSION}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  for f in servicemonitors prometheusrules; do
+    cp "$po/example/prometheus-operator-crd/monitoring.coreos.com_${f}.yaml" "$CRDS/"
+  done
+  chmod 0644 "$CRDS"/*.yaml
+  touch "$CRDS/.monitoring-done"
+}
+
+fetch_helmrelease_crd() {
+  local hc
+  hc=$(cd "$CACHE" && go mod download -json "github.com/fluxcd/helm-controller@v${HELM_CONTROLLER_VERSION}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  cp "$hc/config/crd/bases/helm.toolkit.fluxcd.io_helmreleases.yaml" "$CRDS/"
+  chmod 0644 "$CRDS"/*.yaml
+  touch "$CRDS/.helmrelease-done"
 }
 
 fetch_crds() {
@@ -113,9 +160,11 @@ fetch_crds() {
 want="${1:-all}"
 [ -f "$CRDS/.done" ] || timed crds fetch_crds
 [ -x "$BIN/etcd" ] || timed etcd build_etcd
+[ -f "$CRDS/.monitoring-done" ] || timed monitoring-crds fetch_monitoring_crds
+[ -f "$CRDS/.helmrelease-done" ] || timed helmrelease-crd fetch_helmrelease_crd
 [ -x "$BIN/kube-apiserver" ] || timed kube-apiserver build_kube_apiserver
 if [ "$want" = all ] || [ "$want" = flux ]; then
-  [ -x "$BIN/kustomize-controller" ] || timed kustomize-controller build_kustomize_controller
+  [ -f "$FLUX_MARKER" ] || timed flux-controllers+helm build_flux
 fi
 rm -rf "$CACHE/build"
 echo "$CACHE"

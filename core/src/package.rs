@@ -80,6 +80,11 @@ impl DestinationPath {
         &self.0
     }
 
+    /// The path's segments, outermost first.
+    pub fn segments(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/')
+    }
+
     /// Parent directories, outermost first, each with a trailing '/'.
     fn parents(&self) -> impl Iterator<Item = &str> {
         self.0.match_indices('/').map(|(i, _)| &self.0[..=i])
@@ -97,20 +102,46 @@ pub struct Package {
 /// Packages `payload` as the single file `path` of a deterministic `.tar.gz`.
 pub fn package(payload: &[u8], path: &DestinationPath) -> std::io::Result<Package> {
     // Compressed output is roughly a quarter of JSON-like input; start there to avoid regrowth.
-    let sink = DigestWriter::new(Vec::with_capacity(payload.len() / 4 + 1024));
-    let gz = GzBuilder::new().mtime(0).write(sink, Compression::new(LEVEL));
-    let mut tar = tar::Builder::new(gz);
-    tar.mode(tar::HeaderMode::Deterministic);
+    let mut tree = TreeWriter::new(payload.len() / 4 + 1024);
     for dir in path.parents() {
-        let mut header = header(tar::EntryType::Directory, 0o755, 0);
-        tar.append_data(&mut header, dir, std::io::empty())?;
+        tree.directory(dir)?;
     }
-    let mut header = header(tar::EntryType::Regular, 0o644, payload.len() as u64);
-    tar.append_data(&mut header, path.as_str(), payload)?;
-    let mut gz = tar.into_inner()?;
-    gz.flush()?;
-    let (bytes, size, digest) = gz.finish()?.finish();
-    Ok(Package { bytes: bytes.into(), size, digest })
+    tree.file(path.as_str(), payload)?;
+    tree.finish()
+}
+
+/// Writes a deterministic `.tar.gz` entry by entry, hashing while it writes. Callers add
+/// entries in their final order (parents before children); every header is normalised here.
+pub(crate) struct TreeWriter {
+    tar: tar::Builder<flate2::write::GzEncoder<DigestWriter<Vec<u8>>>>,
+}
+
+impl TreeWriter {
+    pub(crate) fn new(capacity: usize) -> Self {
+        let sink = DigestWriter::new(Vec::with_capacity(capacity));
+        let gz = GzBuilder::new().mtime(0).write(sink, Compression::new(LEVEL));
+        let mut tar = tar::Builder::new(gz);
+        tar.mode(tar::HeaderMode::Deterministic);
+        Self { tar }
+    }
+
+    /// A directory entry; `path` ends with '/'.
+    pub(crate) fn directory(&mut self, path: &str) -> std::io::Result<()> {
+        let mut header = header(tar::EntryType::Directory, 0o755, 0);
+        self.tar.append_data(&mut header, path, std::io::empty())
+    }
+
+    pub(crate) fn file(&mut self, path: &str, contents: &[u8]) -> std::io::Result<()> {
+        let mut header = header(tar::EntryType::Regular, 0o644, contents.len() as u64);
+        self.tar.append_data(&mut header, path, contents)
+    }
+
+    pub(crate) fn finish(self) -> std::io::Result<Package> {
+        let mut gz = self.tar.into_inner()?;
+        gz.flush()?;
+        let (bytes, size, digest) = gz.finish()?.finish();
+        Ok(Package { bytes: bytes.into(), size, digest })
+    }
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -124,6 +155,9 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     // Empty user and group names: `new_gnu` leaves them zeroed, which is what we want.
     h
 }
+
+#[cfg(feature = "controller")]
+pub mod archive;
 
 #[cfg(test)]
 mod tests {

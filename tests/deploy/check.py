@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
-"""Render and check every kustomize overlay of deploy/.
+"""Render and check every kustomize overlay of deploy/ and the Helm chart.
 
-    python3 tests/deploy/check.py [--kubeconfig PATH] [--kubectl PATH] [--only NAME ...]
+    python3 tests/deploy/check.py [--kubeconfig PATH] [--kubectl PATH] [--helm PATH] [--only NAME ...]
 
 Without --kubeconfig: renders each overlay with `kubectl kustomize` and checks the rendered
 objects (names in env vars match rendered objects, security context, probes, config file,
 RBAC, ...). With --kubeconfig: additionally applies each overlay with
 `kubectl apply --server-side --dry-run=server -k` against that API server (creating the
 flux-system namespace and installing our CRD for real first), and dry-runs the example in
-deploy/examples/.
+deploy/examples/. With helm: checks deploy/chart (see chart.py) and, with --kubeconfig too,
+installs, upgrades and uninstalls it on that API server.
 
 Prints one line per check and finally `N passed, M failed`; exits 1 on any failure,
 2 when kubectl is missing. Needs python3 >= 3.11 (tomllib) and PyYAML.
@@ -25,6 +26,9 @@ import sys
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import chart  # noqa: E402  (tests/deploy/chart.py)
 
 try:
     import yaml
@@ -57,10 +61,13 @@ OVERLAYS: dict[str, str] = {
     "networkpolicy": "memory",
 }
 # Fixtures rendered like overlays (path relative to tests/deploy/fixtures).
-FIXTURE_OVERLAYS: dict[str, str] = {"name-prefix": "memory", "egress-policy": "memory", "hooks": "memory"}
+FIXTURE_OVERLAYS: dict[str, str] = {
+    "name-prefix": "memory", "egress-policy": "memory", "hooks": "memory", "monitoring": "memory",
+}
 # Components: rendered through a fixture.
 COMPONENTS = {
-    "components/networkpolicy", "components/egress-policy", "components/s3", "components/hooks", "flux-feature-gate",
+    "components/networkpolicy", "components/egress-policy", "components/s3", "components/hooks",
+    "components/monitoring", "flux-feature-gate",
 }
 
 SHARED_BACKENDS = {"s3"}  # every replica Ready; the others: only the leader is Ready
@@ -655,6 +662,13 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
             aggregated_to("view", "list") and not aggregated_to("view", "create")
             and all(aggregated_to(role, v) for role in ("edit", "admin") for v in ("list", "create", "delete")),
             f"aggregated ClusterRoles {sorted(agg)}")
+    per_role = {role: sorted(n for n, cr in agg.items()
+                             if cr["metadata"]["labels"].get(f"rbac.authorization.k8s.io/aggregate-to-{role}") == "true")
+                for role in ("view", "edit", "admin")}
+    # Names as rendered: an overlay may add a prefix or suffix.
+    expected = {"view": "externalsource-viewer", "edit": "externalsource-editor", "admin": "externalsource-admin"}
+    r.check(scope, "RBAC: one user role per built-in role, externalsource-viewer/editor/admin",
+            all(len(names) == 1 and expected[role] in names[0] for role, names in per_role.items()), f"{per_role}")
     user_writes = [name_of(cr) for cr in agg.values() for rule in cr.get("rules") or []
                    if ("externalsources/status" in (rule.get("resources") or []) and set(rule.get("verbs") or []) - {"get", "list", "watch"})
                    or "source.toolkit.fluxcd.io" in (rule.get("apiGroups") or [])]
@@ -761,6 +775,34 @@ def check_hooks(r: Report, scope: str, ren: Render) -> None:
                         f"{paths}")
             except tomllib.TOMLDecodeError as e:
                 r.check(scope, f"{wname}: the whitelist parses as TOML", False, str(e))
+
+
+def check_monitoring(r: Report, scope: str, ren: Render) -> None:
+    """The monitoring component: the ServiceMonitor scrapes the metrics Service's port, and the
+    alerts use metrics the controller exports."""
+    sms = ren.of_kind("ServiceMonitor")
+    if not r.check(scope, "a ServiceMonitor is rendered", len(sms) == 1):
+        return
+    sel = sms[0].get("spec", {}).get("selector")
+    svcs = [s for s in ren.of_kind("Service") if label_selector_matches(sel, s.get("metadata", {}).get("labels") or {})]
+    r.check(scope, "the ServiceMonitor selects exactly the metrics Service",
+            [name_of(s) for s in svcs] == [name_of(s) for s in ren.of_kind("Service")
+                                           if any(p.get("name") == "metrics" for p in s.get("spec", {}).get("ports") or [])],
+            f"selects {[name_of(s) for s in svcs]}")
+    ports = {e.get("port") for e in sms[0].get("spec", {}).get("endpoints") or []}
+    r.check(scope, "it scrapes the `metrics` port", ports == {"metrics"}, f"{ports}")
+    rules = [rule for pr in ren.of_kind("PrometheusRule") for g in pr.get("spec", {}).get("groups") or []
+             for rule in g.get("rules") or []]
+    alerts = {rule.get("alert"): rule for rule in rules}
+    r.check(scope, "alerts ExternalSourceNotReady (15m) and ExternalSourceReconcileErrors",
+            set(alerts) == {"ExternalSourceNotReady", "ExternalSourceReconcileErrors"}
+            and alerts["ExternalSourceNotReady"].get("for") == "15m", f"{sorted(alerts)}")
+    exported = set(re.findall(r'"(externalsource_[a-z_]+)"', "".join(
+        f.read_text() for f in (REPO / "core" / "src" / "controller").glob("metrics.rs"))))
+    for name, rule in alerts.items():
+        used = set(re.findall(r"\b(externalsource_[a-z_]+?)(?:_total)?\b", str(rule.get("expr"))))
+        r.check(scope, f"{name} uses only exported metrics", bool(used) and used <= exported,
+                f"uses {sorted(used)}, exported {sorted(exported)}")
 
 
 def check_egress_policy(r: Report, scope: str, ren: Render) -> None:
@@ -933,6 +975,42 @@ def check_example(r: Report, scope: str) -> None:
             and (ref.get("namespace") or ns_of(k)) == ns_of(e), f"sourceRef {ref}")
 
 
+def example_docs() -> list[tuple[Path, dict]]:
+    return [(f, d) for f in sorted((DEPLOY / "examples").glob("*.yaml"))
+            for d in yaml.safe_load_all(f.read_text()) if isinstance(d, dict)]
+
+
+def check_examples(r: Report, scope: str) -> None:
+    """Every example has an ExternalSource, and every Secret it references is in the same file
+    with the key it names."""
+    by_file: dict[Path, list[dict]] = {}
+    for f, d in example_docs():
+        by_file.setdefault(f, []).append(d)
+    r.check(scope, "deploy/examples has the examples users look for",
+            {"first-source.yaml", "authenticated-api.yaml", "custom-ca.yaml", "jq-transform.yaml", "hooks.yaml",
+             "helm-chart.yaml", "release-archive.yaml"}
+            <= {f.name for f in by_file}, f"{sorted(f.name for f in by_file)}")
+    for f, docs in by_file.items():
+        sources = [d for d in docs if d.get("kind") == "ExternalSource"]
+        r.check(scope, f"{f.name}: has an ExternalSource", bool(sources))
+        secrets = {(ns_of(d), name_of(d)): {**(d.get("data") or {}), **(d.get("stringData") or {})}
+                   for d in docs if d.get("kind") == "Secret"}
+        for es in sources:
+            http = es.get("spec", {}).get("generator", {}).get("http", {})
+            # The keys each reference needs (Flux's names); a {name, key} reference needs its key.
+            needs = {"headersSecretRef": [], "caBundleSecretRef": [], "secretRef": [["bearerToken"], ["username", "password"]],
+                     "certSecretRef": [["ca.crt"], ["tls.crt", "tls.key"]], "proxySecretRef": [["address"]]}
+            for field, alternatives in needs.items():
+                ref = http.get(field)
+                if not ref:
+                    continue
+                data = secrets.get((ns_of(es), ref.get("name")))
+                keys = set(data or {})
+                ok = (data is not None and (not alternatives or any(set(a) <= keys for a in alternatives))
+                      and ("key" not in ref or ref["key"] in keys))
+                r.check(scope, f"{f.name}: {name_of(es)}.{field} names a Secret (and key) of the example", ok, f"{ref}")
+
+
 # --------------------------------------------------------------------------- dry run
 
 def dry_run(r: Report, kubectl: str, kubeconfig: str, targets: list[tuple[str, Path]]) -> None:
@@ -962,11 +1040,10 @@ def dry_run(r: Report, kubectl: str, kubeconfig: str, targets: list[tuple[str, P
         r.check(scope, f"{name}: kubectl apply --server-side --dry-run=server -k {path.relative_to(REPO)}",
                 proc.returncode == 0, short(proc.stderr or proc.stdout))
 
-    # The README's first ExternalSource (and its Kustomization when Flux's CRD is installed).
-    docs = [d for d in yaml.safe_load_all(EXAMPLE_FILE.read_text()) if d]
+    # Every example (a Kustomization only when Flux's CRD is installed).
     has_ks = run(kc + ["get", "crd", "kustomizations.kustomize.toolkit.fluxcd.io", "-o", "name"]).returncode == 0
-    for d in docs:
-        what = f"example {d.get('kind')}/{name_of(d)}"
+    for f, d in example_docs():
+        what = f"example {f.name}: {d.get('kind')}/{name_of(d)}"
         if d.get("kind") == "Kustomization" and not has_ks:
             r.skip(scope, what, "Flux's Kustomization CRD is not installed on this API server")
             continue
@@ -998,6 +1075,8 @@ def main() -> int:
     ap.add_argument("--kubectl", default=os.environ.get("KUBECTL") or shutil.which("kubectl"),
                     help="kubectl binary (default: $KUBECTL or kubectl on PATH)")
     ap.add_argument("--only", action="append", help="check only these overlays (repeatable)")
+    ap.add_argument("--helm", default=os.environ.get("HELM") or shutil.which("helm"),
+                    help="helm binary: also check deploy/chart (default: $HELM or helm on PATH)")
     ap.add_argument("--binary", help="an externalsource-controller binary: also run --print-config on every "
                                      "rendered config (overlays whose backend it lacks are skipped)")
     args = ap.parse_args()
@@ -1053,6 +1132,8 @@ def main() -> int:
             check_egress_policy(r, scope, ren)
         if name == "hooks":
             check_hooks(r, scope, ren)
+        if name == "monitoring":
+            check_monitoring(r, scope, ren)
         check_controller_overlay(r, scope, ren, backend, expect_ns=NAMESPACE, require_netpol=False)
 
     if wanted("flux-feature-gate"):
@@ -1064,8 +1145,19 @@ def main() -> int:
 
     if not args.only:
         check_example(r, "example")
+        check_examples(r, "examples")
+
+    helm_ok = bool(args.helm) and Path(args.helm).exists()
+    if args.helm and not helm_ok:
+        r.check("setup", f"helm binary {args.helm} exists", False)
+    if helm_ok:
+        chart.run_render_checks(sys.modules[__name__], r, args.helm, args.kubectl, args.binary, linked, wanted)
+    else:
+        r.skip("chart", "deploy/chart checks", "no helm binary (pass --helm or put helm on PATH)")
 
     if args.kubeconfig:
+        if helm_ok and wanted("chart:lifecycle"):
+            chart.run_lifecycle(sys.modules[__name__], r, args.helm, args.kubectl, args.kubeconfig)
         dry_run(r, args.kubectl, args.kubeconfig, targets)
     else:
         print("# dry-run: skipped (pass --kubeconfig PATH to apply every overlay with --dry-run=server)")

@@ -24,15 +24,25 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     /// How long the fixture waits before answering (a slow upstream).
     pub delay: Option<std::time::Duration>,
+    /// A header the request must carry with this value, else 401 (an upstream that checks
+    /// credentials).
+    pub required: Option<(String, String)>,
 }
 
 impl Reply {
     pub fn ok(body: impl Into<Bytes>) -> Self {
-        Self { status: 200, body: body.into(), etag: None, headers: Vec::new(), delay: None }
+        Self { status: 200, body: body.into(), etag: None, headers: Vec::new(), delay: None, required: None }
     }
 
     pub fn status(status: u16) -> Self {
-        Self { status, body: Bytes::from_static(b"error"), etag: None, headers: Vec::new(), delay: None }
+        Self {
+            status,
+            body: Bytes::from_static(b"error"),
+            etag: None,
+            headers: Vec::new(),
+            delay: None,
+            required: None,
+        }
     }
 
     pub fn with_delay(mut self, delay: std::time::Duration) -> Self {
@@ -42,6 +52,12 @@ impl Reply {
 
     pub fn with_etag(mut self, etag: &str) -> Self {
         self.etag = Some(etag.to_owned());
+        self
+    }
+
+    /// Answers 401 unless the request has `name: value`.
+    pub fn requiring(mut self, name: &str, value: &str) -> Self {
+        self.required = Some((name.to_owned(), value.to_owned()));
         self
     }
 
@@ -99,6 +115,30 @@ impl Fixture {
                 .with_no_client_auth()
                 .with_single_cert(certs, key)
                 .expect("server cert");
+        Self::start_inner(reply, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), "127.0.0.1").await
+    }
+
+    /// HTTPS that requires a client certificate signed by `client_ca_pem` (mTLS).
+    pub async fn start_mtls(reply: Reply, cert_pem: &str, key_pem: &str, client_ca_pem: &str) -> Self {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(cert_pem.as_bytes()).collect::<Result<_, _>>().expect("certs");
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(client_ca_pem.as_bytes()) {
+            roots.add(ca.expect("client ca")).expect("add client ca");
+        }
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .expect("client verifier");
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("tls versions")
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs, key)
+            .expect("server cert");
         Self::start_inner(reply, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))), "127.0.0.1").await
     }
 
@@ -180,7 +220,16 @@ fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> (Response<Full<Byte
         && reply.etag.as_deref().is_some_and(|etag| {
             req.headers().get(http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag)
         });
-    let status = if not_modified { 304 } else { reply.status };
+    let authorized = reply.required.as_ref().is_none_or(|(name, value)| {
+        req.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) == Some(value.as_str())
+    });
+    let status = if !authorized {
+        401
+    } else if not_modified {
+        304
+    } else {
+        reply.status
+    };
     st.requests.push(Recorded {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
@@ -195,21 +244,46 @@ fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> (Response<Full<Byte
     for (name, value) in &reply.headers {
         builder = builder.header(name, value);
     }
-    let body = if not_modified { Bytes::new() } else { reply.body };
+    let body = if not_modified || !authorized { Bytes::new() } else { reply.body };
     let response = builder.body(Full::new(body)).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
     (response, reply.delay)
 }
 
-/// A CA and a server certificate for `localhost` signed by it, as PEM: (ca, cert, key).
-pub fn tls_material() -> (String, String, String) {
+/// A CA, a server certificate for `localhost` and a client certificate, both signed by it (PEM).
+pub struct MutualTls {
+    pub ca: String,
+    pub server_cert: String,
+    pub server_key: String,
+    pub client_cert: String,
+    pub client_key: String,
+}
+
+pub fn mutual_tls_material() -> MutualTls {
     let ca_key = rcgen::KeyPair::generate().expect("ca key");
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "externalsource test CA");
     let ca = ca_params.self_signed(&ca_key).expect("ca cert");
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
-    (ca.pem(), cert.pem(), key.serialize_pem())
+    let server_key = rcgen::KeyPair::generate().expect("server key");
+    let server = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("server params");
+    let server_cert = server.signed_by(&server_key, &issuer).expect("server cert");
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let mut client = rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+    client.distinguished_name.push(rcgen::DnType::CommonName, "externalsource-controller");
+    client.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let client_cert = client.signed_by(&client_key, &issuer).expect("client cert");
+    MutualTls {
+        ca: ca.pem(),
+        server_cert: server_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    }
+}
+
+/// A CA and a server certificate for `localhost` signed by it, as PEM: (ca, cert, key).
+pub fn tls_material() -> (String, String, String) {
+    let m = mutual_tls_material();
+    (m.ca, m.server_cert, m.server_key)
 }

@@ -5,6 +5,7 @@ pub mod controller;
 pub mod controlplane;
 pub mod fixture;
 pub mod process;
+pub mod proxy;
 pub mod sources;
 
 pub use controller::TestController;

@@ -103,6 +103,7 @@ async fn a_full_store_makes_room_and_reports_what_can_never_fit() {
     let third = artifact(&es);
     assert_eq!(ready(&es).unwrap().0, "True", "{:?}", ready(&es));
     assert_ne!(third.digest, second.digest);
+    assert_eq!(ready_gauge(&ctl, &ns, "b"), Some(1), "a Ready source reads 1 in externalsource_ready");
     let stored = stored_keys(&ctl, &ns, "b").await;
     assert_eq!(stored.len(), 2, "{stored:?}");
     assert!(stored.contains(&second.path) && stored.contains(&third.path), "{stored:?}");
@@ -135,7 +136,19 @@ async fn a_full_store_makes_room_and_reports_what_can_never_fit() {
             && l.contains("result=\"error\"")),
         "the reconcile metric names the error kind:\n{metrics}"
     );
+    assert_eq!(ready_gauge(&ctl, &ns, "b"), Some(0), "a failing source reads 0 (the alert's input)");
     ctl.stop().await;
+}
+
+/// The `externalsource_ready` sample of `namespace/name`, if exported.
+fn ready_gauge(ctl: &TestController, namespace: &str, name: &str) -> Option<i64> {
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &ctl.registry).unwrap();
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix("externalsource_ready{")?;
+        (rest.contains(&format!("namespace=\"{namespace}\"")) && rest.contains(&format!("name=\"{name}\"")))
+            .then(|| l.rsplit(' ').next()?.parse().ok())?
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

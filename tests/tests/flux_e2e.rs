@@ -1,7 +1,8 @@
 //! End to end with Flux: a real kube-apiserver, our `externalsource-controller` binary run out of
 //! cluster (memory backend, then filesystem backend), and Flux's kustomize-controller consuming the
 //! `ExternalArtifact` we publish. The upstream API is a loopback HTTP fixture serving a ConfigMap
-//! manifest.
+//! manifest (and a release zip); a third test has helm-controller install a chart tarball served
+//! on loopback through a HelmRelease `chartRef: {kind: ExternalArtifact}`.
 //!
 //! Needs the binary: `cargo build -p externalsource-controller --features filesystem`.
 //! Run: `cargo test -p externalsource-tests --test flux_e2e -- --nocapture`.
@@ -59,6 +60,204 @@ async fn flux_applies_artifacts_from_memory_backend() {
 async fn flux_applies_artifacts_from_filesystem_backend() {
     let _serial = SERIAL.lock().await;
     scenario(Backend::Filesystem).await;
+}
+
+/// A Helm chart tarball at a URL, published with `format: archive` and installed by a real
+/// helm-controller (`--feature-gates=ExternalArtifact=true`) through a HelmRelease `chartRef`;
+/// a new chart version upstream upgrades the release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_controller_installs_a_chart_from_a_url() {
+    let _serial = SERIAL.lock().await;
+    let started = Instant::now();
+    let cache = testenv_cache("flux");
+    let logs = target_dir().join("flux-e2e").join("helm");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let work = tempfile::Builder::new().prefix("externalsource-flux-helm-").tempdir().expect("tempdir");
+    let config = work.path().join("config.toml");
+    std::fs::write(&config, "[server]\nbind_address = \"127.0.0.1\"\n\n[ops]\nbind_address = \"127.0.0.1\"\n")
+        .expect("config file");
+
+    let cp = ControlPlane::start().await;
+    let client = cp.client();
+    let ns = cp.namespace("flux-e2e-helm").await;
+    let upstream = Fixture::start(Reply::ok(chart_tgz(work.path(), "1.0.0", "one"))).await;
+    let (helm_controller, hc_health) =
+        start_flux_controller(&cache, "helm-controller", &cp.kubeconfig_path(), &logs.join("helm-controller.log"));
+    let ours = OurController {
+        bin: controller_binary(),
+        config,
+        kubeconfig: cp.kubeconfig_path(),
+        log: logs.join("externalsource-controller.log"),
+        namespace: ns.clone(),
+        backend: Backend::Memory,
+        storage_root: work.path().join("pvc"),
+        server_port: free_port(),
+        ops_port: free_port(),
+    };
+    let controller = ours.start().await;
+    wait_http_ok(&helm_controller, &format!("http://127.0.0.1:{hc_health}/readyz"), STEP_TIMEOUT).await;
+    let procs = [&helm_controller, &controller];
+
+    let sources = dynamic_api(&client, &ns, "source.flux.oddkin.co", "v1alpha1", "ExternalSource", "externalsources");
+    let artifacts =
+        dynamic_api(&client, &ns, "source.toolkit.fluxcd.io", "v1", "ExternalArtifact", "externalartifacts");
+    let releases = dynamic_api(&client, &ns, "helm.toolkit.fluxcd.io", "v2", "HelmRelease", "helmreleases");
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+
+    let spec = json!({
+        "interval": "1h",
+        "format": "archive",
+        "generator": {"type": "http", "http": {"url": upstream.url("/greeter-1.0.0.tgz")}},
+    });
+    create_source(&sources, &ns, "chart", spec).await;
+    let release: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "helm.toolkit.fluxcd.io/v2",
+        "kind": "HelmRelease",
+        "metadata": {"name": "greeter", "namespace": ns},
+        "spec": {
+            "interval": "5s",
+            "chartRef": {"kind": "ExternalArtifact", "name": "chart"},
+            "values": {"greeting": "hello from a HelmRelease"},
+        },
+    }))
+    .expect("HelmRelease");
+    releases.create(&PostParams::default(), &release).await.expect("create HelmRelease");
+
+    let first = published_named(&artifacts, &procs, "chart", |_| true).await;
+    let cm = poll("the ConfigMap the chart renders", &procs, || async {
+        configmaps.get_opt("greeter").await.map_err(|e| e.to_string())?.ok_or_else(|| "not installed yet".to_owned())
+    })
+    .await;
+    let data = cm.data.unwrap_or_default();
+    assert_eq!(
+        data.get("greeting").map(String::as_str),
+        Some("hello from a HelmRelease"),
+        "the values reached the chart"
+    );
+    assert_eq!(data.get("chart").map(String::as_str), Some("one"));
+    poll("the Helm release secret", &procs, || async {
+        secrets
+            .get_opt("sh.helm.release.v1.greeter.v1")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| "absent".to_owned())
+    })
+    .await;
+    release_ready(&releases, &procs, &first).await;
+    say(&format!("helmrelease ready: revision={first} (chart from a URL, after {:.1?})", started.elapsed()));
+
+    // A new chart upstream: a new revision, and helm-controller upgrades the release.
+    upstream.set(Reply::ok(chart_tgz(work.path(), "1.1.0", "two")));
+    request_reconcile(&sources, "chart", &token("chart-1.1.0")).await;
+    let second = published_named(&artifacts, &procs, "chart", |r| r != first).await;
+    poll("the upgraded ConfigMap", &procs, || async {
+        let cm = configmaps.get("greeter").await.map_err(|e| e.to_string())?;
+        let chart = cm.data.unwrap_or_default().get("chart").cloned();
+        (chart.as_deref() == Some("two")).then_some(()).ok_or_else(|| format!("chart {chart:?}"))
+    })
+    .await;
+    release_ready(&releases, &procs, &second).await;
+    say(&format!("helmrelease upgraded: revision={second} (after {:.1?})", started.elapsed()));
+}
+
+/// A chart directory tarred by GNU tar: `greeter/` with a ConfigMap template.
+fn chart_tgz(dir: &Path, version: &str, marker: &str) -> Vec<u8> {
+    let chart = dir.join(format!("chart-{version}/greeter"));
+    std::fs::create_dir_all(chart.join("templates")).expect("chart dir");
+    std::fs::write(chart.join("Chart.yaml"), format!("apiVersion: v2\nname: greeter\nversion: {version}\n"))
+        .expect("Chart.yaml");
+    std::fs::write(chart.join("values.yaml"), "greeting: hello\n").expect("values.yaml");
+    std::fs::write(
+        chart.join("templates/configmap.yaml"),
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {{{{ .Release.Name }}}}\ndata:\n  \
+             greeting: {{{{ .Values.greeting | quote }}}}\n  chart: {marker:?}\n"
+        ),
+    )
+    .expect("template");
+    let tgz = dir.join(format!("greeter-{version}.tgz"));
+    let status = Command::new("tar")
+        .arg("-czf")
+        .arg(&tgz)
+        .arg("-C")
+        .arg(chart.parent().expect("parent"))
+        .arg("greeter")
+        .status()
+        .expect("tar");
+    assert!(status.success(), "tar failed");
+    std::fs::read(tgz).expect("chart tarball")
+}
+
+/// The ExternalArtifact's revision once Ready with a revision `accept` takes.
+async fn published_named(
+    artifacts: &Api<DynamicObject>,
+    procs: &[&ChildProcess],
+    name: &str,
+    accept: impl Fn(&str) -> bool,
+) -> String {
+    poll(&format!("ExternalArtifact {name}"), procs, || async {
+        let ea = artifacts.get_opt(name).await.map_err(|e| e.to_string())?.ok_or("no ExternalArtifact")?;
+        let revision = text(&ea, "/status/artifact/revision").unwrap_or_default();
+        if is_ready(&ea) && !revision.is_empty() && accept(&revision) {
+            Ok(revision)
+        } else {
+            Err(format!("revision {revision:?}, {}", ready_summary(&ea)))
+        }
+    })
+    .await
+}
+
+/// The HelmRelease Ready, its last attempted revision carrying our artifact's digest.
+async fn release_ready(releases: &Api<DynamicObject>, procs: &[&ChildProcess], revision: &str) {
+    let digest = revision.rsplit_once('@').map_or(revision, |(_, d)| d).to_owned();
+    poll(&format!("HelmRelease greeter Ready at {revision}"), procs, || async {
+        let hr = releases.get("greeter").await.map_err(|e| e.to_string())?;
+        // helm-controller records the digest, and appends its first 12 hex digits to the chart
+        // version as build metadata (`1.0.0+<hex>`).
+        let attempted_digest = text(&hr, "/status/lastAttemptedRevisionDigest").unwrap_or_default();
+        let attempted = text(&hr, "/status/lastAttemptedRevision").unwrap_or_default();
+        let short = digest.trim_start_matches("sha256:").get(..12).unwrap_or_default().to_owned();
+        if is_ready(&hr) && (attempted_digest == digest || attempted.ends_with(&format!("+{short}"))) {
+            Ok(())
+        } else {
+            Err(format!("lastAttemptedRevision {attempted:?} (digest {attempted_digest:?}), {}", ready_summary(&hr)))
+        }
+    })
+    .await
+}
+
+async fn create_source(sources: &Api<DynamicObject>, ns: &str, name: &str, spec: Value) {
+    let source: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "source.flux.oddkin.co/v1alpha1",
+        "kind": "ExternalSource",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": spec,
+    }))
+    .expect("ExternalSource");
+    sources.create(&PostParams::default(), &source).await.expect("create ExternalSource");
+}
+
+/// A Kustomization applying the root of the ExternalArtifact `source` into `ns`, pruning.
+async fn create_kustomization(kustomizations: &Api<DynamicObject>, ns: &str, name: &str, source: &str) {
+    let kustomization: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
+        "kind": "Kustomization",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "interval": "5s",
+            "retryInterval": "2s",
+            "timeout": "30s",
+            "sourceRef": {"kind": "ExternalArtifact", "name": source},
+            "path": "./",
+            "prune": true,
+            "wait": false,
+            "targetNamespace": ns,
+        },
+    }))
+    .expect("Kustomization");
+    kustomizations.create(&PostParams::default(), &kustomization).await.expect("create Kustomization");
 }
 
 /// A line in the test output that libtest does not capture (written to fd 2 directly).
@@ -207,7 +406,12 @@ impl OurController {
 }
 
 fn start_kustomize_controller(cache: &Path, kubeconfig: &Path, log: &Path) -> (ChildProcess, u16) {
-    let bin = cache.join("bin/kustomize-controller");
+    start_flux_controller(cache, "kustomize-controller", kubeconfig, log)
+}
+
+/// kustomize-controller or helm-controller, with the ExternalArtifact gate on, on loopback.
+fn start_flux_controller(cache: &Path, name: &str, kubeconfig: &Path, log: &Path) -> (ChildProcess, u16) {
+    let bin = cache.join("bin").join(name);
     assert!(bin.is_file(), "{} missing: run `bash tests/testenv.sh flux`", bin.display());
     let (metrics, health) = (free_port(), free_port());
     let mut cmd = Command::new(bin);
@@ -222,7 +426,7 @@ fn start_kustomize_controller(cache: &Path, kubeconfig: &Path, log: &Path) -> (C
         .env("KUBECONFIG", kubeconfig)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost");
-    (ChildProcess::spawn("kustomize-controller", cmd, log), health)
+    (ChildProcess::spawn(name, cmd, log), health)
 }
 
 /// What the ExternalArtifact says.
@@ -419,35 +623,13 @@ async fn scenario(backend: Backend) {
         dynamic_api(&client, &ns, "kustomize.toolkit.fluxcd.io", "v1", "Kustomization", "kustomizations");
     let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
 
-    let source: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "source.flux.oddkin.co/v1alpha1",
-        "kind": "ExternalSource",
-        "metadata": {"name": SOURCE, "namespace": ns},
-        "spec": {
-            "interval": "2s",
-            "destinationPath": "configmap.yaml",
-            "generator": {"type": "http", "http": {"url": fixture.url("/configmap.yaml")}},
-        },
-    }))
-    .expect("ExternalSource");
-    sources.create(&PostParams::default(), &source).await.expect("create ExternalSource");
-    let kustomization: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "kustomize.toolkit.fluxcd.io/v1",
-        "kind": "Kustomization",
-        "metadata": {"name": KUSTOMIZATION, "namespace": ns},
-        "spec": {
-            "interval": "5s",
-            "retryInterval": "2s",
-            "timeout": "30s",
-            "sourceRef": {"kind": "ExternalArtifact", "name": SOURCE},
-            "path": "./",
-            "prune": true,
-            "wait": false,
-            "targetNamespace": ns,
-        },
-    }))
-    .expect("Kustomization");
-    kustomizations.create(&PostParams::default(), &kustomization).await.expect("create Kustomization");
+    let spec = json!({
+        "interval": "2s",
+        "destinationPath": "configmap.yaml",
+        "generator": {"type": "http", "http": {"url": fixture.url("/configmap.yaml")}},
+    });
+    create_source(&sources, &ns, SOURCE, spec).await;
+    create_kustomization(&kustomizations, &ns, KUSTOMIZATION, SOURCE).await;
 
     // 1. First revision: published, served, applied.
     let procs = [&kustomize_controller, &controller];
@@ -534,7 +716,12 @@ async fn scenario(backend: Backend) {
         assert!(files.contains(&current), "{} is stored on disk (found {files:?})", current.display());
     }
 
-    // 5. Deletion: Flux prunes the ConfigMap; our finalizer removes the artifacts and the ExternalArtifact.
+    // 5. A release zip (`format: archive`): its manifests directory is what Flux applies.
+    if backend == Backend::Memory {
+        release_zip_is_applied(&ns, &sources, &artifacts, &kustomizations, &configmaps, &procs).await;
+    }
+
+    // 6. Deletion: Flux prunes the ConfigMap; our finalizer removes the artifacts and the ExternalArtifact.
     kustomizations.delete(KUSTOMIZATION, &DeleteParams::default()).await.expect("delete Kustomization");
     wait_gone(&kustomizations, KUSTOMIZATION, &procs, "the Kustomization").await;
     wait_gone(&configmaps, CONFIGMAP, &procs, "the pruned ConfigMap").await;
@@ -545,4 +732,60 @@ async fn scenario(backend: Backend) {
         assert_eq!(stored_files(&dir), Vec::<PathBuf>::new(), "stored artifacts are deleted with the source");
     }
     say(&format!("flux-e2e[{}]: passed in {:.1?}", backend.name(), started.elapsed()));
+}
+
+/// A zip made by Python's zipfile, served on loopback as a release asset; the source strips its
+/// top directory and keeps `deploy/`, and kustomize-controller applies the ConfigMap in it.
+async fn release_zip_is_applied(
+    ns: &str,
+    sources: &Api<DynamicObject>,
+    artifacts: &Api<DynamicObject>,
+    kustomizations: &Api<DynamicObject>,
+    configmaps: &Api<ConfigMap>,
+    procs: &[&ChildProcess],
+) {
+    const NAME: &str = "release";
+    let work = tempfile::tempdir().expect("tempdir");
+    let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: from-zip\ndata:\n  origin: release-zip\n";
+    let script = format!(
+        "import zipfile\n\
+         with zipfile.ZipFile('release.zip', 'w', zipfile.ZIP_DEFLATED) as z:\n\
+         \x20   z.writestr('app-1.0.0/README.md', 'not a manifest')\n\
+         \x20   z.writestr('app-1.0.0/deploy/configmap.yaml', {manifest:?})\n"
+    );
+    let out = Command::new("python3").arg("-c").arg(script).current_dir(work.path()).output().expect("python3");
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    let zip = std::fs::read(work.path().join("release.zip")).expect("release.zip");
+    let fixture = Fixture::start(Reply::ok(zip)).await;
+    let spec = json!({
+        "interval": "1h",
+        "format": "archive",
+        "archive": {"stripComponents": 1, "path": "deploy"},
+        "generator": {"type": "http", "http": {"url": fixture.url("/app-1.0.0.zip")}},
+    });
+    create_source(sources, ns, NAME, spec).await;
+    create_kustomization(kustomizations, ns, NAME, NAME).await;
+    let revision = poll("the release zip's artifact", procs, || async {
+        let ea = artifacts.get_opt(NAME).await.map_err(|e| e.to_string())?.ok_or("no ExternalArtifact")?;
+        text(&ea, "/status/artifact/revision").filter(|_| is_ready(&ea)).ok_or_else(|| ready_summary(&ea))
+    })
+    .await;
+    let cm = poll("the ConfigMap from the zip", procs, || async {
+        configmaps.get_opt("from-zip").await.map_err(|e| e.to_string())?.ok_or_else(|| "not applied yet".to_owned())
+    })
+    .await;
+    assert_eq!(cm.data.unwrap_or_default().get("origin").map(String::as_str), Some("release-zip"));
+    poll("the release Kustomization Ready at our revision", procs, || async {
+        let k = kustomizations.get(NAME).await.map_err(|e| e.to_string())?;
+        let applied = text(&k, "/status/lastAppliedRevision").unwrap_or_default();
+        (is_ready(&k) && applied == revision)
+            .then_some(())
+            .ok_or_else(|| format!("applied {applied:?}, {}", ready_summary(&k)))
+    })
+    .await;
+    say(&format!("flux-e2e: kustomization {NAME} applied the release zip at {revision}"));
+    kustomizations.delete(NAME, &DeleteParams::default()).await.expect("delete Kustomization");
+    wait_gone(kustomizations, NAME, procs, "the release Kustomization").await;
+    sources.delete(NAME, &DeleteParams::default()).await.expect("delete ExternalSource");
+    wait_gone(sources, NAME, procs, "the release ExternalSource").await;
 }

@@ -23,6 +23,12 @@ pub const INTERVAL_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
     kind = "ExternalSource",
     namespaced,
     status = "ExternalSourceStatus",
+    // `kubectl get extsrc`; `es` is taken by external-secrets' ExternalSecret. The categories are
+    // Flux's sources', so `kubectl get fluxcd-sources` lists ExternalSources beside them.
+    shortname = "extsrc",
+    category = "all",
+    category = "fluxcd",
+    category = "fluxcd-sources",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Status","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].message"}"#,
     printcolumn = r#"{"name":"Revision","type":"string","jsonPath":".status.artifact.revision","priority":1}"#,
@@ -38,9 +44,17 @@ pub struct ExternalSourceSpec {
     /// Suspends fetching; the last artifact stays published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
-    /// Path of the payload inside the artifact; relative, without `..` (default `data`).
+    /// Path of the payload inside the artifact; relative, without `..` (default `data`). With
+    /// `format: archive`, the directory the unpacked tree is placed under (default: the root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination_path: Option<String>,
+    /// What the payload is: `file` (default; it becomes the one file at `destinationPath`) or
+    /// `archive` (a `.tar.gz`, `.tar` or `.zip` unpacked and repackaged as a deterministic tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<PayloadFormat>,
+    /// Which part of an archive becomes the artifact (`format: archive` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<ArchiveSpec>,
     /// Retries for hooks (predecessor field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "max_retries_schema")]
@@ -67,6 +81,30 @@ fn interval_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 fn max_retries_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({ "type": "integer", "format": "int32", "minimum": 0, "maximum": 10, "default": 3 })
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    #[default]
+    File,
+    Archive,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ArchiveSpec {
+    /// Leading path segments removed from every entry first, like `tar --strip-components`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "strip_components_schema")]
+    pub strip_components: Option<i32>,
+    /// Then only this directory of the archive is kept, its contents at the artifact's root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+fn strip_components_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "integer", "format": "int32", "minimum": 0, "maximum": 32 })
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -135,6 +173,18 @@ pub struct HttpGeneratorSpec {
     /// A Secret key holding PEM certificates added to the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_secret_ref: Option<SecretKeyReference>,
+    /// Upstream credentials, with Flux's keys: `username` and `password` (HTTP basic) or
+    /// `bearerToken`. Sent only to the URL's origin (redirects elsewhere are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretReference>,
+    /// TLS material, with Flux's keys: `tls.crt` and `tls.key` (a client certificate, for
+    /// upstreams that require mTLS) and/or `ca.crt` (added to the system roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_secret_ref: Option<SecretReference>,
+    /// An HTTP proxy, with Flux's keys: `address` (an http:// or https:// URL) and optionally
+    /// `username` and `password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_secret_ref: Option<SecretReference>,
     /// Skips TLS verification; for tests only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,

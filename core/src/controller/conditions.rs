@@ -21,6 +21,8 @@ pub enum Reason {
     Suspended,
     FetchFailed,
     TransformFailed,
+    /// `format: archive` and the payload was refused (its entry and rule are in the message).
+    ArchiveRefused,
     /// A `spec.hooks` command failed (its name is in the message).
     HookFailed,
     StorageOperationFailed,
@@ -45,6 +47,7 @@ impl Reason {
             Self::Suspended => "Suspended",
             Self::FetchFailed => "FetchFailed",
             Self::TransformFailed => "TransformFailed",
+            Self::ArchiveRefused => "ArchiveRefused",
             Self::HookFailed => "HookFailed",
             Self::StorageOperationFailed => "StorageOperationFailed",
             Self::InvalidSpec => "InvalidSpec",

@@ -70,6 +70,22 @@ impl EgressPolicy {
         }
     }
 
+    /// For requests through a proxy, which resolves names itself: refuses a URL whose host
+    /// resolves here to any denied address. A name that does not resolve here is left to the
+    /// proxy (and to the proxy's own policy).
+    pub async fn check_resolved(&self, url: &Url) -> Result<(), Denied> {
+        self.check_literal(url)?;
+        let Some(host) = url.host_str() else { return Ok(()) };
+        if host.starts_with('[') || host.parse::<IpAddr>().is_ok() {
+            return Ok(());
+        }
+        let Ok(addrs) = tokio::net::lookup_host((host, 0)).await else { return Ok(()) };
+        for addr in addrs {
+            self.check(addr.ip())?;
+        }
+        Ok(())
+    }
+
     /// A resolver for reqwest that only yields addresses this policy allows.
     pub fn resolver(self: &Arc<Self>) -> Arc<GuardedResolver> {
         Arc::new(GuardedResolver { policy: self.clone() })

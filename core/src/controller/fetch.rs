@@ -29,6 +29,7 @@ pub struct FetchRequest {
     pub max_size: u64,
     /// The ETag of the stored artifact, sent as `If-None-Match`.
     pub if_none_match: Option<String>,
+    pub proxy: Option<ProxySettings>,
 }
 
 /// TLS settings that need a client of their own.
@@ -36,7 +37,27 @@ pub struct FetchRequest {
 pub struct TlsSettings {
     /// PEM certificates added to the system roots.
     pub ca_bundle: Option<Vec<u8>>,
+    /// A client certificate and its key (PEM), for upstreams that require mTLS.
+    pub client_identity: Option<SecretBytes>,
     pub insecure_skip_verify: bool,
+}
+
+/// Bytes from a Secret that must not reach logs: `Debug` shows only their length.
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} secret bytes>", self.0.len())
+    }
+}
+
+/// An HTTP proxy every request of the source goes through (`proxySecretRef`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ProxySettings {
+    pub url: Url,
+    pub username: Option<String>,
+    pub password: Option<SecretBytes>,
 }
 
 /// The outcome of a successful request.
@@ -65,6 +86,9 @@ pub enum FetchError {
     Denied { url: String, denied: Denied },
     #[error("invalid CA bundle: {0}")]
     InvalidCaBundle(String),
+    /// `certSecretRef`'s `tls.crt` / `tls.key` do not form a usable identity.
+    #[error("invalid client certificate (tls.crt, tls.key): {0}")]
+    InvalidClientCertificate(String),
     #[error("cannot build an HTTP client: {0}")]
     Client(String),
 }
@@ -78,7 +102,11 @@ impl FetchError {
                     && *status != StatusCode::REQUEST_TIMEOUT
                     && *status != StatusCode::TOO_MANY_REQUESTS
             }
-            Self::TooLarge { .. } | Self::Denied { .. } | Self::InvalidCaBundle(_) | Self::Client(_) => true,
+            Self::TooLarge { .. }
+            | Self::Denied { .. }
+            | Self::InvalidCaBundle(_)
+            | Self::InvalidClientCertificate(_)
+            | Self::Client(_) => true,
             Self::Timeout { .. } | Self::Transport { .. } => false,
         }
     }
@@ -92,6 +120,7 @@ impl FetchError {
             Self::Timeout { .. } => "fetch_timeout",
             Self::Transport { .. } => "fetch_transport",
             Self::InvalidCaBundle(_) => "invalid_ca_bundle",
+            Self::InvalidClientCertificate(_) => "invalid_client_certificate",
             Self::Client(_) => "fetch_client",
         }
     }
@@ -108,13 +137,20 @@ impl FetchError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct ClientKey {
     tls: TlsSettings,
-    /// Clients that carry Secret headers refuse cross-host redirects.
+    proxy: Option<ProxySettings>,
+    /// Clients that carry Secret headers or a client certificate refuse cross-host redirects.
     confine_redirects: bool,
 }
+
+/// Clients kept at most; past it the pool starts afresh (rotated Secrets leave old keys behind).
+const MAX_CLIENTS: usize = 256;
 
 /// Pooled clients, rebuilt only when TLS settings differ.
 pub struct Fetcher {
     user_agent: String,
+    /// A proxy is set in the environment (`HTTPS_PROXY`, ...): targets are checked before the
+    /// request, since the proxy resolves their names.
+    environment_proxy: bool,
     policy: Arc<EgressPolicy>,
     clients: Mutex<HashMap<ClientKey, reqwest::Client>>,
 }
@@ -129,13 +165,24 @@ impl Fetcher {
     }
 
     pub fn with_policy(user_agent: impl Into<String>, policy: EgressPolicy) -> Self {
-        Self { user_agent: user_agent.into(), policy: Arc::new(policy), clients: Mutex::new(HashMap::new()) }
+        let environment_proxy = ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .any(|v| std::env::var_os(v).is_some_and(|value| !value.is_empty()));
+        Self {
+            user_agent: user_agent.into(),
+            environment_proxy,
+            policy: Arc::new(policy),
+            clients: Mutex::new(HashMap::new()),
+        }
     }
 
     fn client(&self, key: ClientKey) -> Result<reqwest::Client, FetchError> {
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = clients.get(&key) {
             return Ok(c.clone());
+        }
+        if clients.len() >= MAX_CLIENTS {
+            clients.clear();
         }
         let confine = key.confine_redirects;
         let egress = self.policy.clone();
@@ -174,8 +221,22 @@ impl Fetcher {
             }
             builder = builder.tls_certs_merge(certs);
         }
+        if let Some(pem) = &key.tls.client_identity {
+            let identity = reqwest::Identity::from_pem(&pem.0)
+                .map_err(|e| FetchError::InvalidClientCertificate(error_chain(&e)))?;
+            builder = builder.identity(identity);
+        }
         if key.tls.insecure_skip_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        // A source's own proxy replaces the environment's (HTTPS_PROXY, NO_PROXY, ...), which
+        // applies otherwise, as in Flux's controllers.
+        if let Some(p) = &key.proxy {
+            let mut proxy = reqwest::Proxy::all(p.url.clone()).map_err(|e| FetchError::Client(error_chain(&e)))?;
+            if let (Some(user), Some(pass)) = (&p.username, &p.password) {
+                proxy = proxy.basic_auth(user, &String::from_utf8_lossy(&pass.0));
+            }
+            builder = builder.no_proxy().proxy(proxy);
         }
         let client = builder.build().map_err(|e| FetchError::Client(error_chain(&e)))?;
         clients.insert(key, client.clone());
@@ -188,7 +249,19 @@ impl Fetcher {
         // The URL as messages show it: credentials in it are sent, never displayed.
         let url = redact_url(&req.url);
         self.policy.check_literal(&req.url).map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
-        let client = self.client(ClientKey { tls: req.tls.clone(), confine_redirects: !req.headers.is_empty() })?;
+        // Through a proxy, names are resolved by the proxy: check the target's own resolution
+        // too, so a proxy is no way around the egress policy's denied ranges.
+        if req.proxy.is_some() || self.environment_proxy {
+            self.policy
+                .check_resolved(&req.url)
+                .await
+                .map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
+        }
+        let client = self.client(ClientKey {
+            tls: req.tls.clone(),
+            proxy: req.proxy.clone(),
+            confine_redirects: !req.headers.is_empty() || req.tls.client_identity.is_some(),
+        })?;
         let mut builder = client
             .request(req.method.clone(), req.url.clone())
             .timeout(req.timeout)

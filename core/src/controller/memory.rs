@@ -5,7 +5,8 @@
 //! A body of `n` bytes is reserved as `2 × n`: the body, plus one copy of it alive at the same
 //! time (the transform output, or the packaged tarball built while the body is still held).
 //! Before the response arrives `n` is the source's max size; a declared `Content-Length` (of an
-//! unencoded body) shrinks the reservation to what it needs and pre-sizes the buffer.
+//! unencoded body) shrinks the reservation to what it needs and pre-sizes the buffer. An archive
+//! source also holds what it unpacks (up to its max size) beside both: reserved on top.
 
 use std::sync::Arc;
 
@@ -40,10 +41,17 @@ impl MemoryBudget {
     /// Waits until a body of up to `max_body` bytes fits. A body costlier than the whole budget
     /// (which the configuration rules out) reserves the whole budget, so it runs alone.
     pub async fn reserve(&self, max_body: u64) -> Reservation {
-        let wanted = units(cost_of_body(max_body)).min(self.total_units);
+        self.reserve_with(max_body, 0).await
+    }
+
+    /// Like [`reserve`](Self::reserve), plus `extra` bytes that no declared length gives back:
+    /// an archive unpacks to up to its cap whatever its compressed size.
+    pub async fn reserve_with(&self, max_body: u64, extra: u64) -> Reservation {
+        let extra_units = units(extra);
+        let wanted = units(cost_of_body(max_body)).saturating_add(extra_units).min(self.total_units);
         // The semaphore is never closed, so acquiring only waits.
         let permit = self.units.clone().acquire_many_owned(wanted).await.ok();
-        Reservation { permit }
+        Reservation { permit, extra_units }
     }
 }
 
@@ -51,6 +59,8 @@ impl MemoryBudget {
 #[derive(Debug)]
 pub struct Reservation {
     permit: Option<OwnedSemaphorePermit>,
+    /// Held whatever the body turns out to be.
+    extra_units: u32,
 }
 
 impl Reservation {
@@ -62,7 +72,7 @@ impl Reservation {
     /// Gives back what a body of `body` bytes (a declared length) does not need.
     pub fn shrink_to_body(&mut self, body: u64) {
         let Some(permit) = self.permit.as_mut() else { return };
-        let needed = units(cost_of_body(body)) as usize;
+        let needed = units(cost_of_body(body)).saturating_add(self.extra_units) as usize;
         if permit.num_permits() > needed {
             drop(permit.split(permit.num_permits() - needed));
         }
@@ -80,6 +90,15 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[tokio::test]
+    async fn extra_bytes_survive_a_declared_length() {
+        let budget = MemoryBudget::new(256 * MIB);
+        let mut r = budget.reserve_with(32 * MIB, 32 * MIB).await;
+        assert_eq!(r.bytes(), 96 * MIB);
+        r.shrink_to_body(MIB);
+        assert_eq!(r.bytes(), 34 * MIB, "the body's two copies shrink, the unpacking allowance stays");
+    }
 
     #[tokio::test]
     async fn reservations_queue_beyond_the_budget() {

@@ -73,6 +73,9 @@ pub struct Metrics {
     pub artifact_operations: Family<OperationLabels, Counter>,
     pub active_reconciliations: Gauge,
     pub storage_bytes: Family<ObjectLabels, Gauge>,
+    /// 1 while the last reconcile left the source Ready (or suspended), 0 while it is stalled or
+    /// failing: what an alert on "not Ready for 15 minutes" needs.
+    pub ready: Family<ObjectLabels, Gauge>,
     pub hook_executions: Family<HookLabels, Counter>,
     pub hook_duration: Family<HookObjectLabels, Histogram>,
     /// Hook label sets used per object, removed with it.
@@ -90,6 +93,7 @@ impl Metrics {
             artifact_operations: Family::default(),
             active_reconciliations: Gauge::default(),
             storage_bytes: Family::default(),
+            ready: Family::default(),
             hook_executions: Family::default(),
             hook_duration: Family::new_with_constructor(histogram),
             hook_series: Mutex::default(),
@@ -135,6 +139,11 @@ impl Metrics {
             "Bytes of the current artifact held per source",
             m.storage_bytes.clone(),
         );
+        registry.register(
+            "externalsource_ready",
+            "1 while the source is Ready (or suspended), 0 while it is stalled or failing",
+            m.ready.clone(),
+        );
         m
     }
 
@@ -142,6 +151,7 @@ impl Metrics {
     pub fn reconciled(&self, labels: ReconcileLabels) {
         self.reconciliations.get_or_create(&labels).inc();
         let object = ObjectLabels { namespace: labels.namespace.clone(), name: labels.name.clone() };
+        self.ready.get_or_create(&object).set(i64::from(labels.result == "success"));
         self.reconcile_series.lock().unwrap_or_else(|p| p.into_inner()).entry(object).or_default().insert(labels);
     }
 
@@ -190,6 +200,7 @@ impl Metrics {
         self.reconcile_duration.remove(&obj);
         self.source_request_duration.remove(&obj);
         self.storage_bytes.remove(&obj);
+        self.ready.remove(&obj);
         let series = self.reconcile_series.lock().unwrap_or_else(|p| p.into_inner()).remove(&obj);
         for labels in series.into_iter().flatten() {
             self.reconciliations.remove(&labels);

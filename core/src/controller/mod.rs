@@ -4,6 +4,7 @@
 pub mod api;
 mod cleanup;
 pub mod conditions;
+pub mod credentials;
 pub mod egress;
 pub mod fetch;
 pub mod finish;
@@ -84,9 +85,13 @@ fn trigger_hash(es: &ExternalSource) -> Option<u64> {
 /// Names of the Secrets a source reads.
 fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
     let http = es.spec.generator.http.as_ref();
-    let headers = http.and_then(|h| h.headers_secret_ref.as_ref()).map(|r| r.name.as_str());
-    let ca = http.and_then(|h| h.ca_bundle_secret_ref.as_ref()).map(|r| r.name.as_str());
-    headers.into_iter().chain(ca)
+    http.into_iter().flat_map(|h| {
+        [h.headers_secret_ref.as_ref(), h.secret_ref.as_ref(), h.cert_secret_ref.as_ref(), h.proxy_secret_ref.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.as_str())
+            .chain(h.ca_bundle_secret_ref.as_ref().map(|r| r.name.as_str()))
+    })
 }
 
 /// Changes of ExternalArtifacts worth a reconcile of their owner: a new generation (someone

@@ -15,6 +15,7 @@ use super::conditions::{self, Reason};
 use super::fetch::FetchError;
 use super::plan::ConfigProblem;
 use super::transform::TransformError;
+use crate::package::archive::ArchiveError;
 use crate::storage::{FailureClass, ObjectMeta, StorageError};
 
 /// When a failed reconcile is tried again.
@@ -143,6 +144,9 @@ pub enum Stored {
     TransformFailed(TransformError),
     /// Writing the tarball failed (it is built in memory: practically never).
     PackagingFailed(String),
+    /// `format: archive`, and the payload is not an archive we unpack (unknown format, an entry
+    /// escaping the tree, a link, over a cap).
+    ArchiveRefused(ArchiveError),
     /// The put failed (after room was made, where that helps).
     Failed(StorageError),
 }
@@ -168,6 +172,13 @@ pub fn after_store(stored: Stored, etag: Option<&str>) -> Outcome {
             reason: Reason::StorageOperationFailed,
             kind: "package",
             message: format!("packaging failed: {message}"),
+            retry: Retry::AtInterval,
+        }),
+        Stored::ArchiveRefused(e) => Outcome::Failed(Failure {
+            reason: Reason::ArchiveRefused,
+            kind: "archive",
+            message: format!("the payload (spec.format: archive) {e}"),
+            // The same payload is refused again: wait for the interval, not a backoff.
             retry: Retry::AtInterval,
         }),
         Stored::Failed(e) => Outcome::Failed(storage_failure(&e)),

@@ -8,10 +8,11 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
-use super::api::{ExternalSourceSpec, GeneratorType};
+use super::api::{ExternalSourceSpec, GeneratorType, PayloadFormat};
 use super::conditions::Reason;
 use super::hooks::spec::{HookDefaults, HookPlan};
 use crate::package::DestinationPath;
+use crate::package::archive::Layout;
 use crate::units::{format_duration, parse_duration, parse_size};
 
 /// Default `destinationPath` (the predecessor's).
@@ -61,17 +62,71 @@ pub struct Plan {
     pub interval: Duration,
     /// Set when `interval` was below the minimum and raised to it.
     pub interval_raised_from: Option<String>,
-    pub destination: DestinationPath,
+    pub packaging: Packaging,
     pub timeout: Duration,
     pub max_size: u64,
     pub headers_secret: Option<String>,
     pub ca_bundle: Option<(String, String)>,
+    /// `secretRef`: basic or bearer credentials.
+    pub auth_secret: Option<String>,
+    /// `certSecretRef`: client certificate and CA.
+    pub cert_secret: Option<String>,
+    /// `proxySecretRef`: the proxy and its credentials.
+    pub proxy_secret: Option<String>,
     pub insecure_skip_verify: bool,
     /// The jq filter, compiled and run in the transform sandbox (compiling tenant code can
     /// recurse as deep as the code nests, so not even that happens in the controller).
     pub transform: Option<Arc<str>>,
     /// `spec.hooks`, run through the hook executor.
     pub hooks: HookPlan,
+}
+
+/// How the payload becomes the artifact (`spec.format`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Packaging {
+    /// The payload is the one file at this path.
+    File(DestinationPath),
+    /// The payload is an archive; this part of it, placed so, is the artifact.
+    Archive(Layout),
+}
+
+impl Packaging {
+    fn from_spec(spec: &ExternalSourceSpec) -> Result<Self, ConfigProblem> {
+        let format = spec.format.unwrap_or_default();
+        if spec.archive.is_some() && format != PayloadFormat::Archive {
+            return Err(ConfigProblem::invalid("spec.archive", "set", "applies only with spec.format: archive"));
+        }
+        match format {
+            PayloadFormat::File => {
+                let raw = spec.destination_path.as_deref().unwrap_or(DEFAULT_DESTINATION);
+                let path =
+                    DestinationPath::parse(raw).map_err(|e| ConfigProblem::invalid("spec.destinationPath", raw, e))?;
+                Ok(Self::File(path))
+            }
+            PayloadFormat::Archive => {
+                if spec.transform.is_some() {
+                    return Err(ConfigProblem::invalid(
+                        "spec.transform",
+                        "set",
+                        "cannot reshape an archive; it applies only with spec.format: file",
+                    ));
+                }
+                let dir = |field: &str, raw: &str| {
+                    DestinationPath::parse(raw.strip_suffix('/').unwrap_or(raw))
+                        .map_err(|e| ConfigProblem::invalid(field, raw, e))
+                };
+                let prefix =
+                    spec.destination_path.as_deref().map(|raw| dir("spec.destinationPath", raw)).transpose()?;
+                let archive = spec.archive.clone().unwrap_or_default();
+                let path = archive.path.as_deref().map(|raw| dir("spec.archive.path", raw)).transpose()?;
+                let strip = archive.strip_components.unwrap_or(0);
+                let strip_components = usize::try_from(strip).ok().filter(|n| *n <= 32).ok_or_else(|| {
+                    ConfigProblem::invalid("spec.archive.stripComponents", &strip.to_string(), "must be from 0 to 32")
+                })?;
+                Ok(Self::Archive(Layout { strip_components, path, prefix }))
+            }
+        }
+    }
 }
 
 /// Methods accepted for `generator.http.method`.
@@ -87,9 +142,7 @@ impl Plan {
         } else {
             (requested, None)
         };
-        let raw_path = spec.destination_path.as_deref().unwrap_or(DEFAULT_DESTINATION);
-        let destination = DestinationPath::parse(raw_path)
-            .map_err(|e| ConfigProblem::invalid("spec.destinationPath", raw_path, e))?;
+        let packaging = Packaging::from_spec(spec)?;
         let hooks = HookPlan::from_spec(spec, &defaults.hooks)?;
         let transform = spec.transform.as_ref().map(|t| Arc::from(t.jq.as_str()));
         let GeneratorType::Http = spec.generator.type_;
@@ -146,11 +199,14 @@ impl Plan {
             method,
             interval,
             interval_raised_from,
-            destination,
+            packaging,
             timeout,
             max_size,
             headers_secret: http.headers_secret_ref.as_ref().map(|r| r.name.clone()),
             ca_bundle: http.ca_bundle_secret_ref.as_ref().map(|r| (r.name.clone(), r.key.clone())),
+            auth_secret: http.secret_ref.as_ref().map(|r| r.name.clone()),
+            cert_secret: http.cert_secret_ref.as_ref().map(|r| r.name.clone()),
+            proxy_secret: http.proxy_secret_ref.as_ref().map(|r| r.name.clone()),
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
             transform,
             hooks,
@@ -195,6 +251,8 @@ mod tests {
             interval: interval.into(),
             suspend: None,
             destination_path: path.map(Into::into),
+            format: None,
+            archive: None,
             max_retries: None,
             hooks: None,
             generator: GeneratorSpec {
@@ -204,6 +262,9 @@ mod tests {
                     method: None,
                     headers_secret_ref: None,
                     ca_bundle_secret_ref: None,
+                    secret_ref: None,
+                    cert_secret_ref: None,
+                    proxy_secret_ref: None,
                     insecure_skip_verify: None,
                 }),
             },
@@ -231,7 +292,7 @@ mod tests {
     fn valid_spec_with_raised_interval() {
         let p = Plan::from_spec(&spec("10s", None, "http://example.invalid/x"), &defaults()).unwrap();
         assert_eq!(p.interval, Duration::from_secs(60));
-        assert_eq!(p.destination.as_str(), "data");
+        assert_eq!(p.packaging, Packaging::File(DestinationPath::parse("data").unwrap()));
         assert!(p.interval_warning().unwrap().contains("\"10s\""));
         let p = Plan::from_spec(&spec("5m", Some("a/b.yaml"), "https://example.invalid/x"), &defaults()).unwrap();
         assert_eq!(p.interval, Duration::from_secs(300));
@@ -256,5 +317,42 @@ mod tests {
         assert_eq!(e.message, "spec.timeout: \"5m\" must be a duration from 1s to the controller's limit of 2m");
         s.timeout = Some("2m".into());
         assert_eq!(Plan::from_spec(&s, &defaults()).unwrap().timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn archive_format_and_its_layout() {
+        use crate::controller::api::{ArchiveSpec, PayloadFormat, TransformSpec};
+        let mut s = spec("5m", Some("charts/"), "http://x.invalid/c.tgz");
+        s.format = Some(PayloadFormat::Archive);
+        s.archive = Some(ArchiveSpec { strip_components: Some(1), path: Some("./deploy/".into()) });
+        let Packaging::Archive(layout) = Plan::from_spec(&s, &defaults()).unwrap().packaging else {
+            panic!("not an archive")
+        };
+        assert_eq!(layout.strip_components, 1);
+        assert_eq!(layout.path.unwrap().as_str(), "deploy");
+        assert_eq!(layout.prefix.unwrap().as_str(), "charts");
+
+        s.destination_path = None;
+        s.archive = None;
+        let Packaging::Archive(layout) = Plan::from_spec(&s, &defaults()).unwrap().packaging else {
+            panic!("not an archive")
+        };
+        assert_eq!(layout, Layout::default(), "no destinationPath: the tree sits at the root");
+
+        s.archive = Some(ArchiveSpec { strip_components: Some(-1), path: None });
+        let e = Plan::from_spec(&s, &defaults()).unwrap_err();
+        assert_eq!(e.message, "spec.archive.stripComponents: \"-1\" must be from 0 to 32");
+        s.archive = Some(ArchiveSpec { strip_components: None, path: Some("../up".into()) });
+        let e = Plan::from_spec(&s, &defaults()).unwrap_err();
+        assert!(e.message.starts_with("spec.archive.path: \"../up\""), "{}", e.message);
+        s.archive = None;
+        s.transform = Some(TransformSpec { jq: ".".into() });
+        let e = Plan::from_spec(&s, &defaults()).unwrap_err();
+        assert!(e.message.starts_with("spec.transform:"), "{}", e.message);
+
+        let mut s = spec("5m", None, "http://x.invalid/c.tgz");
+        s.archive = Some(ArchiveSpec::default());
+        let e = Plan::from_spec(&s, &defaults()).unwrap_err();
+        assert!(e.message.contains("applies only with spec.format: archive"), "{}", e.message);
     }
 }

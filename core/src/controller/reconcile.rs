@@ -20,21 +20,22 @@ use kube::runtime::finalizer::{self, finalizer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatus};
-use super::conditions::Reason;
-use super::fetch::{FetchOutcome, FetchRequest, Fetcher, TlsSettings};
+use super::credentials::{self, Credentials};
+use super::fetch::{FetchOutcome, FetchRequest, Fetcher};
 use super::finish::{Report, finish, owned_by, write_status};
 use super::hooks::chain::{self, HookFailure, Phase};
 use super::hooks::protocol::ExecutorClient;
 use super::memory::MemoryBudget;
 use super::metrics::{Metrics, ObjectLabels, ReconcileLabels, ResultLabels};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
-use super::plan::{self, ConfigProblem, Defaults, Plan};
+use super::plan::{Defaults, Packaging, Plan};
 use super::redact::redact_url;
 use super::restore::RestorePass;
 use super::revision::revision;
 use super::transform::TransformError;
 use super::transform::sandbox::Sandbox;
 use crate::key::{ObjectKey, artifact_dir, namespace_dir};
+use crate::package::archive::{Limits, MAX_ENTRIES, repackage};
 use crate::package::package;
 use crate::storage::{FailureClass, ObjectMeta, Storage, StorageError};
 
@@ -304,7 +305,8 @@ async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Report, Error> {
     };
     let warning = plan.interval_warning();
     inputs.interval_warning = warning.as_deref();
-    let (headers, tls) = match read_secrets(ctx, &ns, &plan).await? {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let credentials = match credentials::read(&secrets, &ns, &plan).await? {
         Ok(v) => v,
         Err(problem) => {
             let stalled = Outcome::Stalled { problem, recheck_at_interval: false };
@@ -319,7 +321,7 @@ async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Report, Error> {
         }
         None => old,
     };
-    let outcome = fetch_and_store(ctx, es, &plan, &old, headers, tls).await;
+    let outcome = fetch_and_store(ctx, es, &plan, &old, credentials).await;
     finish(ctx, es, &old, outcome, inputs, Some(plan.interval)).await
 }
 
@@ -329,13 +331,12 @@ async fn fetch_and_store(
     es: &ExternalSource,
     plan: &Plan,
     old: &ExternalSourceStatus,
-    headers: reqwest::header::HeaderMap,
-    tls: TlsSettings,
+    credentials: Credentials,
 ) -> Outcome {
     let (ns, name) = key_of(es);
     // One budget of retries for every hook of this reconcile (`spec.maxRetries`).
     let mut retries_left = plan.hooks.max_retries;
-    let mut headers = headers;
+    let Credentials { mut headers, tls, proxy } = credentials;
     if !plan.hooks.pre_request.is_empty() {
         let output = match run_hooks(
             ctx,
@@ -377,11 +378,13 @@ async fn fetch_and_store(
         timeout: plan.timeout,
         max_size: plan.max_size,
         if_none_match,
+        proxy,
     };
 
     let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
     // Held until the body and its copies are gone, at the end of this function.
-    let mut memory = ctx.memory.reserve(plan.max_size).await;
+    let unpacked = if matches!(plan.packaging, Packaging::Archive(_)) { plan.max_size } else { 0 };
+    let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
     let fetched = ctx.fetcher.fetch(&request, &mut memory).await;
     ctx.metrics.source_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
@@ -486,11 +489,21 @@ async fn store(
         Ok(body) => body,
         Err(e) => return Stored::TransformFailed(e),
     };
-    let packaged = match package(&body, &plan.destination) {
-        Ok(packaged) => packaged,
-        Err(e) => return Stored::PackagingFailed(e.to_string()),
+    let packaged = match &plan.packaging {
+        Packaging::File(path) => match package(&body, path) {
+            Ok(packaged) => packaged,
+            Err(e) => return Stored::PackagingFailed(e.to_string()),
+        },
+        Packaging::Archive(layout) => {
+            let (layout, limits) = (layout.clone(), Limits { max_bytes: plan.max_size, max_entries: MAX_ENTRIES });
+            // Unpacking up to maxSize is CPU work: off the reactor.
+            match tokio::task::spawn_blocking(move || repackage(&body, &layout, limits)).await {
+                Ok(Ok(packaged)) => packaged,
+                Ok(Err(e)) => return Stored::ArchiveRefused(e),
+                Err(e) => return Stored::PackagingFailed(e.to_string()),
+            }
+        }
     };
-    drop(body);
     if let Some(current) = current.filter(|c| c.digest == packaged.digest.as_str()) {
         // Same bytes: same revision, whatever the ETag says, so consumers see no churn.
         return Stored::Same(current);
@@ -606,47 +619,6 @@ async fn make_room(ctx: &Context, es: &ExternalSource, old: &ExternalSourceStatu
 
 pub(super) fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-/// Reads the headers Secret and CA bundle. `Ok(Err(_))` is a configuration problem.
-async fn read_secrets(
-    ctx: &Context,
-    ns: &str,
-    plan: &Plan,
-) -> Result<Result<(reqwest::header::HeaderMap, TlsSettings), ConfigProblem>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let missing = |what: String| ConfigProblem { reason: Reason::SecretNotFound, message: what };
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(name) = &plan.headers_secret {
-        match secrets.get_opt(name).await? {
-            None => {
-                return Ok(Err(missing(format!(
-                    "spec.generator.http.headersSecretRef: Secret {name:?} not found in namespace {ns:?}"
-                ))));
-            }
-            Some(secret) => match plan::headers_from_secret(name, &secret.data.unwrap_or_default()) {
-                Ok(h) => headers = h,
-                Err(problem) => return Ok(Err(problem)),
-            },
-        }
-    }
-    let mut tls = TlsSettings { ca_bundle: None, insecure_skip_verify: plan.insecure_skip_verify };
-    if let Some((name, key)) = &plan.ca_bundle {
-        let Some(secret) = secrets.get_opt(name).await? else {
-            return Ok(Err(missing(format!(
-                "spec.generator.http.caBundleSecretRef: Secret {name:?} not found in namespace {ns:?}"
-            ))));
-        };
-        match secret.data.unwrap_or_default().remove(key) {
-            Some(pem) => tls.ca_bundle = Some(pem.0),
-            None => {
-                return Ok(Err(missing(format!(
-                    "spec.generator.http.caBundleSecretRef: Secret {name:?} has no key {key:?}"
-                ))));
-            }
-        }
-    }
-    Ok(Ok((headers, tls)))
 }
 
 /// The payload after `spec.transform`, run in the sandbox.
