@@ -26,6 +26,24 @@ args = ['X-Token: [a-z0-9-]+']
 
 [[command]]
 path = "/usr/bin/false"
+
+[[command]]
+path = "/usr/bin/jq"
+args = ['-c', '\.items']
+
+[[command]]
+path = "/usr/bin/sed"
+args = ['s/[a-z]+/[a-z]+/']
+
+[[command]]
+path = "/usr/bin/sleep"
+args = ['[0-9]+']
+
+[[command]]
+path = "/usr/bin/yes"
+
+[[command]]
+path = "/usr/bin/env"
 "#;
 
 /// The executor process and its socket.
@@ -150,5 +168,65 @@ async fn without_an_executor_a_source_with_hooks_is_not_ready_and_says_how_to_en
     assert_eq!(reason, "Unsupported");
     assert!(message.contains("hooks.socket") && message.contains("deploy/components/hooks"), "{message}");
     assert_eq!(upstream.request_count(), 0, "nothing is fetched for a source whose output would differ");
+    ctl.stop().await;
+}
+
+/// Real tools chained (jq, then sed); then each hostile hook is refused or stopped with its own
+/// message while the last good artifact stays published; hooks see only their own environment.
+#[tokio::test]
+async fn real_tools_chain_and_hostile_hooks_are_stopped() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("hostile-hooks").await;
+    let executor = start_executor();
+    let ctl = TestController::start(cp.client(), options(Some(&executor.socket))).await;
+    let upstream = Fixture::start(Reply::ok(r#"{"items": [{"name": "alpha"}], "noise": true}"#)).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let chain = json!({"hooks": {"postRequest": [
+        {"name": "pick", "command": "/usr/bin/jq", "args": ["-c", ".items"]},
+        {"name": "rename", "command": "/usr/bin/sed", "args": ["s/alpha/omega/"]},
+    ]}});
+    api.create(&PostParams::default(), &source("chained", &upstream.url("/data"), chain)).await.unwrap();
+    let es = wait_ready(&api, "chained", "True").await;
+    let good = artifact(&es).digest;
+    assert_eq!(good, packaged_digest(b"[{\"name\":\"omega\"}]\n"), "jq then sed shaped the artifact");
+
+    let cases = [
+        // GNU sed's `e` command would run a shell: the argument pattern is anchored, so it never starts.
+        (
+            json!([{"name": "shell", "command": "/usr/bin/sed", "args": ["s/a/b/;e id"]}]),
+            "argument 0 (\"s/a/b/;e id\") of \"/usr/bin/sed\" matches none of the whitelisted patterns",
+        ),
+        (
+            json!([{"name": "slow", "command": "/usr/bin/sleep", "args": ["30"], "timeout": "1s"}]),
+            "\"/usr/bin/sleep\" ran longer than its timeout of 1s and was killed",
+        ),
+        (json!([{"name": "flood", "command": "/usr/bin/yes"}]), "\"/usr/bin/yes\" wrote more than"),
+        (
+            json!([{"name": "flaky", "command": "/usr/bin/false", "retryPolicy": "retry"}]),
+            "hook \"flaky\" (postRequest) failed after 3 attempt(s)",
+        ),
+    ];
+    for (hooks, expected) in cases {
+        let patch = json!({"spec": {"maxRetries": 2, "hooks": {"postRequest": hooks}}});
+        api.patch("chained", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+        let es = wait_ready(&api, "chained", "False").await;
+        let (_, reason, message) = ready(&es).unwrap();
+        assert_eq!(reason, "HookFailed", "{message}");
+        assert!(message.contains(expected), "expected {expected:?} in {message:?}");
+        assert_eq!(artifact(&es).digest, good, "the last good artifact is kept ({expected})");
+    }
+
+    // A hook's environment is its `env` and a fixed PATH, nothing else: no Kubernetes variables,
+    // nothing of the executor's or the controller's (`/usr/bin/env` prints them in order).
+    let env = json!({"spec": {"hooks": {"postRequest": [
+        {"name": "environment", "command": "/usr/bin/env", "env": [{"name": "ONLY", "value": "this"}]},
+    ]}}});
+    api.patch("chained", &PatchParams::default(), &Patch::Merge(&env)).await.unwrap();
+    let es = wait_ready(&api, "chained", "True").await;
+    assert_eq!(
+        artifact(&es).digest,
+        packaged_digest(b"ONLY=this\nPATH=/usr/local/bin:/usr/bin:/bin\n"),
+        "the hook saw exactly its own env"
+    );
     ctl.stop().await;
 }
