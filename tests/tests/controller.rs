@@ -465,6 +465,29 @@ async fn the_sources_labels_are_copied_to_its_external_artifact() {
     assert!(!labels(&ea).contains_key("sharding.fluxcd.io/key"), "a removed label is removed: {:?}", labels(&ea));
     assert_eq!(labels(&ea).get("added-by-someone").map(String::as_str), Some("x"), "other labels stay");
     assert_eq!(labels(&ea).get("app.kubernetes.io/managed-by").map(String::as_str), Some("externalsource-controller"));
+
+    // Annotations are opt-in: only those `source.flux.oddkin.co/copy-annotations` names.
+    let annotations = |ea: &ExternalArtifact| ea.metadata.annotations.clone().unwrap_or_default();
+    let chosen = json!({"metadata": {"annotations": {
+        "source.flux.oddkin.co/copy-annotations": "docs.example/owner",
+        "docs.example/owner": "team-b",
+        "docs.example/private": "stays on the source",
+    }}});
+    api.patch("labelled", &PatchParams::default(), &Patch::Merge(&chosen)).await.unwrap();
+    let ea = eventually("the chosen annotation reaches the ExternalArtifact", WAIT, || async {
+        let ea = eas.get("labelled").await.ok()?;
+        (annotations(&ea).get("docs.example/owner").map(String::as_str) == Some("team-b")).then_some(ea)
+    })
+    .await;
+    assert!(!annotations(&ea).contains_key("docs.example/private"), "{:?}", annotations(&ea));
+    let unchosen = json!({"metadata": {"annotations": {"source.flux.oddkin.co/copy-annotations": null}}});
+    api.patch("labelled", &PatchParams::default(), &Patch::Merge(&unchosen)).await.unwrap();
+    let ea = eventually("the no longer chosen annotation leaves the ExternalArtifact", WAIT, || async {
+        let ea = eas.get("labelled").await.ok()?;
+        (!annotations(&ea).contains_key("docs.example/owner")).then_some(ea)
+    })
+    .await;
+    assert_eq!(labels(&ea).get("team").map(String::as_str), Some("b"), "labels are untouched");
     ctl.stop().await;
 }
 

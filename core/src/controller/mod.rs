@@ -76,8 +76,10 @@ fn trigger_hash(es: &ExternalSource) -> Option<u64> {
     es.metadata.generation.hash(&mut h);
     es.annotations().get(REQUESTED_AT).hash(&mut h);
     es.finalizers().hash(&mut h);
-    // Labels are copied to the ExternalArtifact: a change is published without waiting.
+    // Labels and chosen annotations are copied to the ExternalArtifact: a change is published
+    // without waiting.
     es.labels().hash(&mut h);
+    finish::copied_annotations(es).hash(&mut h);
     es.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
