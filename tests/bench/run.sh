@@ -224,7 +224,7 @@ max_bytes = "4GiB"
 
 [storage.filesystem]
 root = "${5:-$RUN/unused-root}"
-# `serve` reads a store other replicas write; these benchmarks pre-fill the directory.
+# serve reads a store other replicas write; these benchmarks pre-fill the directory.
 shared = true
 
 [log]
