@@ -70,13 +70,7 @@ async fn helm_controller_installs_a_chart_from_a_url() {
     let _serial = SERIAL.lock().await;
     let started = Instant::now();
     let cache = testenv_cache("flux");
-    let logs = target_dir().join("flux-e2e").join("helm");
-    let _ = std::fs::remove_dir_all(&logs);
-    std::fs::create_dir_all(&logs).expect("log dir");
-    let work = tempfile::Builder::new().prefix("externalsource-flux-helm-").tempdir().expect("tempdir");
-    let config = work.path().join("config.toml");
-    std::fs::write(&config, "[server]\nbind_address = \"127.0.0.1\"\n\n[ops]\nbind_address = \"127.0.0.1\"\n")
-        .expect("config file");
+    let (logs, work, config) = scenario_dirs("helm");
 
     let cp = ControlPlane::start().await;
     let client = cp.client();
@@ -258,6 +252,19 @@ async fn create_kustomization(kustomizations: &Api<DynamicObject>, ns: &str, nam
     }))
     .expect("Kustomization");
     kustomizations.create(&PostParams::default(), &kustomization).await.expect("create Kustomization");
+}
+
+/// A fresh log directory `target/flux-e2e/<label>`, a temporary work directory, and in it our
+/// controller's config file (everything on loopback).
+fn scenario_dirs(label: &str) -> (PathBuf, tempfile::TempDir, PathBuf) {
+    let logs = target_dir().join("flux-e2e").join(label);
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).expect("log dir");
+    let work = tempfile::Builder::new().prefix(&format!("externalsource-flux-{label}-")).tempdir().expect("tempdir");
+    let config = work.path().join("config.toml");
+    std::fs::write(&config, "[server]\nbind_address = \"127.0.0.1\"\n\n[ops]\nbind_address = \"127.0.0.1\"\n")
+        .expect("config file");
+    (logs, work, config)
 }
 
 /// A line in the test output that libtest does not capture (written to fd 2 directly).
@@ -575,13 +582,7 @@ async fn scenario(backend: Backend) {
     );
     // Builds kustomize-controller into the testenv cache if needed (a no-op once cached).
     let cache = testenv_cache("flux");
-    let logs = target_dir().join("flux-e2e").join(backend.name());
-    let _ = std::fs::remove_dir_all(&logs);
-    std::fs::create_dir_all(&logs).expect("log dir");
-    let work = tempfile::Builder::new().prefix("externalsource-flux-e2e-").tempdir().expect("tempdir");
-    let config = work.path().join("config.toml");
-    std::fs::write(&config, "[server]\nbind_address = \"127.0.0.1\"\n\n[ops]\nbind_address = \"127.0.0.1\"\n")
-        .expect("config file");
+    let (logs, work, config) = scenario_dirs(backend.name());
     say(&format!("flux-e2e[{}]: child logs in {}", backend.name(), logs.display()));
 
     let cp = ControlPlane::start().await;

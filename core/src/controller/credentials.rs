@@ -28,6 +28,7 @@ pub struct Credentials {
 }
 
 const AUTH_FIELD: &str = "spec.generator.http.secretRef";
+const CA_BUNDLE_FIELD: &str = "spec.generator.http.caBundleSecretRef";
 const CERT_FIELD: &str = "spec.generator.http.certSecretRef";
 const PROXY_FIELD: &str = "spec.generator.http.proxySecretRef";
 
@@ -187,16 +188,10 @@ pub async fn read(
     }
     let mut ca = Vec::new();
     if let Some((name, key)) = &plan.ca_bundle {
-        let data = data!("spec.generator.http.caBundleSecretRef", name);
-        match data.get(key) {
-            Some(pem) => ca.extend_from_slice(&pem.0),
-            None => {
-                return Ok(Err(ConfigProblem {
-                    reason: Reason::SecretNotFound,
-                    message: format!("spec.generator.http.caBundleSecretRef: Secret {name:?} has no key {key:?}"),
-                }));
-            }
-        }
+        let data = data!(CA_BUNDLE_FIELD, name);
+        let pem =
+            check!(data.get(key).ok_or_else(|| missing_key(CA_BUNDLE_FIELD, name, key, "the CA bundle it names")));
+        ca.extend_from_slice(&pem.0);
     }
     if let Some(name) = &plan.cert_secret {
         let (identity, cert_ca) = check!(client_tls(name, &data!(CERT_FIELD, name)));

@@ -36,7 +36,7 @@ use super::transform::TransformError;
 use super::transform::sandbox::Sandbox;
 use crate::key::{ObjectKey, artifact_dir, namespace_dir};
 use crate::package::archive::{Limits, MAX_ENTRIES, repackage};
-use crate::package::package;
+use crate::package::{Package, package};
 use crate::storage::{FailureClass, ObjectMeta, Storage, StorageError};
 
 /// The predecessor's finalizer name, kept so objects move between the two controllers.
@@ -489,20 +489,9 @@ async fn store(
         Ok(body) => body,
         Err(e) => return Stored::TransformFailed(e),
     };
-    let packaged = match &plan.packaging {
-        Packaging::File(path) => match package(&body, path) {
-            Ok(packaged) => packaged,
-            Err(e) => return Stored::PackagingFailed(e.to_string()),
-        },
-        Packaging::Archive(layout) => {
-            let (layout, limits) = (layout.clone(), Limits { max_bytes: plan.max_size, max_entries: MAX_ENTRIES });
-            // Unpacking up to maxSize is CPU work: off the reactor.
-            match tokio::task::spawn_blocking(move || repackage(&body, &layout, limits)).await {
-                Ok(Ok(packaged)) => packaged,
-                Ok(Err(e)) => return Stored::ArchiveRefused(e),
-                Err(e) => return Stored::PackagingFailed(e.to_string()),
-            }
-        }
+    let packaged = match packaged(plan, body).await {
+        Ok(packaged) => packaged,
+        Err(failed) => return failed,
     };
     if let Some(current) = current.filter(|c| c.digest == packaged.digest.as_str()) {
         // Same bytes: same revision, whatever the ETag says, so consumers see no churn.
@@ -530,6 +519,22 @@ async fn store(
         last_update_time: now(),
         metadata,
     })
+}
+
+/// Packages the body as `spec.format` says. The body is moved in, so it is released as soon as
+/// it is packaged, before the put.
+async fn packaged(plan: &Plan, body: Bytes) -> Result<Package, Stored> {
+    match &plan.packaging {
+        Packaging::File(path) => package(&body, path).map_err(|e| Stored::PackagingFailed(e.to_string())),
+        Packaging::Archive(layout) => {
+            let (layout, limits) = (layout.clone(), Limits { max_bytes: plan.max_size, max_entries: MAX_ENTRIES });
+            // Unpacking up to maxSize is CPU work: off the reactor.
+            match tokio::task::spawn_blocking(move || repackage(&body, &layout, limits)).await {
+                Ok(result) => result.map_err(Stored::ArchiveRefused),
+                Err(e) => Err(Stored::PackagingFailed(e.to_string())),
+            }
+        }
+    }
 }
 
 /// Puts `bytes`; when the store is full, deletes this source's revisions except the published
