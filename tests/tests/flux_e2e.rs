@@ -119,7 +119,7 @@ async fn helm_controller_installs_a_chart_from_a_url() {
     .expect("HelmRelease");
     releases.create(&PostParams::default(), &release).await.expect("create HelmRelease");
 
-    let first = published_named(&artifacts, &procs, "chart", |_| true).await;
+    let first = published(&artifacts, &procs, "chart", "the chart's artifact", |r| !r.is_empty()).await.revision;
     let cm = poll("the ConfigMap the chart renders", &procs, || async {
         configmaps.get_opt("greeter").await.map_err(|e| e.to_string())?.ok_or_else(|| "not installed yet".to_owned())
     })
@@ -145,7 +145,7 @@ async fn helm_controller_installs_a_chart_from_a_url() {
     // A new chart upstream: a new revision, and helm-controller upgrades the release.
     upstream.set(Reply::ok(chart_tgz(work.path(), "1.1.0", "two")));
     request_reconcile(&sources, "chart", &token("chart-1.1.0")).await;
-    let second = published_named(&artifacts, &procs, "chart", |r| r != first).await;
+    let second = published(&artifacts, &procs, "chart", "the new chart's artifact", |r| r != first).await.revision;
     poll("the upgraded ConfigMap", &procs, || async {
         let cm = configmaps.get("greeter").await.map_err(|e| e.to_string())?;
         let chart = cm.data.unwrap_or_default().get("chart").cloned();
@@ -182,25 +182,6 @@ fn chart_tgz(dir: &Path, version: &str, marker: &str) -> Vec<u8> {
         .expect("tar");
     assert!(status.success(), "tar failed");
     std::fs::read(tgz).expect("chart tarball")
-}
-
-/// The ExternalArtifact's revision once Ready with a revision `accept` takes.
-async fn published_named(
-    artifacts: &Api<DynamicObject>,
-    procs: &[&ChildProcess],
-    name: &str,
-    accept: impl Fn(&str) -> bool,
-) -> String {
-    poll(&format!("ExternalArtifact {name}"), procs, || async {
-        let ea = artifacts.get_opt(name).await.map_err(|e| e.to_string())?.ok_or("no ExternalArtifact")?;
-        let revision = text(&ea, "/status/artifact/revision").unwrap_or_default();
-        if is_ready(&ea) && !revision.is_empty() && accept(&revision) {
-            Ok(revision)
-        } else {
-            Err(format!("revision {revision:?}, {}", ready_summary(&ea)))
-        }
-    })
-    .await
 }
 
 /// The HelmRelease Ready, its last attempted revision carrying our artifact's digest.
@@ -448,15 +429,16 @@ struct Published {
     resource_version: String,
 }
 
-/// The ExternalArtifact when Ready=True with an artifact whose revision satisfies `accept`.
+/// The ExternalArtifact `name` when Ready=True with an artifact whose revision satisfies `accept`.
 async fn published(
     artifacts: &Api<DynamicObject>,
     procs: &[&ChildProcess],
+    name: &str,
     what: &str,
     accept: impl Fn(&str) -> bool,
 ) -> Published {
     poll(what, procs, || async {
-        let ea = artifacts.get_opt(SOURCE).await.map_err(|e| e.to_string())?.ok_or("no ExternalArtifact")?;
+        let ea = artifacts.get_opt(name).await.map_err(|e| e.to_string())?.ok_or("no ExternalArtifact")?;
         let revision = text(&ea, "/status/artifact/revision").unwrap_or_default();
         if !is_ready(&ea) || !accept(&revision) {
             return Err(format!("revision {revision:?}, {}", ready_summary(&ea)));
@@ -634,7 +616,7 @@ async fn scenario(backend: Backend) {
 
     // 1. First revision: published, served, applied.
     let procs = [&kustomize_controller, &controller];
-    let first = published(&artifacts, &procs, "the first artifact", |r| !r.is_empty()).await;
+    let first = published(&artifacts, &procs, SOURCE, "the first artifact", |r| !r.is_empty()).await;
     let id = etag(1).map_or_else(|| "latest".to_owned(), |t| t.trim_matches('"').to_owned());
     assert_eq!(first.revision, format!("{id}@{}", first.digest), "revision is <id>@<digest>");
     assert!(first.url.starts_with(&ours.base_url()), "artifact URL {} is on the advertised URL", first.url);
@@ -658,7 +640,8 @@ async fn scenario(backend: Backend) {
     let t = token("change");
     request_reconcile(&sources, SOURCE, &t).await;
     let second =
-        published(&artifacts, &procs, "a new revision after the upstream changed", |r| r != first.revision).await;
+        published(&artifacts, &procs, SOURCE, "a new revision after the upstream changed", |r| r != first.revision)
+            .await;
     assert_ne!(second.digest, first.digest);
     check_download(&second).await;
     request_reconcile(&kustomizations, KUSTOMIZATION, &t).await;
@@ -686,7 +669,7 @@ async fn scenario(backend: Backend) {
         let last = fixture.requests().pop().expect("a request");
         assert_eq!(last.status, 304, "an unchanged upstream with an ETag answers 304 to a conditional GET");
     }
-    let now = published(&artifacts, &procs, "the unchanged artifact", |_| true).await;
+    let now = published(&artifacts, &procs, SOURCE, "the unchanged artifact", |_| true).await;
     assert_eq!(now, second, "the ExternalArtifact did not change while upstream did not");
     let cm = configmaps.get(CONFIGMAP).await.expect("ConfigMap");
     assert_eq!(cm.metadata.resource_version.as_deref(), Some(cm_version.as_str()), "the ConfigMap was not re-applied");
@@ -700,7 +683,7 @@ async fn scenario(backend: Backend) {
     let t = token("restart");
     request_reconcile(&sources, SOURCE, &t).await;
     source_handled(&sources, &procs, &t).await;
-    let after = published(&artifacts, &procs, "the artifact after a restart", |_| true).await;
+    let after = published(&artifacts, &procs, SOURCE, "the artifact after a restart", |_| true).await;
     assert_eq!(after.revision, second.revision, "a restart does not change the revision");
     if backend == Backend::Filesystem {
         assert_eq!(after, second, "the filesystem backend kept the artifact across the restart");
@@ -766,11 +749,7 @@ async fn release_zip_is_applied(
     });
     create_source(sources, ns, NAME, spec).await;
     create_kustomization(kustomizations, ns, NAME, NAME).await;
-    let revision = poll("the release zip's artifact", procs, || async {
-        let ea = artifacts.get_opt(NAME).await.map_err(|e| e.to_string())?.ok_or("no ExternalArtifact")?;
-        text(&ea, "/status/artifact/revision").filter(|_| is_ready(&ea)).ok_or_else(|| ready_summary(&ea))
-    })
-    .await;
+    let revision = published(artifacts, procs, NAME, "the release zip's artifact", |r| !r.is_empty()).await.revision;
     let cm = poll("the ConfigMap from the zip", procs, || async {
         configmaps.get_opt("from-zip").await.map_err(|e| e.to_string())?.ok_or_else(|| "not applied yet".to_owned())
     })
