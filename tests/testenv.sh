@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real components the tests run against, once, into a cache outside the checkout:
-#   etcd, kube-apiserver, Flux kustomize-controller and helm-controller, the helm CLI (for the
-#   chart's install test), and the CRDs those need (Flux's, prometheus-operator's for the
-#   monitoring objects).
+#   etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
+#   the helm CLI (for the chart's install test), and the CRDs those need (Flux's,
+#   prometheus-operator's for the monitoring objects).
 # Go is used here only to build these third-party binaries; the product contains no Go.
 # Prints the cache directory on its last line. Re-runs are no-ops once everything is built.
 set -euo pipefail
@@ -12,6 +12,8 @@ ETCD_VERSION=3.6.16
 KUSTOMIZE_CONTROLLER_VERSION=1.9.4
 SOURCE_CONTROLLER_VERSION=1.9.1
 HELM_CONTROLLER_VERSION=1.6.0
+# The receiver of our Flux events (controller.events_addr) in the alerting end-to-end test.
+NOTIFICATION_CONTROLLER_VERSION=1.9.0
 # The Helm v4 SDK helm-controller is built with (what fluxcd/pkg/chartutil v1.27.1 requires);
 # the helm CLI is built from it too.
 HELM_VERSION=4.2.2
@@ -23,6 +25,7 @@ BIN="$CACHE/bin"
 CRDS="$CACHE/crds"
 # Names the versions the Flux binaries in $BIN were built at (older caches hold other ones).
 FLUX_MARKER="$BIN/.flux-kc${KUSTOMIZE_CONTROLLER_VERSION}-hc${HELM_CONTROLLER_VERSION}-helm${HELM_VERSION}"
+NOTIFICATION_MARKER="$BIN/.flux-nc${NOTIFICATION_CONTROLLER_VERSION}"
 mkdir -p "$BIN" "$CRDS"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -126,6 +129,41 @@ GO
   touch "$FLUX_MARKER"
 }
 
+# Flux's notification-controller, from a wrapper module of its own: its dependency graph is mostly
+# its alert providers' SDKs, and resolving it together with the consumers above would move the
+# versions they are pinned at. Packages both graphs hold at the same version come from the shared
+# Go build cache. Its CRDs (Alert, Provider, Receiver) come from the same module.
+build_notification() {
+  local dir="$CACHE/build/notification"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  cat > go.mod <<GOMOD
+module example.invalid/notification-build
+
+go 1.26.0
+
+require github.com/fluxcd/notification-controller v${NOTIFICATION_CONTROLLER_VERSION}
+
+replace gopkg.in/yaml.v3 => gopkg.in/yaml.v3 v3.0.1
+GOMOD
+  cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "github.com/fluxcd/notification-controller"
+GO
+  go mod tidy >&2
+  go build -trimpath -ldflags "-s -w" -o "$BIN/notification-controller.tmp" github.com/fluxcd/notification-controller
+  mv "$BIN/notification-controller.tmp" "$BIN/notification-controller"
+  local nc
+  nc=$(go mod download -json "github.com/fluxcd/notification-controller@v${NOTIFICATION_CONTROLLER_VERSION}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  for f in alerts providers receivers; do
+    cp "$nc/config/crd/bases/notification.toolkit.fluxcd.io_${f}.yaml" "$CRDS/"
+  done
+  chmod 0644 "$CRDS"/*.yaml
+  touch "$NOTIFICATION_MARKER"
+}
+
 fetch_monitoring_crds() {
   local po
   po=$(cd "$CACHE" && go mod download -json "github.com/prometheus-operator/prometheus-operator@v${PROMETHEUS_OPERATOR_VERSION}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
@@ -165,6 +203,7 @@ want="${1:-all}"
 [ -x "$BIN/kube-apiserver" ] || timed kube-apiserver build_kube_apiserver
 if [ "$want" = all ] || [ "$want" = flux ]; then
   [ -f "$FLUX_MARKER" ] || timed flux-controllers+helm build_flux
+  [ -f "$NOTIFICATION_MARKER" ] || timed notification-controller build_notification
 fi
 rm -rf "$CACHE/build"
 echo "$CACHE"

@@ -12,7 +12,7 @@ use externalsource_core::controller::hooks::spec::HookDefaults;
 use externalsource_core::controller::leader::{LeaderElector, Timings};
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
-use externalsource_core::controller::reconcile::{Context, Settings};
+use externalsource_core::controller::reconcile::{Context, REPORTING_CONTROLLER, Settings};
 use externalsource_core::controller::restore::RestorePass;
 use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::controller::{self, StartError};
@@ -292,7 +292,7 @@ async fn run_controller(
         Some(pass) => Some(tokio::spawn(ready_after_restore(pass, restoring, readiness.clone(), c.restore_timeout))),
     };
     let reporter =
-        Reporter { controller: "externalsource-controller".into(), instance: Some(config.controller.pod_name.clone()) };
+        Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(config.controller.pod_name.clone()) };
     let ctx = Context::new(
         client.clone(),
         storage,
@@ -319,6 +319,8 @@ async fn run_controller(
             namespace_quota: config.namespace_quota,
             hook_socket: config.hooks.socket.clone(),
             watch_label_selector: config.controller.watch_label_selector.clone(),
+            events_addr: config.controller.events_addr.clone(),
+            reporting_instance: config.controller.pod_name.clone(),
         },
         Recorder::new(client, reporter),
         metrics,

@@ -54,6 +54,12 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SELECTOR")]
     pub watch_label_selector: Option<String>,
 
+    /// notification-controller's event address, e.g.
+    /// `http://notification-controller.flux-system.svc.cluster.local./` (controller.events_addr):
+    /// Flux events for Alerts, besides the Kubernetes Events.
+    #[arg(long, global = true, value_name = "URL")]
+    pub events_addr: Option<String>,
+
     /// Log format: text or json (log.format).
     #[arg(long, global = true, value_name = "FORMAT")]
     pub log_format: Option<String>,
@@ -89,6 +95,7 @@ impl Cli {
             (&self.log_format, "log.format", "--log-format"),
             (&self.memory_limit, "controller.memory_limit", "--memory-limit"),
             (&self.watch_label_selector, "controller.watch_label_selector", "--watch-label-selector"),
+            (&self.events_addr, "controller.events_addr", "--events-addr"),
         ];
         for (value, key, flag) in flags {
             if let Some(value) = value {

@@ -98,6 +98,10 @@ pub struct ControllerConfig {
     /// Only ExternalSources matching this label selector are reconciled (sharding, like Flux's
     /// `--watch-label-selector`); `None`: all.
     pub watch_label_selector: Option<String>,
+    /// notification-controller's event address, like Flux controllers' `--events-addr`
+    /// (`http://notification-controller.flux-system.svc.cluster.local./`); `None`: only
+    /// Kubernetes Events are recorded.
+    pub events_addr: Option<String>,
     /// How long a lease nobody renews stays held (client-go's `LeaseDuration`).
     pub lease_duration: Duration,
     /// How long a leader keeps trying to renew before it steps down; below `lease_duration`
@@ -251,6 +255,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("LEADER_ELECTION", "controller.leader_election"),
     ("POD_NAME", "controller.pod_name"),
     ("WATCH_LABEL_SELECTOR", "controller.watch_label_selector"),
+    ("EVENTS_ADDR", "controller.events_addr"),
     ("HTTP_TIMEOUT", "fetch.timeout"),
     ("HTTP_USER_AGENT", "fetch.user_agent"),
     ("FETCH_MAX_SIZE", "fetch.max_size"),
@@ -293,6 +298,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "lease_name",
             "pod_name",
             "watch_label_selector",
+            "events_addr",
             "lease_duration",
             "renew_deadline",
             "retry_period",
@@ -432,6 +438,7 @@ impl ConfigLoader {
                 None => None,
                 Some(_) => Some(r.label_selector("controller.watch_label_selector")?),
             },
+            events_addr: r.optional_url("controller.events_addr")?,
             lease_duration: r.duration("controller.lease_duration", "15s", Duration::from_secs(1))?,
             renew_deadline: r.duration("controller.renew_deadline", "10s", Duration::from_millis(500))?,
             retry_period: r.duration("controller.retry_period", "2s", Duration::from_millis(100))?,
@@ -900,6 +907,9 @@ impl Config {
         controller.insert("pod_name".into(), s(&c.pod_name));
         if let Some(selector) = &c.watch_label_selector {
             controller.insert("watch_label_selector".into(), s(selector));
+        }
+        if let Some(address) = &c.events_addr {
+            controller.insert("events_addr".into(), s(address));
         }
         controller.insert("lease_duration".into(), s(&format_duration(c.lease_duration)));
         controller.insert("renew_deadline".into(), s(&format_duration(c.renew_deadline)));

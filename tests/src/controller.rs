@@ -44,6 +44,8 @@ pub struct Options {
     pub hook_socket: Option<std::path::PathBuf>,
     /// Only sources matching this selector are reconciled.
     pub watch_label_selector: Option<String>,
+    /// notification-controller's event address (`controller.events_addr`).
+    pub events_addr: Option<String>,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -72,6 +74,7 @@ impl Default for Options {
             namespace_quota: None,
             hook_socket: None,
             watch_label_selector: None,
+            events_addr: None,
         }
     }
 }
@@ -146,6 +149,8 @@ impl TestController {
                 namespace_quota: options.namespace_quota,
                 hook_socket: options.hook_socket.clone(),
                 watch_label_selector: options.watch_label_selector.clone(),
+                events_addr: options.events_addr.clone(),
+                reporting_instance: "test".into(),
             },
             Recorder::new(client, reporter),
             metrics,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -75,7 +75,12 @@ pub struct Recorded {
     pub headers: HeaderMap,
     /// Status the fixture answered with.
     pub status: u16,
+    /// The request body, up to [`MAX_RECORDED_BODY`] bytes (what a webhook receiver was sent).
+    pub body: Bytes,
 }
+
+/// Bytes of a request body the fixture keeps.
+pub const MAX_RECORDED_BODY: usize = 1 << 20;
 
 struct State {
     reply: Reply,
@@ -205,7 +210,12 @@ impl Drop for Fixture {
 }
 
 async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let (response, delay) = respond(&state, &req);
+    let (parts, incoming) = req.into_parts();
+    let body = match http_body_util::Limited::new(incoming, MAX_RECORDED_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let (response, delay) = respond(&state, &Request::from_parts(parts, body));
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
@@ -213,7 +223,7 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
 }
 
 /// The response, and how long to hold it back (the reply's delay), from one look at the state.
-fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> (Response<Full<Bytes>>, Option<std::time::Duration>) {
+fn respond(state: &Mutex<State>, req: &Request<Bytes>) -> (Response<Full<Bytes>>, Option<std::time::Duration>) {
     let mut st = state.lock().expect("fixture state");
     let reply = st.reply.clone();
     let not_modified = reply.status == 200
@@ -235,6 +245,7 @@ fn respond(state: &Mutex<State>, req: &Request<Incoming>) -> (Response<Full<Byte
         path: req.uri().path().to_owned(),
         headers: req.headers().clone(),
         status,
+        body: req.body().clone(),
     });
     let mut builder =
         Response::builder().status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));

@@ -52,7 +52,7 @@ pub(super) async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action
             if more > 0 { format!(" and {more} more") } else { String::new() },
         );
         tracing::warn!(namespace = %ns, name = %name, kind = error.kind(), "{message}");
-        event(ctx, es, EventType::Warning, Reason::CleanupAbandoned, &message).await;
+        event(ctx, es, EventType::Warning, Reason::CleanupAbandoned, &message, None).await;
     } else if !given_up {
         ctx.cleanup_attempts.remove(&uid);
     }

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 
 use super::api::{ExternalArtifact, ExternalArtifactSpec, ExternalSource, ExternalSourceStatus, SourceRef};
 use super::conditions::Reason;
+use super::flux_events::{Notice, Severity};
 use super::metrics::ObjectLabels;
 use super::outcome::{self, Outcome, Retry, StatusInputs};
 use super::plan::ConfigProblem;
@@ -58,10 +59,11 @@ pub async fn finish(
         collect_garbage(ctx, &ns, &name, old, &status).await;
         // A put repeated after a lost status write is not news.
         if *new && previous.as_deref() != Some(artifact.path.as_str()) {
-            event(ctx, es, EventType::Normal, Reason::NewArtifact, &outcome.message()).await;
+            let revision = Some(artifact.revision.as_str());
+            event(ctx, es, EventType::Normal, Reason::NewArtifact, &outcome.message(), revision).await;
         }
     } else if changed && !matches!(outcome, Outcome::Suspended) {
-        event(ctx, es, EventType::Warning, outcome.reason(), &outcome.message()).await;
+        event(ctx, es, EventType::Warning, outcome.reason(), &outcome.message(), None).await;
     }
 
     let next_interval = || interval.map_or_else(Action::await_change, at_interval);
@@ -320,8 +322,28 @@ async fn collect_garbage(
     }
 }
 
-/// Records an Event; failures to record are logged, never fatal.
-pub(super) async fn event(ctx: &Context, es: &ExternalSource, type_: EventType, reason: Reason, note: &str) {
+/// Records an Event, and sends it as a Flux event when `controller.events_addr` is set (with
+/// the new artifact's `revision`); failures to record are logged, never fatal.
+pub(super) async fn event(
+    ctx: &Context,
+    es: &ExternalSource,
+    type_: EventType,
+    reason: Reason,
+    note: &str,
+    revision: Option<&str>,
+) {
+    if let Some(flux_events) = &ctx.flux_events {
+        let (namespace, name) = key_of(es);
+        flux_events.notify(&Notice {
+            namespace: &namespace,
+            name: &name,
+            severity: if type_ == EventType::Warning { Severity::Error } else { Severity::Info },
+            reason: reason.as_str(),
+            message: note,
+            revision,
+            annotations: es.annotations(),
+        });
+    }
     let ev = Event {
         type_,
         reason: reason.as_str().to_owned(),

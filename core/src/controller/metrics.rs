@@ -80,6 +80,8 @@ pub struct Metrics {
     pub hook_duration: Family<HookObjectLabels, Histogram>,
     /// Hook label sets used per object, removed with it.
     hook_series: Mutex<HashMap<ObjectLabels, HashSet<HookLabels>>>,
+    /// Flux events posted to notification-controller, by result.
+    pub flux_events: Family<super::flux_events::EventResultLabels, Counter>,
 }
 
 impl Metrics {
@@ -97,6 +99,7 @@ impl Metrics {
             hook_executions: Family::default(),
             hook_duration: Family::new_with_constructor(histogram),
             hook_series: Mutex::default(),
+            flux_events: Family::default(),
         };
         registry.register(
             "externalsource_hook_execution",
@@ -138,6 +141,11 @@ impl Metrics {
             "externalsource_storage_bytes",
             "Bytes of the current artifact held per source",
             m.storage_bytes.clone(),
+        );
+        registry.register(
+            "externalsource_flux_events",
+            "Flux events for notification-controller (controller.events_addr) by result: sent, duplicate, dropped (queue full), failed",
+            m.flux_events.clone(),
         );
         registry.register(
             "externalsource_ready",

@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod egress;
 pub mod fetch;
 pub mod finish;
+pub mod flux_events;
 pub mod hooks;
 pub mod leader;
 pub mod memory;

@@ -23,6 +23,7 @@ use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatu
 use super::credentials::{self, Credentials};
 use super::fetch::{FetchOutcome, FetchRequest, Fetcher};
 use super::finish::{Report, finish, owned_by, write_status};
+use super::flux_events::{DEDUP_WINDOW, FluxEvents};
 use super::hooks::chain::{self, HookFailure, Phase};
 use super::hooks::protocol::ExecutorClient;
 use super::memory::MemoryBudget;
@@ -41,6 +42,8 @@ use crate::storage::{FailureClass, ObjectMeta, Storage, StorageError};
 
 /// The predecessor's finalizer name, kept so objects move between the two controllers.
 pub const FINALIZER: &str = "source.flux.oddkin.co/externalsource-finalizer";
+/// The controller's name in Kubernetes Events (`reportingController`) and Flux events.
+pub const REPORTING_CONTROLLER: &str = "externalsource-controller";
 /// Flux's "reconcile now" annotation.
 pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
 /// Metadata key of the upstream ETag in artifacts.
@@ -75,6 +78,11 @@ pub struct Settings {
     /// Only sources (and their ExternalArtifacts, which carry their labels) matching this
     /// selector are watched: one shard of several controllers.
     pub watch_label_selector: Option<String>,
+    /// notification-controller's event address (`controller.events_addr`): Flux events are
+    /// posted there besides the Kubernetes Events.
+    pub events_addr: Option<String>,
+    /// Who the Flux events say sent them (Flux's `reportingInstance`: the pod).
+    pub reporting_instance: String,
 }
 
 /// Everything a reconcile needs.
@@ -91,6 +99,8 @@ pub struct Context {
     pub memory: MemoryBudget,
     /// Where `spec.hooks` run, when an executor is configured.
     pub hooks: Option<ExecutorClient>,
+    /// Posts Flux events, when `events_addr` is set.
+    pub flux_events: Option<FluxEvents>,
     /// Consecutive transient failures per object, for exponential backoff.
     failures: DashMap<(String, String), u32>,
     /// Reconcile slots per namespace (see [`Settings::namespace_concurrency`]).
@@ -114,6 +124,15 @@ impl Context {
     ) -> Self {
         let memory = MemoryBudget::new(settings.memory_budget);
         let hooks = settings.hook_socket.as_ref().map(|s| ExecutorClient::new(s, settings.defaults.max_size as usize));
+        let flux_events = settings.events_addr.as_ref().map(|address| {
+            FluxEvents::start(
+                address.clone(),
+                REPORTING_CONTROLLER.to_owned(),
+                settings.reporting_instance.clone(),
+                DEDUP_WINDOW,
+                metrics.flux_events.clone(),
+            )
+        });
         Self {
             client,
             storage,
@@ -129,6 +148,7 @@ impl Context {
             transforms,
             memory,
             hooks,
+            flux_events,
             failures: DashMap::new(),
             namespace_slots: DashMap::new(),
             cleanup_attempts: DashMap::new(),
