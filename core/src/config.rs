@@ -254,6 +254,7 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("MIN_INTERVAL", "controller.min_interval"),
     ("LEADER_ELECTION", "controller.leader_election"),
     ("POD_NAME", "controller.pod_name"),
+    ("LEASE_NAME", "controller.lease_name"),
     ("WATCH_LABEL_SELECTOR", "controller.watch_label_selector"),
     ("EVENTS_ADDR", "controller.events_addr"),
     ("HTTP_TIMEOUT", "fetch.timeout"),

@@ -59,6 +59,7 @@ OVERLAYS: dict[str, str] = {
     "s3-direct": "s3",
     "s3-proxy": "s3",
     "networkpolicy": "memory",
+    "sharding": "memory",
 }
 # Fixtures rendered like overlays (path relative to tests/deploy/fixtures).
 FIXTURE_OVERLAYS: dict[str, str] = {
@@ -712,8 +713,9 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                 not missing, f"missing {missing}")
         lease_rules = [rl for ns, rl in ns_rules.get(key, []) if ns == ns_of(wl)]
         flat = [rule for rl in lease_rules for rule in rl]
-        missing = [v for v in LEASE_VERBS if not grants(flat, "coordination.k8s.io", "leases", v, LEASE_NAME)]
-        r.check(scope, f"RBAC: {key[0]}/{key[1]} may get/create/update Lease {LEASE_NAME} in {ns_of(wl)}",
+        lease = lease_name(ren, wl)
+        missing = [v for v in LEASE_VERBS if not grants(flat, "coordination.k8s.io", "leases", v, lease)]
+        r.check(scope, f"RBAC: {key[0]}/{key[1]} may get/create/update Lease {lease} in {ns_of(wl)}",
                 not missing, f"missing {missing}")
     for wl in wls:
         if all(subcommand(c) == "serve" for c in pod_spec(wl).get("containers") or []):
@@ -722,6 +724,40 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                     key not in cluster_rules and key not in ns_rules)
             r.check(scope, f"{name_of(wl)}: serve-only pods mount no API token",
                     pod_spec(wl).get("automountServiceAccountToken") is False)
+
+
+def lease_name(ren: Render, wl: dict) -> str:
+    """The Lease the controller container of `wl` elects with: env LEASE_NAME, else its
+    config.toml's controller.lease_name, else the default."""
+    pod = pod_spec(wl)
+    for c in pod.get("containers") or []:
+        if subcommand(c) != "run":
+            continue
+        from_env = env_value(c, "LEASE_NAME")
+        if from_env:
+            return from_env
+        config, _ = load_config(ren, ns_of(wl), pod, c)
+        return ((config or {}).get("controller") or {}).get("lease_name") or LEASE_NAME
+    return LEASE_NAME
+
+
+def check_shards(r: Report, scope: str, ren: Render) -> None:
+    """Each controller Deployment watches its own shard, elects with its own Lease, and is the
+    only workload its artifact Service selects."""
+    controllers = [wl for wl in workloads(ren) if any(subcommand(c) == "run" for c in pod_spec(wl).get("containers") or [])]
+    selectors = [next((env_value(c, "WATCH_LABEL_SELECTOR") for c in pod_spec(wl).get("containers") or []
+                       if subcommand(c) == "run"), None) for wl in controllers]
+    r.check(scope, "two controller Deployments", len(controllers) == 2, f"{[name_of(w) for w in controllers]}")
+    r.check(scope, "every shard has its own WATCH_LABEL_SELECTOR",
+            all(selectors) and len(set(selectors)) == len(selectors), f"{selectors}")
+    r.check(scope, "one shard takes the sources without the sharding label",
+            "!sharding.fluxcd.io/key" in selectors, f"{selectors}")
+    leases = [lease_name(ren, wl) for wl in controllers]
+    r.check(scope, "every shard has its own Lease", len(set(leases)) == len(leases), f"{leases}")
+    for svc in ren.of_kind("Service"):
+        selected = [name_of(wl) for wl in workloads(ren)
+                    if selector_matches((svc.get("spec") or {}).get("selector"), pod_labels(wl))]
+        r.check(scope, f"Service {name_of(svc)} selects exactly one shard's pods", len(selected) == 1, f"{selected}")
 
 
 def env_value(container: dict, name: str) -> str | None:
@@ -1059,7 +1095,8 @@ def discover(r: Report) -> None:
     found = set()
     for k in DEPLOY.rglob("kustomization.yaml"):
         rel = str(k.parent.relative_to(DEPLOY))
-        if rel == "base":
+        # base, and the shards deploy/sharding is made of (checked through it).
+        if rel == "base" or rel.startswith("sharding/"):
             continue
         found.add(rel)
     unknown = sorted(found - set(OVERLAYS) - COMPONENTS)
@@ -1112,6 +1149,8 @@ def main() -> int:
             continue
         targets.append((name, path))
         check_controller_overlay(r, name, ren, backend, expect_ns=NAMESPACE, require_netpol=(name == "networkpolicy"))
+        if name == "sharding":
+            check_shards(r, name, ren)
         if linked:
             check_with_binary(r, name, ren, args.binary, linked)
 
