@@ -7,6 +7,7 @@
 #   docker build --build-arg BACKENDS="memory filesystem s3" -t ghcr.io/oddkin/externalsource-controller:full .
 # BACKENDS lists cargo features of the binary (space or comma separated): only those
 # backends are linked in (`externalsource-controller --list-backends`).
+# Without a registry: deploy/image/build.sh builds the same layout with buildah FROM scratch.
 
 ARG RUST_VERSION=1.95
 

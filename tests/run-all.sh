@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what the tests need, builds the real components
-# (etcd, kube-apiserver, Flux kustomize-controller and helm-controller, helm, SeaweedFS) into
-# $HOME/.cache/externalsource, then lints and tests the workspace, checks the deployment (kustomize
-# overlays and the Helm chart, including a helm install/upgrade/uninstall), and smoke-runs the
-# benchmarks.
+# (etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
+# helm, SeaweedFS) into $HOME/.cache/externalsource, then lints and tests the workspace, checks
+# the deployment (kustomize overlays and the Helm chart, including a helm
+# install/upgrade/uninstall), builds and runs slim images, and smoke-runs the benchmarks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -14,6 +14,10 @@ need_apt=()
 command -v curl >/dev/null || need_apt+=(curl)
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v wrk >/dev/null || need_apt+=(wrk)
+# Slim images are built with buildah and run with podman (runc) by tests/image/smoke.sh.
+command -v buildah >/dev/null || need_apt+=(buildah)
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -32,8 +36,15 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "backend features: the registry lists exactly the linked backends"
+# The single-backend binaries the image smoke test packages are kept aside: the workspace tests
+# rebuild target/debug/externalsource-controller with every backend.
+image_bins=$(mktemp -d)
 for features in memory filesystem s3; do
   cargo test -q -p externalsource-controller --no-default-features --features "$features" --lib
+  if [ "$features" != s3 ]; then
+    cargo build -q -p externalsource-controller --no-default-features --features "$features"
+    cp target/debug/externalsource-controller "$image_bins/externalsource-controller-$features"
+  fi
 done
 
 step "workspace tests (real kube-apiserver, SeaweedFS, Flux kustomize-controller)"
@@ -49,6 +60,10 @@ trap 'kill $testenv_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 300); do grep -q '^ready' "$kubeconfig.out" 2>/dev/null && break; sleep 0.3; done
 python3 tests/deploy/check.py --kubeconfig "$kubeconfig" --binary target/debug/externalsource-controller \
   --helm "$EXTERNALSOURCE_TESTENV/bin/helm"
+
+step "slim images (buildah FROM scratch, run with podman)"
+bash tests/image/smoke.sh "$image_bins/externalsource-controller-memory" \
+  "$image_bins/externalsource-controller-filesystem" "$kubeconfig"
 kill $testenv_pid 2>/dev/null || true
 
 step "benchmark smoke run (debug binaries, tiny sizes: keeps the harness from rotting, measures nothing)"
