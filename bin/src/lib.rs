@@ -40,6 +40,11 @@ pub fn main() -> ExitCode {
     if cli.command == Some(Command::TransformWorker) {
         return externalsource_core::controller::transform::worker::main();
     }
+    // Two linked crates claiming one backend name: refuse before anything else.
+    if let Err(e) = registry::check_unique() {
+        eprintln!("error: {e}");
+        return ExitCode::from(EXIT_CONFIG);
+    }
     if cli.list_backends {
         print!("{}", registry::describe_backends());
         return ExitCode::SUCCESS;

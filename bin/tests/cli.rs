@@ -150,13 +150,13 @@ fn list_backends_prints_each_linked_backend_with_capabilities() {
     assert!(o.status.success());
     let mut expected = Vec::new();
     if cfg!(feature = "filesystem") {
-        expected.push("filesystem serves_http (shared = true on a ReadWriteMany volume makes it shared)");
+        expected.push("filesystem serves_http (shared = true on a ReadWriteMany volume makes it shared) [externalsource-backend-filesystem]");
     }
     if cfg!(feature = "memory") {
-        expected.push("memory serves_http");
+        expected.push("memory serves_http [externalsource-backend-memory]");
     }
     if cfg!(feature = "s3") {
-        expected.push("s3 shared (serves_http in mode=proxy)");
+        expected.push("s3 shared (serves_http in mode=proxy) [externalsource-backend-s3]");
     }
     assert_eq!(stdout(&o).lines().collect::<Vec<_>>(), expected);
 }

@@ -28,6 +28,8 @@ pub enum ConfigError {
     UnknownKey { key: String, source_name: String, table: String, known: String },
     #[error("unknown storage backend {name:?}; linked backends: {linked}")]
     UnknownBackend { name: String, linked: String },
+    #[error(transparent)]
+    DuplicateBackend(#[from] crate::registry::DuplicateBackend),
     #[error("cannot read configuration file {path}: {source}")]
     Read {
         path: PathBuf,

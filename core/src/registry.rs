@@ -3,6 +3,10 @@
 //!
 //! A backend crate that nothing references is not linked and its submission silently vanishes, so
 //! the binary keeps one `use <crate> as _;` per enabled backend (see `bin/src/backends.rs`).
+//!
+//! A backend registers with [`register_backend!`](crate::register_backend), which records the
+//! crate it comes from: two crates claiming one name would make `storage.backend` ambiguous, so
+//! [`check_unique`] refuses that at start-up, naming both crates.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -17,6 +21,8 @@ use crate::storage::{Capabilities, Storage, StorageError};
 pub struct BackendDescriptor {
     /// The name `storage.backend` selects and the TOML table `[storage.<name>]` is read from.
     pub name: &'static str,
+    /// The cargo package that registered it (filled in by [`register_backend!`](crate::register_backend)).
+    pub crate_name: &'static str,
     /// What the backend offers in its default mode.
     pub capabilities: Capabilities,
     /// A word on capabilities that depend on settings (printed by `--list-backends`).
@@ -26,6 +32,57 @@ pub struct BackendDescriptor {
 }
 
 inventory::collect!(BackendDescriptor);
+
+/// Registers a backend of the calling crate:
+///
+/// ```ignore
+/// externalsource_core::register_backend! {
+///     name: "webdav",
+///     capabilities: Capabilities { serves_http: false, shared: true },
+///     note: "",
+///     parse: parse_settings,
+/// }
+/// ```
+#[macro_export]
+macro_rules! register_backend {
+    (name: $name:expr, capabilities: $capabilities:expr, note: $note:expr, parse: $parse:expr $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::registry::BackendDescriptor {
+                name: $name,
+                crate_name: env!("CARGO_PKG_NAME"),
+                capabilities: $capabilities,
+                note: $note,
+                parse: $parse,
+            }
+        }
+    };
+}
+
+/// Two linked crates register one backend name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("storage backend {name:?} is registered by more than one linked crate: {crates}; link only one of them")]
+pub struct DuplicateBackend {
+    pub name: &'static str,
+    /// The crates, comma-separated, sorted.
+    pub crates: String,
+}
+
+/// Fails when two linked crates register the same name (the first such name, by name order).
+pub fn check_unique() -> Result<(), DuplicateBackend> {
+    duplicates(&backends())
+}
+
+fn duplicates(sorted: &[&BackendDescriptor]) -> Result<(), DuplicateBackend> {
+    for pair in sorted.windows(2) {
+        if pair[0].name == pair[1].name {
+            let mut crates: Vec<&str> =
+                sorted.iter().filter(|d| d.name == pair[0].name).map(|d| d.crate_name).collect();
+            crates.sort_unstable();
+            return Err(DuplicateBackend { name: pair[0].name, crates: crates.join(", ") });
+        }
+    }
+    Ok(())
+}
 
 /// A snapshot of the process environment, so configuration is a pure function of its inputs.
 #[derive(Debug, Clone, Default)]
@@ -84,10 +141,10 @@ pub trait BackendSettings: Send + Sync + fmt::Debug {
     async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError>;
 }
 
-/// Every linked backend, sorted by name.
+/// Every linked backend, sorted by name (then crate).
 pub fn backends() -> Vec<&'static BackendDescriptor> {
     let mut all: Vec<_> = inventory::iter::<BackendDescriptor>.into_iter().collect();
-    all.sort_by_key(|d| d.name);
+    all.sort_by_key(|d| (d.name, d.crate_name));
     all
 }
 
@@ -96,11 +153,15 @@ pub fn backend_names() -> Vec<&'static str> {
     backends().into_iter().map(|d| d.name).collect()
 }
 
-/// The descriptor for `name`, or an error listing what is linked.
+/// The descriptor for `name`, or an error listing what is linked (or naming the crates that
+/// both register it).
 pub fn find(name: &str) -> Result<&'static BackendDescriptor, ConfigError> {
-    backends()
-        .into_iter()
-        .find(|d| d.name == name)
+    let all = backends();
+    let matching: Vec<_> = all.iter().copied().filter(|d| d.name == name).collect();
+    duplicates(&matching)?;
+    matching
+        .first()
+        .copied()
         .ok_or_else(|| ConfigError::UnknownBackend { name: name.to_owned(), linked: backend_names().join(", ") })
 }
 
@@ -110,7 +171,41 @@ pub fn describe_backends() -> String {
         .into_iter()
         .map(|d| {
             let note = if d.note.is_empty() { String::new() } else { format!(" ({})", d.note) };
-            format!("{} {}{}\n", d.name, d.capabilities, note)
+            format!("{} {}{} [{}]\n", d.name, d.capabilities, note, d.crate_name)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(_: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigError> {
+        Err(ConfigError::Invalid { key: "storage.x".into(), value: String::new(), rule: "never built".into() })
+    }
+
+    const fn descriptor(name: &'static str, crate_name: &'static str) -> BackendDescriptor {
+        BackendDescriptor {
+            name,
+            crate_name,
+            capabilities: Capabilities { serves_http: false, shared: false },
+            note: "",
+            parse,
+        }
+    }
+
+    #[test]
+    fn a_name_two_crates_register_is_refused_naming_both() {
+        let (a, b, c) = (
+            descriptor("alpha", "one-crate"),
+            descriptor("webdav", "vendor-b-backend"),
+            descriptor("webdav", "vendor-a-backend"),
+        );
+        let mut all = vec![&a, &b, &c];
+        all.sort_by_key(|d| (d.name, d.crate_name));
+        let err = duplicates(&all).unwrap_err();
+        assert_eq!(err, DuplicateBackend { name: "webdav", crates: "vendor-a-backend, vendor-b-backend".into() });
+        assert!(err.to_string().contains("\"webdav\""), "{err}");
+        assert_eq!(duplicates(&[&a, &b]), Ok(()));
+    }
 }

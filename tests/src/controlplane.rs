@@ -17,6 +17,13 @@ use crate::{eventually, free_port, repo_root};
 
 const TOKEN: &str = "externalsource-test-token";
 
+/// Why the control plane did not become ready.
+struct NotReady {
+    message: String,
+    /// It ran but never answered (ports were not the problem, so a retry would not help).
+    timed_out: bool,
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     etcd: Child,
@@ -60,9 +67,32 @@ fn spawn(bin: &Path, args: &[String], log: &Path) -> Child {
 
 impl ControlPlane {
     /// Starts etcd and kube-apiserver, waits for readiness, installs the CRDs.
+    ///
+    /// The ports are picked free but not held until the processes bind them, so another process
+    /// may take one in between; a start whose etcd or kube-apiserver exits early is retried on
+    /// fresh ports (at most three times).
     pub async fn start() -> Self {
         crate::init_logging();
         let cache = testenv_cache("core");
+        let mut attempt = 1;
+        loop {
+            let mut cp = Self::spawn(cache.clone()).await;
+            match cp.wait_ready().await {
+                Ok(()) => {
+                    cp.install_crds().await;
+                    return cp;
+                }
+                Err(e) if attempt < 3 && !e.timed_out => {
+                    tracing::warn!(attempt, "control plane did not start, trying other ports: {}", e.message);
+                    attempt += 1;
+                }
+                Err(e) => panic!("{}", e.message),
+            }
+        }
+    }
+
+    /// Spawns etcd and kube-apiserver on fresh ports.
+    async fn spawn(cache: PathBuf) -> Self {
         let dir = tempfile::Builder::new().prefix("externalsource-cp-").tempdir().expect("tempdir");
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -110,7 +140,7 @@ impl ControlPlane {
             .expect("write kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
         let client = Client::try_from(config).expect("client");
-        let mut cp = Self {
+        Self {
             etcd,
             apiserver,
             apiserver_command: (apiserver_bin, apiserver_args),
@@ -119,10 +149,7 @@ impl ControlPlane {
             cache,
             url,
             client,
-        };
-        cp.wait_ready().await;
-        cp.install_crds().await;
-        cp
+        }
     }
 
     /// Kills kube-apiserver (SIGKILL, as a crash would); etcd and its data stay.
@@ -147,24 +174,31 @@ impl ControlPlane {
         let log = self.dir.path().join(format!("apiserver-{}.log", self.restarts));
         let (bin, args) = &self.apiserver_command;
         self.apiserver = spawn(bin, args, &log);
-        self.wait_ready().await;
+        if let Err(e) = self.wait_ready().await {
+            panic!("{}", e.message);
+        }
     }
 
-    async fn wait_ready(&mut self) {
+    async fn wait_ready(&mut self) -> Result<(), NotReady> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        let exited = |what: &str, status: std::process::ExitStatus, log: String| NotReady {
+            message: format!("{what} exited ({status}); log:\n{log}"),
+            timed_out: false,
+        };
         loop {
             if let Ok(Some(status)) = self.apiserver.try_wait() {
-                panic!("kube-apiserver exited ({status}); log:\n{}", self.log("apiserver.log"));
+                return Err(exited("kube-apiserver", status, self.log("apiserver.log")));
             }
             if let Ok(Some(status)) = self.etcd.try_wait() {
-                panic!("etcd exited ({status}); log:\n{}", self.log("etcd.log"));
+                return Err(exited("etcd", status, self.log("etcd.log")));
             }
             let ns: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(self.client.clone());
             if ns.get_opt("default").await.map(|n| n.is_some()).unwrap_or(false) {
-                return;
+                return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("kube-apiserver not ready in 90 s; log:\n{}", self.log("apiserver.log"));
+                let message = format!("kube-apiserver not ready in 90 s; log:\n{}", self.log("apiserver.log"));
+                return Err(NotReady { message, timed_out: true });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }

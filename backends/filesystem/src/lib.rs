@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use externalsource_core::config::ConfigError;
-use externalsource_core::registry::{BackendContext, BackendDescriptor, BackendSettings};
+use externalsource_core::registry::{BackendContext, BackendSettings};
 use externalsource_core::storage::check_range;
 use externalsource_core::{Capabilities, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
 use futures::StreamExt;
@@ -48,13 +48,11 @@ const CAPABILITIES: Capabilities = Capabilities { serves_http: true, shared: fal
 /// On a shared volume, temporary files younger than this may belong to another replica's put.
 const SHARED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-externalsource_core::inventory::submit! {
-    BackendDescriptor {
-        name: NAME,
-        capabilities: CAPABILITIES,
-        note: "shared = true on a ReadWriteMany volume makes it shared",
-        parse,
-    }
+externalsource_core::register_backend! {
+    name: NAME,
+    capabilities: CAPABILITIES,
+    note: "shared = true on a ReadWriteMany volume makes it shared",
+    parse: parse,
 }
 
 #[derive(Debug, Clone, serde::Deserialize)]

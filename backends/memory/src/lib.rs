@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use externalsource_core::config::ConfigError;
-use externalsource_core::registry::{BackendContext, BackendDescriptor, BackendSettings};
+use externalsource_core::registry::{BackendContext, BackendSettings};
 use externalsource_core::storage::check_range;
 use externalsource_core::units::{format_size, parse_size};
 use externalsource_core::{Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
@@ -25,9 +25,7 @@ const CHUNK: usize = 64 * 1024;
 
 const CAPABILITIES: Capabilities = Capabilities { serves_http: true, shared: false };
 
-externalsource_core::inventory::submit! {
-    BackendDescriptor { name: NAME, capabilities: CAPABILITIES, note: "", parse }
-}
+externalsource_core::register_backend! { name: NAME, capabilities: CAPABILITIES, note: "", parse: parse }
 
 /// `[storage.memory]`.
 #[derive(Debug, Clone, serde::Deserialize)]

@@ -36,7 +36,6 @@ mod settings;
 mod storage;
 
 use externalsource_core::Capabilities;
-use externalsource_core::registry::BackendDescriptor;
 
 pub use settings::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_REGION, DEFAULT_TIMEOUT, ENV_VARS, Mode, S3Settings,
@@ -47,11 +46,9 @@ pub use storage::{DIGEST_METADATA, S3Storage, direct_url_base};
 /// The name selected by `storage.backend = "s3"`.
 pub const NAME: &str = "s3";
 
-externalsource_core::inventory::submit! {
-    BackendDescriptor {
-        name: NAME,
-        capabilities: Capabilities { serves_http: false, shared: true },
-        note: "serves_http in mode=proxy",
-        parse: settings::parse,
-    }
+externalsource_core::register_backend! {
+    name: NAME,
+    capabilities: Capabilities { serves_http: false, shared: true },
+    note: "serves_http in mode=proxy",
+    parse: settings::parse,
 }
