@@ -746,11 +746,9 @@ impl Reader {
         match self.raw(key) {
             None => Ok(default),
             Some(toml::Value::Boolean(b)) => Ok(*b),
-            Some(toml::Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" => Ok(true),
-                "false" | "0" | "no" => Ok(false),
-                _ => Err(self.invalid(key, s, "must be true or false")),
-            },
+            Some(toml::Value::String(s)) => {
+                units::parse_bool(s).ok_or_else(|| self.invalid(key, s, "must be true or false"))
+            }
             Some(v) => Err(self.invalid(key, &v.to_string(), "must be true or false")),
         }
     }

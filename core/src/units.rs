@@ -1,4 +1,5 @@
-//! Go-style durations (`30s`, `1h30m`, `1.5h`) and byte sizes (`64MiB`, `1GB`, `1048576`).
+//! Go-style durations (`30s`, `1h30m`, `1.5h`), byte sizes (`64MiB`, `1GB`, `1048576`) and
+//! booleans, as the core and every backend read them from files and the environment.
 //!
 //! The duration syntax is the one of the ExternalSource CRD's `interval` pattern, so the same
 //! parser serves the API and the configuration file.
@@ -12,6 +13,16 @@ pub enum UnitError {
     Duration(String),
     #[error("{0:?} is not a byte size: expected an integer with an optional unit B, KB, MB, GB, KiB, MiB or GiB")]
     Size(String),
+}
+
+/// A boolean as written in a file or an environment variable: Go's `strconv.ParseBool`
+/// spellings (which the predecessor's variables used) and yes/no, in any case.
+pub fn parse_bool(input: &str) -> Option<bool> {
+    match input.trim().to_ascii_lowercase().as_str() {
+        "true" | "t" | "1" | "yes" => Some(true),
+        "false" | "f" | "0" | "no" => Some(false),
+        _ => None,
+    }
 }
 
 /// Parses the CRD's `^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$` syntax.
@@ -99,6 +110,20 @@ pub fn format_size(bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn booleans_take_gos_spellings_and_yes_no_in_any_case() {
+        for t in ["true", "TRUE", "True", "t", "T", "1", "yes", "YES", " Yes "] {
+            assert_eq!(parse_bool(t), Some(true), "{t}");
+        }
+        for f in ["false", "FALSE", "f", "F", "0", "no", "No"] {
+            assert_eq!(parse_bool(f), Some(false), "{f}");
+        }
+        for bad in ["", "2", "on", "y", "truth"] {
+            assert_eq!(parse_bool(bad), None, "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

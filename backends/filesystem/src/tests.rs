@@ -6,7 +6,7 @@ async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let storage =
         FilesystemStorage::open(dir.path(), Some("http://svc.ns.svc.cluster.local:8080".into())).await.unwrap();
-    Fixture::new(Arc::new(storage)).with_guard(dir)
+    Fixture::new(Arc::new(storage)).with_guard(dir).with_url_base("http://svc.ns.svc.cluster.local:8080/")
 }
 
 externalsource_core::behaviour_suite!(fixture);

@@ -209,6 +209,7 @@ mod tests {
     async fn fixture() -> Fixture {
         Fixture::new(Arc::new(MemoryStorage::new(BUDGET, Some("http://svc.ns.svc.cluster.local:8080".into()))))
             .with_budget(BUDGET)
+            .with_url_base("http://svc.ns.svc.cluster.local:8080/")
     }
 
     externalsource_core::behaviour_suite!(fixture, with_budget);

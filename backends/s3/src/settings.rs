@@ -225,12 +225,10 @@ impl Inputs<'_> {
         if matches!(found.toml, Some(ref v) if !v.is_str()) {
             return Err(found.invalid("must be true or false"));
         }
-        // Go's strconv.ParseBool spellings, which the predecessor accepted, plus yes/no.
-        match found.text.as_str() {
-            "1" | "t" | "T" | "true" | "TRUE" | "True" | "yes" => Ok(Some(true)),
-            "0" | "f" | "F" | "false" | "FALSE" | "False" | "no" => Ok(Some(false)),
-            _ => Err(found.invalid("must be true or false")),
-        }
+        // The one spelling rule of every boolean setting (Go's ParseBool, plus yes/no).
+        externalsource_core::units::parse_bool(&found.text)
+            .map(Some)
+            .ok_or_else(|| found.invalid("must be true or false"))
     }
 
     fn duration(&self, field: &'static str, default: Duration, min: Duration) -> Result<Duration, ConfigError> {

@@ -4,6 +4,7 @@ mod support;
 
 use std::sync::Arc;
 
+use externalsource_backend_s3::direct_url_base;
 use externalsource_core::testing::Fixture;
 use support::Weed;
 
@@ -11,7 +12,8 @@ async fn fixture() -> Fixture {
     let weed = Weed::shared().await;
     let bucket = weed.bucket().await;
     let storage = weed.storage_for(&bucket, |_| {}).await;
-    Fixture::new(Arc::new(storage)).with_guard(weed)
+    let base = direct_url_base(storage.settings());
+    Fixture::new(Arc::new(storage)).with_guard(weed).with_url_base(base)
 }
 
 externalsource_core::behaviour_suite!(fixture);

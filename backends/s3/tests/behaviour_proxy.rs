@@ -18,7 +18,8 @@ async fn fixture() -> Fixture {
             s.prefix = "tenants/blue/".to_owned();
         })
         .await;
-    Fixture::new(Arc::new(storage)).with_guard(weed)
+    // The prefix is the bucket's business: the controller's server is asked for the bare key.
+    Fixture::new(Arc::new(storage)).with_guard(weed).with_url_base("http://artifacts.test:8080/")
 }
 
 externalsource_core::behaviour_suite!(fixture);

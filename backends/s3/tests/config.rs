@@ -281,7 +281,7 @@ fn the_registry_lists_s3_with_its_capabilities() {
         .find(|l| l.starts_with("s3 "))
         .map(str::to_owned)
         .expect("s3 is linked");
-    assert_eq!(line, "s3 shared (serves_http in mode=proxy)");
+    assert_eq!(line, "s3 shared (serves_http in mode=proxy) [externalsource-backend-s3]");
 }
 
 fn key() -> ObjectKey {

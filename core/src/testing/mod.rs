@@ -28,12 +28,22 @@ pub struct Fixture {
     pub storage: Arc<dyn Storage>,
     /// The byte budget the backend was built with, for the over-budget case.
     pub budget: Option<u64>,
+    /// What every URL the backend gives starts with, the key following: the base URL it was
+    /// built with plus `/` for a backend the controller's server serves, its own direct URL
+    /// base otherwise. Required by the URL case.
+    pub url_base: Option<String>,
     pub guard: Box<dyn Any + Send>,
 }
 
 impl Fixture {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
-        Self { storage, budget: None, guard: Box::new(()) }
+        Self { storage, budget: None, url_base: None, guard: Box::new(()) }
+    }
+
+    /// Declares the URL base (see [`Fixture::url_base`]).
+    pub fn with_url_base(mut self, base: impl Into<String>) -> Self {
+        self.url_base = Some(base.into());
+        self
     }
 
     pub fn with_guard(mut self, guard: impl Any + Send) -> Self {
@@ -258,10 +268,11 @@ pub mod cases {
     }
 
     pub async fn url_names_the_key(f: &Fixture) {
-        let k = key("artifacts/ns/url/abc.tar.gz");
-        let url = f.storage.url(&k);
-        assert!(url.ends_with(k.as_str()), "{url} does not end with the key");
-        assert!(url.contains("://"), "{url} is not a URL");
+        let base = f.url_base.as_deref().expect("the fixture declares its URL base (Fixture::with_url_base)");
+        for k in [key("artifacts/ns/url/abc.tar.gz"), key("artifacts/other-ns/n-2/0123abcd.tar.gz")] {
+            assert_eq!(f.storage.url(&k), format!("{base}{k}"), "the URL of {k} is the base, then the key");
+        }
+        assert!(base.contains("://"), "{base} is not a URL");
     }
 
     pub async fn with_budget(f: &Fixture) {
