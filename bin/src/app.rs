@@ -18,7 +18,7 @@ use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::controller::{self, StartError};
 use externalsource_core::restore::Restoring;
 use externalsource_core::units::format_size;
-use externalsource_core::{Storage, StorageError};
+use externalsource_core::{BuildError, Storage};
 use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions, ServerMetrics};
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
@@ -36,7 +36,7 @@ pub enum AppError {
     Storage {
         backend: &'static str,
         #[source]
-        source: StorageError,
+        source: BuildError,
     },
     #[error("cannot listen on {key} = {addr}: {source}")]
     Bind {
@@ -62,6 +62,13 @@ pub enum AppError {
          lower those settings, raise the container's memory limit, or set controller.memory_check = \"warn\""
     )]
     MemoryDoesNotFit { need: String, terms: String, limit: String, origin: String },
+}
+
+impl AppError {
+    /// A configuration problem found only when the storage was built (exit 2, like the others).
+    pub fn is_config(&self) -> bool {
+        matches!(self, Self::Storage { source: BuildError::Config(_), .. })
+    }
 }
 
 /// Refuses (or warns about) a configuration whose worst case does not fit the memory limit:

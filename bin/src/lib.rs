@@ -101,7 +101,7 @@ pub fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "exiting");
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            if e.is_config() { ExitCode::from(EXIT_CONFIG) } else { ExitCode::FAILURE }
         }
     }
 }

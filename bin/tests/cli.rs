@@ -449,3 +449,27 @@ fn start_up_with_20000_artifacts_is_fast_and_survives_unreadable_entries() {
         text.lines().find(|l| l.contains("cannot read a store entry; skipped")).unwrap_or_else(|| panic!("{text}"));
     assert!(skipped.contains("artifacts/locked"), "{skipped}");
 }
+
+/// A configuration problem only building the storage finds (s3 proxy mode needs the artifact
+/// server) is a configuration error: exit 2, naming the key, like every other.
+#[test]
+fn a_backend_that_cannot_be_built_from_its_settings_is_a_configuration_error() {
+    if !cfg!(feature = "s3") {
+        return;
+    }
+    let ops = free_port().to_string();
+    let o = run(
+        &["serve"],
+        &[
+            ("STORAGE_BACKEND", "s3"),
+            ("S3_BUCKET", "artifacts"),
+            ("S3_MODE", "proxy"),
+            ("S3_ENDPOINT", "http://127.0.0.1:1"),
+            ("ARTIFACT_SERVER_ENABLED", "false"),
+            ("OPS_PORT", &ops),
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("storage.s3.mode") && err.contains("server.enabled"), "{err}");
+}

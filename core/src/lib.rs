@@ -18,7 +18,7 @@ pub mod testing;
 
 pub use digest::Digest;
 pub use key::ObjectKey;
-pub use registry::{BackendContext, BackendDescriptor, BackendSettings};
+pub use registry::{BackendContext, BackendDescriptor, BackendSettings, BuildError};
 pub use storage::{ByteRange, Capabilities, ObjectBody, ObjectMeta, Storage, StorageError};
 
 /// Re-exported so a backend crate's `inventory::submit!` resolves without its own dependency.

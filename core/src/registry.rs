@@ -124,6 +124,18 @@ impl BackendContext<'_> {
     }
 }
 
+/// Why a backend could not be built from its validated settings.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The settings conflict with the rest of the configuration (fix the configuration; the
+    /// binary exits 2 as for any configuration error).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store could not be opened (an unreadable root, …).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 /// A backend's validated settings, ready to build the storage.
 #[async_trait]
 pub trait BackendSettings: Send + Sync + fmt::Debug {
@@ -138,7 +150,7 @@ pub trait BackendSettings: Send + Sync + fmt::Debug {
 
     /// Builds the storage. `base_url` is where the controller's artifact server is reached by
     /// consumers, or `None` when the server is disabled.
-    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError>;
+    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, BuildError>;
 }
 
 /// Every linked backend, sorted by name (then crate).

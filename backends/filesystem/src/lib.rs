@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use externalsource_core::config::ConfigError;
-use externalsource_core::registry::{BackendContext, BackendSettings};
+use externalsource_core::registry::{BackendContext, BackendSettings, BuildError};
 use externalsource_core::storage::check_range;
 use externalsource_core::{Capabilities, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
 use futures::StreamExt;
@@ -96,7 +96,7 @@ impl BackendSettings for FilesystemSettings {
         t
     }
 
-    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError> {
+    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, BuildError> {
         let options = OpenOptions { base_url: base_url.map(str::to_owned), shared: self.shared };
         Ok(Arc::new(FilesystemStorage::open_with(&self.root, options).await?))
     }

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use dashmap::DashMap;
 use externalsource_core::config::ConfigError;
-use externalsource_core::registry::{BackendContext, BackendSettings};
+use externalsource_core::registry::{BackendContext, BackendSettings, BuildError};
 use externalsource_core::storage::check_range;
 use externalsource_core::units::{format_size, parse_size};
 use externalsource_core::{Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
@@ -82,7 +82,7 @@ impl BackendSettings for MemorySettings {
         self.max_bytes
     }
 
-    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError> {
+    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, BuildError> {
         Ok(Arc::new(MemoryStorage::new(self.max_bytes, base_url.map(str::to_owned))))
     }
 }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use externalsource_core::config::ConfigError;
-use externalsource_core::registry::{BackendContext, BackendSettings};
+use externalsource_core::registry::{BackendContext, BackendSettings, BuildError};
 use externalsource_core::units::{format_duration, parse_duration};
-use externalsource_core::{ObjectKey, Storage, StorageError};
+use externalsource_core::{ObjectKey, Storage};
 
 use crate::NAME;
 use crate::storage::S3Storage;
@@ -440,7 +440,7 @@ impl BackendSettings for S3Settings {
         t
     }
 
-    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, StorageError> {
+    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, BuildError> {
         Ok(Arc::new(S3Storage::new(self.clone(), base_url).await?))
     }
 }

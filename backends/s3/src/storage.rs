@@ -13,9 +13,10 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
 use bytes::Bytes;
+use externalsource_core::config::ConfigError;
 use externalsource_core::digest::DigestHasher;
 use externalsource_core::storage::{ByteRange, check_range};
-use externalsource_core::{Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
+use externalsource_core::{BuildError, Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
 use crate::NAME;
@@ -56,19 +57,18 @@ impl S3Storage {
     /// `Unavailable` on the first operation, like an outage later on.
     ///
     /// `base_url` is the controller's artifact server; proxy mode needs it, direct mode ignores it.
-    pub async fn new(settings: S3Settings, base_url: Option<&str>) -> Result<Self, StorageError> {
+    pub async fn new(settings: S3Settings, base_url: Option<&str>) -> Result<Self, BuildError> {
         let url_base = match settings.mode {
             Mode::Proxy => match base_url {
                 Some(base) => base.trim_end_matches('/').to_owned(),
                 None => {
-                    return Err(StorageError::Unavailable {
-                        operation: "build",
-                        key: String::new(),
-                        message: "storage.s3.mode = \"proxy\" serves objects through the controller's artifact \
-                                  server, which is disabled (server.enabled = false); enable it or use mode = \
-                                  \"direct\""
+                    return Err(BuildError::Config(ConfigError::Invalid {
+                        key: "storage.s3.mode".to_owned(),
+                        value: "\"proxy\"".to_owned(),
+                        rule: "serves objects through the controller's artifact server, which is disabled \
+                               (server.enabled = false); enable it or use mode = \"direct\""
                             .to_owned(),
-                    });
+                    }));
                 }
             },
             Mode::Direct => direct_url_base(&settings),

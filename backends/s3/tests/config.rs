@@ -340,7 +340,11 @@ async fn capabilities_and_urls_by_mode() {
     assert_eq!(storage.capabilities(), Capabilities { serves_http: true, shared: true });
     assert_eq!(storage.url(&key()), "http://svc.ns.svc.cluster.local:8080/artifacts/ns/src/abc.tar.gz");
     let err = S3Storage::new(proxy, None).await.unwrap_err();
-    assert!(err.to_string().contains("server.enabled"), "{err}");
+    assert!(
+        matches!(err, externalsource_core::BuildError::Config(_)),
+        "a configuration problem, not an outage: {err:?}"
+    );
+    assert!(err.to_string().contains("storage.s3.mode") && err.to_string().contains("server.enabled"), "{err}");
 }
 
 #[tokio::test]
