@@ -57,7 +57,10 @@ fi
 
 root=$(mktemp -d)
 chmod 0755 "$root"
-trap 'rm -rf "$root"' EXIT
+ctr=""
+# The working container is removed by `commit --rm`; this removes it only after a failure.
+cleanup() { [ -z "$ctr" ] || buildah "${bflags[@]}" rm "$ctr" >/dev/null 2>&1 || true; rm -rf "$root"; }
+trap cleanup EXIT
 install -D -m 0755 "$binary" "$root/externalsource-controller"
 # The shared libraries and the loader, at the paths the binary asks for.
 ldd "$binary" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
@@ -73,8 +76,6 @@ printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home
 printf 'root:x:0:\nnonroot:x:65532:\n' >"$root/etc/group"
 
 ctr=$(buildah "${bflags[@]}" from scratch)
-cleanup_ctr() { buildah "${bflags[@]}" rm "$ctr" >/dev/null 2>&1 || true; rm -rf "$root"; }
-trap cleanup_ctr EXIT
 buildah "${bflags[@]}" copy "$ctr" "$root/" / >/dev/null
 buildah "${bflags[@]}" config \
   --entrypoint '["/externalsource-controller"]' --cmd run --user 65532:65532 \
@@ -84,7 +85,7 @@ buildah "${bflags[@]}" config \
   --label org.opencontainers.image.licenses=Apache-2.0 \
   "$ctr"
 buildah "${bflags[@]}" commit --quiet --rm "$ctr" "$image" >/dev/null
-trap 'rm -rf "$root"' EXIT
+ctr=""
 if [ -n "$archive" ]; then
   rm -f "$archive"
   buildah "${bflags[@]}" push --quiet "$image" "oci-archive:$archive:$image"

@@ -15,7 +15,7 @@
 //! rate-limits on (object, message, revision), so a source failing the same way at every backoff
 //! step costs the receiver one request per window, not one per attempt.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -26,9 +26,12 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-/// Group of the involved object's kind; metadata keys start with it.
-const ARTIFACT_GROUP: &str = "source.toolkit.fluxcd.io";
+use super::reconcile::REPORTING_CONTROLLER;
+
 const ARTIFACT_API_VERSION: &str = "source.toolkit.fluxcd.io/v1";
+/// The revision's metadata key: the involved object's group, then `revision` (Flux's convention,
+/// which notification-controller strips to `revision` for providers).
+const REVISION_KEY: &str = "source.toolkit.fluxcd.io/revision";
 /// Prefix of the annotations Flux copies from an object into its events' metadata.
 const EVENT_ANNOTATION_PREFIX: &str = "event.toolkit.fluxcd.io/";
 /// How long an identical event is not sent again: notification-controller's default
@@ -103,29 +106,23 @@ pub struct EventResultLabels {
 pub struct FluxEvents {
     queue: mpsc::Sender<FluxEvent>,
     results: Family<EventResultLabels, Counter>,
-    reporting_controller: String,
     reporting_instance: String,
 }
 
 impl FluxEvents {
     /// Starts the worker posting to `address` (a notification-controller event URL such as
-    /// `http://notification-controller.flux-system.svc.cluster.local./`); needs a tokio runtime.
-    pub fn start(
-        address: String,
-        reporting_controller: String,
-        reporting_instance: String,
-        dedup_window: Duration,
-        results: Family<EventResultLabels, Counter>,
-    ) -> Self {
+    /// `http://notification-controller.flux-system.svc.cluster.local./`) on behalf of
+    /// `reporting_instance` (the pod); needs a tokio runtime.
+    pub fn start(address: String, reporting_instance: String, results: Family<EventResultLabels, Counter>) -> Self {
         let (queue, receiver) = mpsc::channel(QUEUE);
-        let worker = Worker { address, dedup: Dedup::new(dedup_window), results: results.clone() };
+        let worker = Worker { address, dedup: Dedup::new(DEDUP_WINDOW), results: results.clone() };
         tokio::spawn(worker.run(receiver));
-        Self { queue, results, reporting_controller, reporting_instance }
+        Self { queue, results, reporting_instance }
     }
 
     /// Queues `notice`; never waits.
     pub fn notify(&self, notice: &Notice<'_>) {
-        let event = build_event(notice, &self.reporting_controller, &self.reporting_instance);
+        let event = build_event(notice, REPORTING_CONTROLLER, &self.reporting_instance);
         if self.queue.try_send(event).is_err() {
             self.results.get_or_create(&EventResultLabels { result: "dropped" }).inc();
             tracing::debug!(namespace = notice.namespace, name = notice.name, "Flux event queue full; event dropped");
@@ -142,7 +139,7 @@ pub fn build_event(notice: &Notice<'_>, reporting_controller: &str, reporting_in
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     if let Some(revision) = notice.revision {
-        metadata.insert(format!("{ARTIFACT_GROUP}/revision"), revision.to_owned());
+        metadata.insert(REVISION_KEY.to_owned(), revision.to_owned());
     }
     FluxEvent {
         involved_object: InvolvedObject {
@@ -165,11 +162,13 @@ pub fn build_event(notice: &Notice<'_>, reporting_controller: &str, reporting_in
 pub struct Dedup {
     window: Duration,
     sent: HashMap<[u8; 32], Instant>,
+    /// The same entries in the order they were sent, so expiry looks only at the oldest.
+    order: VecDeque<([u8; 32], Instant)>,
 }
 
 impl Dedup {
     pub fn new(window: Duration) -> Self {
-        Self { window, sent: HashMap::new() }
+        Self { window, sent: HashMap::new(), order: VecDeque::new() }
     }
 
     /// notification-controller's `eventKeyFunc`: object, message and revision.
@@ -180,7 +179,7 @@ impl Dedup {
             h.update(part.as_bytes());
             h.update([0]);
         }
-        if let Some(revision) = event.metadata.get(&format!("{ARTIFACT_GROUP}/revision")) {
+        if let Some(revision) = event.metadata.get(REVISION_KEY) {
             h.update(revision.as_bytes());
         }
         h.finalize().into()
@@ -188,16 +187,24 @@ impl Dedup {
 
     /// True when `event` is new within the window (and records it as sent at `now`).
     pub fn admit(&mut self, event: &FluxEvent, now: Instant) -> bool {
-        let window = self.window;
         // Forget what has aged out, so the map holds at most one window of distinct events.
-        self.sent.retain(|_, at| now.duration_since(*at) < window);
-        match self.sent.entry(Self::key(event)) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(now);
-                true
+        while let Some((key, at)) = self.order.front().copied() {
+            if now.duration_since(at) < self.window {
+                break;
+            }
+            self.order.pop_front();
+            // Only if not forgotten and sent again since.
+            if self.sent.get(&key) == Some(&at) {
+                self.sent.remove(&key);
             }
         }
+        let key = Self::key(event);
+        if self.sent.contains_key(&key) {
+            return false;
+        }
+        self.sent.insert(key, now);
+        self.order.push_back((key, now));
+        true
     }
 
     /// Forgets `event`, so a later identical one is sent (after a delivery that failed).
@@ -375,6 +382,10 @@ mod tests {
         assert!(dedup.admit(&failing, t0 + Duration::from_secs(300)), "the window has passed");
         dedup.forget(&v2);
         assert!(dedup.admit(&v2, t0 + Duration::from_secs(301)), "a failed delivery is not remembered");
+        assert!(
+            !dedup.admit(&v2, t0 + Duration::from_secs(302)),
+            "sent again: remembered from then, though its first sending has aged out"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatu
 use super::credentials::{self, Credentials};
 use super::fetch::{FetchOutcome, FetchRequest, Fetcher};
 use super::finish::{Report, finish, owned_by, write_status};
-use super::flux_events::{DEDUP_WINDOW, FluxEvents};
+use super::flux_events::FluxEvents;
 use super::hooks::chain::{self, HookFailure, Phase};
 use super::hooks::protocol::ExecutorClient;
 use super::memory::MemoryBudget;
@@ -125,13 +125,7 @@ impl Context {
         let memory = MemoryBudget::new(settings.memory_budget);
         let hooks = settings.hook_socket.as_ref().map(|s| ExecutorClient::new(s, settings.defaults.max_size as usize));
         let flux_events = settings.events_addr.as_ref().map(|address| {
-            FluxEvents::start(
-                address.clone(),
-                REPORTING_CONTROLLER.to_owned(),
-                settings.reporting_instance.clone(),
-                DEDUP_WINDOW,
-                metrics.flux_events.clone(),
-            )
+            FluxEvents::start(address.clone(), settings.reporting_instance.clone(), metrics.flux_events.clone())
         });
         Self {
             client,
