@@ -702,8 +702,7 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                 ns_rules.setdefault(key, []).append((ns_of(b), role.get("rules") or []))
     r.check(scope, "RBAC: every binding references a rendered role and ServiceAccount", not dangling, "; ".join(dangling))
 
-    controllers = [wl for wl in wls
-                   if any(subcommand(c) == "run" for c in pod_spec(wl).get("containers") or [])]
+    controllers = [wl for wl in wls if manager(wl) is not None]
     for wl in controllers:
         key = (ns_of(wl), pod_spec(wl).get("serviceAccountName"))
         rules = cluster_rules.get(key, [])
@@ -726,27 +725,26 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                     pod_spec(wl).get("automountServiceAccountToken") is False)
 
 
+def manager(wl: dict) -> dict | None:
+    """The container of `wl` that runs the controller (`run`), if any."""
+    return next((c for c in pod_spec(wl).get("containers") or [] if subcommand(c) == "run"), None)
+
+
 def lease_name(ren: Render, wl: dict) -> str:
     """The Lease the controller container of `wl` elects with: env LEASE_NAME, else its
     config.toml's controller.lease_name, else the default."""
-    pod = pod_spec(wl)
-    for c in pod.get("containers") or []:
-        if subcommand(c) != "run":
-            continue
-        from_env = env_value(c, "LEASE_NAME")
-        if from_env:
-            return from_env
-        config, _ = load_config(ren, ns_of(wl), pod, c)
-        return ((config or {}).get("controller") or {}).get("lease_name") or LEASE_NAME
-    return LEASE_NAME
+    c = manager(wl)
+    if c is None:
+        return LEASE_NAME
+    config, _ = load_config(ren, ns_of(wl), pod_spec(wl), c)
+    return env_value(c, "LEASE_NAME") or ((config or {}).get("controller") or {}).get("lease_name") or LEASE_NAME
 
 
 def check_shards(r: Report, scope: str, ren: Render) -> None:
     """Each controller Deployment watches its own shard, elects with its own Lease, and is the
     only workload its artifact Service selects."""
-    controllers = [wl for wl in workloads(ren) if any(subcommand(c) == "run" for c in pod_spec(wl).get("containers") or [])]
-    selectors = [next((env_value(c, "WATCH_LABEL_SELECTOR") for c in pod_spec(wl).get("containers") or []
-                       if subcommand(c) == "run"), None) for wl in controllers]
+    controllers = [wl for wl in workloads(ren) if manager(wl) is not None]
+    selectors = [env_value(manager(wl), "WATCH_LABEL_SELECTOR") for wl in controllers]
     r.check(scope, "two controller Deployments", len(controllers) == 2, f"{[name_of(w) for w in controllers]}")
     r.check(scope, "every shard has its own WATCH_LABEL_SELECTOR",
             all(selectors) and len(set(selectors)) == len(selectors), f"{selectors}")
