@@ -824,11 +824,8 @@ impl Reader {
             return Ok(None);
         }
         let url = self.string(key, "")?;
-        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://"));
-        match rest {
-            Some(host) if !host.is_empty() && !host.starts_with('/') && !url.contains(['?', '#', ' ']) => Ok(Some(url)),
-            _ => Err(self.invalid(key, &url, "must be an absolute http:// or https:// URL without query or fragment")),
-        }
+        units::check_http_url(&url).map_err(|rule| self.invalid(key, &url, rule))?;
+        Ok(Some(url))
     }
 
     fn dns_label(&self, key: &str, value: &str) -> Result<(), ConfigError> {

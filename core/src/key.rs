@@ -14,6 +14,12 @@ pub const MAX_KEY_LEN: usize = 1024;
 /// Prefix under which every artifact lives, and the only prefix the HTTP server exposes.
 pub const ARTIFACT_PREFIX: &str = "artifacts/";
 
+/// The URL the controller's artifact server serves `key` at: the server's base, then the key as
+/// the path (the route `server` maps back with its path classifier).
+pub fn served_url(base: &str, key: &ObjectKey) -> String {
+    format!("{}/{key}", base.trim_end_matches('/'))
+}
+
 /// A validated, relative, `/`-separated storage key.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectKey(String);

@@ -4,8 +4,8 @@
 //! A backend crate that nothing references is not linked and its submission silently vanishes, so
 //! the binary keeps one `use <crate> as _;` per enabled backend (see `bin/src/backends.rs`).
 //!
-//! A backend registers with [`register_backend!`](crate::register_backend), which records the
-//! crate it comes from: two crates claiming one name would make `storage.backend` ambiguous, so
+//! A backend registers with [`register_backend!`](crate::register_backend) (see
+//! [`backend`](crate::backend) for what it implements), which records the crate it comes from: two crates claiming one name would make `storage.backend` ambiguous, so
 //! [`check_unique`] refuses that at start-up, naming both crates.
 
 use std::collections::BTreeMap;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::backend::Backend;
 use crate::config::ConfigError;
 use crate::storage::{Capabilities, Storage, StorageError};
 
@@ -33,27 +34,32 @@ pub struct BackendDescriptor {
 
 inventory::collect!(BackendDescriptor);
 
-/// Registers a backend of the calling crate:
+impl BackendDescriptor {
+    /// The descriptor of backend `B` from crate `crate_name`; what [`register_backend!`](crate::register_backend) submits.
+    pub const fn of<B: Backend>(crate_name: &'static str) -> Self {
+        Self {
+            name: B::NAME,
+            crate_name,
+            capabilities: B::CAPABILITIES,
+            note: B::NOTE,
+            parse: crate::backend::parse::<B>,
+        }
+    }
+}
+
+/// Registers a backend type of the calling crate (one that implements
+/// [`Backend`](crate::backend::Backend)):
 ///
 /// ```ignore
-/// externalsource_core::register_backend! {
-///     name: "webdav",
-///     capabilities: Capabilities { serves_http: false, shared: true },
-///     note: "",
-///     parse: parse_settings,
-/// }
+/// externalsource_core::register_backend!(WebDav);
 /// ```
+///
+/// The binary must link the crate (`use my_backend as _;`) for the registration to exist.
 #[macro_export]
 macro_rules! register_backend {
-    (name: $name:expr, capabilities: $capabilities:expr, note: $note:expr, parse: $parse:expr $(,)?) => {
+    ($backend:ty) => {
         $crate::inventory::submit! {
-            $crate::registry::BackendDescriptor {
-                name: $name,
-                crate_name: env!("CARGO_PKG_NAME"),
-                capabilities: $capabilities,
-                note: $note,
-                parse: $parse,
-            }
+            $crate::registry::BackendDescriptor::of::<$backend>(env!("CARGO_PKG_NAME"))
         }
     };
 }
@@ -112,18 +118,6 @@ pub struct BackendContext<'a> {
     pub env: &'a Env,
 }
 
-impl BackendContext<'_> {
-    /// Deserializes the table into the backend's settings type, naming the table on error.
-    pub fn deserialize<T: serde::de::DeserializeOwned>(&self, backend: &str) -> Result<T, ConfigError> {
-        // The error names the table's keys, never their values: the table may hold secrets.
-        toml::Value::Table(self.table.clone()).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid {
-            key: format!("storage.{backend}"),
-            value: format!("a table with the keys [{}]", self.table.keys().cloned().collect::<Vec<_>>().join(", ")),
-            rule: e.message().trim().to_owned(),
-        })
-    }
-}
-
 /// Why a backend could not be built from its validated settings.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -136,7 +130,8 @@ pub enum BuildError {
     Storage(#[from] StorageError),
 }
 
-/// A backend's validated settings, ready to build the storage.
+/// A backend's validated settings, ready to build the storage (core implements it for every
+/// [`Backend`]).
 #[async_trait]
 pub trait BackendSettings: Send + Sync + fmt::Debug {
     /// The effective settings as TOML, secrets replaced by `"<redacted>"`.

@@ -52,6 +52,21 @@ pub struct ObjectMeta {
     pub last_modified: SystemTime,
 }
 
+/// What listing reports of an object: enough for garbage collection and quotas, and cheap for
+/// every backend (no digest, which an object store may only know by reading the object).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectSummary {
+    pub key: ObjectKey,
+    pub size: u64,
+    pub last_modified: SystemTime,
+}
+
+impl From<ObjectMeta> for ObjectSummary {
+    fn from(meta: ObjectMeta) -> Self {
+        Self { key: meta.key, size: meta.size, last_modified: meta.last_modified }
+    }
+}
+
 /// An inclusive byte range already validated against the object's size.
 pub type ByteRange = RangeInclusive<u64>;
 
@@ -73,6 +88,20 @@ impl ObjectBody {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The body of an object held whole in memory: the range is checked against it and sliced,
+    /// and the stream yields slices of `bytes` (no copy) of at most 64 KiB each.
+    pub fn from_bytes(meta: ObjectMeta, bytes: Bytes, range: Option<ByteRange>) -> Result<Self, StorageError> {
+        const CHUNK: usize = 64 * 1024;
+        let range = check_range(&meta, range)?;
+        let bytes = match &range {
+            Some(r) => bytes.slice(*r.start() as usize..=*r.end() as usize),
+            None => bytes,
+        };
+        let chunks: Vec<io::Result<Bytes>> =
+            (0..bytes.len()).step_by(CHUNK).map(|at| Ok(bytes.slice(at..(at + CHUNK).min(bytes.len())))).collect();
+        Ok(Self { meta, range, stream: Box::pin(futures::stream::iter(chunks)) })
     }
 
     /// Collects the whole stream; meant for tests and small objects.
@@ -186,8 +215,9 @@ pub fn check_range(meta: &ObjectMeta, range: Option<ByteRange>) -> Result<Option
     }
 }
 
-/// A storage backend. Implementations must be safe to call concurrently; a put of an existing
-/// key replaces it atomically (readers see the old or the new object, never a mix).
+/// A store as the controller and the server call it. Backends implement
+/// [`Backend`](crate::backend::Backend), which core turns into this; only wrappers (fault
+/// injection, throttling in tests) implement it directly.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
     /// The registry name of the backend (`memory`, `filesystem`, `s3`, …).
@@ -196,8 +226,8 @@ pub trait Storage: Send + Sync + 'static {
     /// What this instance, as configured, can do.
     fn capabilities(&self) -> Capabilities;
 
-    /// Stores `body` under `key` and returns its size and digest.
-    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError>;
+    /// Stores `body` under `key`; `digest` is its sha256, computed when it was packaged.
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<ObjectMeta, StorageError>;
 
     /// Reads an object, or the given inclusive byte range of it.
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError>;
@@ -209,7 +239,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError>;
 
     /// Every object whose key starts with `prefix`, in key order.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError>;
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError>;
 
     /// The URL a consumer (Flux) downloads `key` from.
     fn url(&self, key: &ObjectKey) -> String;

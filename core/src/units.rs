@@ -108,6 +108,29 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// The rule [`check_http_url`] enforces, for error messages.
+pub const HTTP_URL_RULE: &str =
+    "must be an absolute http:// or https:// URL with a host and no credentials, query or fragment";
+
+/// Checks an absolute `http(s)://host[:port][/path]` URL without credentials, query or fragment:
+/// the one URL rule of the configuration and every backend's settings.
+pub fn check_http_url(input: &str) -> Result<(), &'static str> {
+    let rest = input.strip_prefix("http://").or_else(|| input.strip_prefix("https://")).ok_or(HTTP_URL_RULE)?;
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') || input.contains(['?', '#', ' ', '\\']) {
+        return Err(HTTP_URL_RULE);
+    }
+    Ok(())
+}
+
+/// [`check_http_url`], then trailing slashes dropped: the form of a base that keys are appended to.
+pub fn parse_http_url(input: &str) -> Result<String, String> {
+    check_http_url(input)?;
+    let trimmed = input.trim_end_matches('/');
+    check_http_url(trimmed)?;
+    Ok(trimmed.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
 
@@ -149,5 +172,23 @@ mod tests {
         assert!(parse_size("99999999999999999999GiB").is_err());
         assert_eq!(format_size(64 << 20), "64MiB");
         assert_eq!(format_size(1000), "1000");
+    }
+
+    #[test]
+    fn http_urls_are_absolute_without_credentials_query_or_fragment() {
+        assert_eq!(parse_http_url("https://h.example:8443/base//").as_deref(), Ok("https://h.example:8443/base"));
+        assert_eq!(check_http_url("http://nc.flux-system.svc./"), Ok(()));
+        for bad in [
+            "ftp://h",
+            "http://",
+            "http:///x",
+            "https://u:p@h",
+            "http://h/?q",
+            "http://h/#f",
+            "h.example",
+            "http://h/a b",
+        ] {
+            assert!(check_http_url(bad).is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Request path → storage key, refusing anything that is not plainly an artifact key.
 //!
 //! The decision of what a safe key is belongs to [`ObjectKey::parse`]; this module only adds what
-//! is specific to URLs. Keys never contain `%`, so the path is never percent-decoded and any `%`
+//! is specific to URLs. The URLs handed to consumers are built by core
+//! ([`served_url`](externalsource_core::key::served_url)): the base, then the key as the path. Keys never contain `%`, so the path is never percent-decoded and any `%`
 //! is refused: there is no decoding step that could turn `%2e%2e` into `..` behind the check.
 
 use externalsource_core::ObjectKey;
@@ -63,6 +64,18 @@ mod tests {
     fn artifact_keys_are_accepted() {
         let t = classify("/artifacts/ns/name/abc.tar.gz");
         assert_eq!(t, Target::Artifact(ObjectKey::parse("artifacts/ns/name/abc.tar.gz").unwrap()));
+    }
+
+    /// Core builds the URLs of served objects; this route must answer exactly those.
+    #[test]
+    fn the_urls_core_hands_out_map_back_to_their_keys() {
+        let key = ObjectKey::parse("artifacts/ns/name/0123abcd.tar.gz").unwrap();
+        for base in ["http://svc.ns.svc.cluster.local:8080", "http://svc:8080/"] {
+            let url = externalsource_core::key::served_url(base, &key);
+            let path = &url[url.find("://").map(|i| i + 3).unwrap()..];
+            let path = &path[path.find('/').unwrap()..];
+            assert_eq!(classify(path), Target::Artifact(key.clone()), "{url}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use externalsource_backend_memory::MemoryStorage;
 use externalsource_core::Storage;
+use externalsource_core::backend::host;
 use externalsource_core::config::TransformConfig;
 use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::fetch::Fetcher;
@@ -93,7 +94,7 @@ impl TestController {
     pub async fn start(client: kube::Client, options: Options) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind artifact server");
         let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(256 << 20, Some(base_url.clone())));
+        let storage: Arc<dyn Storage> = host(MemoryStorage::new(256 << 20), Some(&base_url));
         Self::start_with(client, options, storage, listener, base_url).await
     }
 
@@ -101,7 +102,7 @@ impl TestController {
     pub async fn start_faulty(client: kube::Client, options: Options, budget: u64) -> (Self, Arc<FaultInjector>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind artifact server");
         let base_url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
-        let memory: Arc<dyn Storage> = Arc::new(MemoryStorage::new(budget, Some(base_url.clone())));
+        let memory: Arc<dyn Storage> = host(MemoryStorage::new(budget), Some(&base_url));
         let faults = FaultInjector::new(memory);
         let storage: Arc<dyn Storage> = faults.clone();
         (Self::start_with(client, options, storage, listener, base_url).await, faults)

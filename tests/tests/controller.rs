@@ -332,7 +332,7 @@ async fn restart_with_an_empty_memory_store_rebuilds() {
     let port = listener.local_addr().unwrap().port();
     let base = format!("http://127.0.0.1:{port}");
     let store = |b: &str| -> std::sync::Arc<dyn externalsource_core::Storage> {
-        std::sync::Arc::new(externalsource_backend_memory::MemoryStorage::new(1 << 20, Some(b.to_owned())))
+        externalsource_core::backend::host(externalsource_backend_memory::MemoryStorage::new(1 << 20), Some(b))
     };
     let ctl = TestController::start_with(cp.client(), Options::default(), store(&base), listener, base.clone()).await;
     api.create(&PostParams::default(), &source("r", &fixture.url("/"), json!({}))).await.unwrap();

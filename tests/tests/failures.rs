@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use externalsource_core::ObjectKey;
 use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
-use externalsource_core::testing::{Fault, Operation, Times, noise};
+use externalsource_core::testing::{Fault, Operation, PutBytes, Times, noise};
 use externalsource_tests::controller::Options;
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
 use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
@@ -212,7 +212,7 @@ async fn downloads_of_published_revisions_never_fail_while_gc_runs() {
     let y = artifact(&request_reconcile(&api, "g", "y0").await);
     // A revision that was stored but never published: garbage collection takes it first.
     let orphan = ObjectKey::parse(&format!("artifacts/{ns}/g/{}.tar.gz", "0".repeat(64))).unwrap();
-    ctl.storage.put(&orphan, noise(12, 1000).into()).await.unwrap();
+    ctl.storage.put_bytes(&orphan, noise(12, 1000).into()).await.unwrap();
 
     // At least 1,000 downloads, and they keep going until the last switch is done.
     let errors = Arc::new(AtomicUsize::new(0));

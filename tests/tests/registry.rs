@@ -1,22 +1,52 @@
 //! Two linked crates registering one backend name: start-up refuses it, naming both crates,
 //! rather than letting `storage.backend = "memory"` pick one of them by link order.
 
-use externalsource_backend_memory as _;
-use externalsource_core::Capabilities;
-use externalsource_core::config::{ConfigError, ConfigLoader};
-use externalsource_core::registry::{self, BackendContext, BackendSettings, Env};
+use externalsource_backend_memory::{MemorySettings, MemoryStorage};
+use externalsource_core::config::ConfigLoader;
+use externalsource_core::registry::{self, Env};
+use externalsource_core::{
+    Backend, BuildError, ByteRange, Bytes, Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, ObjectSummary,
+    OpenContext, StorageError,
+};
 
-/// A second "memory" backend, from this crate.
-fn parse(_: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigError> {
-    Err(ConfigError::Invalid { key: "storage.memory".into(), value: String::new(), rule: "not this one".into() })
+/// A second "memory" backend, from this crate: the built-in one under another crate's name.
+struct SecondMemory(MemoryStorage);
+
+impl Backend for SecondMemory {
+    const NAME: &'static str = "memory";
+    const CAPABILITIES: Capabilities = MemoryStorage::CAPABILITIES;
+    type Settings = MemorySettings;
+
+    async fn open(settings: &MemorySettings, ctx: &OpenContext) -> Result<Self, BuildError> {
+        MemoryStorage::open(settings, ctx).await.map(Self)
+    }
+
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<(), StorageError> {
+        self.0.put(key, body, digest).await
+    }
+
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
+        self.0.get(key, range).await
+    }
+
+    async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
+        self.0.stat(key).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.0.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
+        self.0.list(prefix).await
+    }
+
+    fn direct_url(&self, key: &ObjectKey) -> String {
+        self.0.direct_url(key)
+    }
 }
 
-externalsource_core::register_backend! {
-    name: "memory",
-    capabilities: Capabilities { serves_http: true, shared: false },
-    note: "",
-    parse: parse,
-}
+externalsource_core::register_backend!(SecondMemory);
 
 #[test]
 fn a_duplicate_backend_name_is_refused_naming_both_crates() {

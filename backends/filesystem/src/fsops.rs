@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use externalsource_core::digest::DigestHasher;
-use externalsource_core::{Digest, ObjectKey, ObjectMeta, StorageError};
+use externalsource_core::{Digest, ObjectKey, ObjectMeta, ObjectSummary, StorageError};
 
 use crate::ScanReport;
 
@@ -90,14 +90,14 @@ pub fn open_and_read_small(
     root: &Path,
     key: &ObjectKey,
     small: u64,
-) -> Result<Option<(File, fs::Metadata, Option<bytes::Bytes>)>, StorageError> {
+) -> Result<Option<(File, fs::Metadata, Option<externalsource_core::Bytes>)>, StorageError> {
     let Some(mut file) = open_confined(root, key)? else { return Ok(None) };
     let err = |e| io_error("read", key.as_str(), e);
     let md = file.metadata().map_err(err)?;
     let body = if md.len() <= small {
         let mut buf = Vec::with_capacity(md.len() as usize);
         file.read_to_end(&mut buf).map_err(err)?;
-        Some(bytes::Bytes::from(buf))
+        Some(externalsource_core::Bytes::from(buf))
     } else {
         None
     };
@@ -154,7 +154,12 @@ fn create_parents(root: &Path, key: &ObjectKey) -> io::Result<PathBuf> {
 }
 
 /// Temp file in the target directory, fsync, rename, fsync of the directory.
-pub fn write_atomic(root: &Path, key: &ObjectKey, body: &[u8]) -> Result<(FileId, ObjectMeta), StorageError> {
+pub fn write_atomic(
+    root: &Path,
+    key: &ObjectKey,
+    body: &[u8],
+    digest: &Digest,
+) -> Result<(FileId, ObjectMeta), StorageError> {
     let err = |e| io_error("put", key.as_str(), e);
     let dir = create_parents(root, key).map_err(err)?;
     let temp = dir.join(format!(
@@ -178,7 +183,7 @@ pub fn write_atomic(root: &Path, key: &ObjectKey, body: &[u8]) -> Result<(FileId
             ObjectMeta {
                 key: key.clone(),
                 size: body.len() as u64,
-                digest: Digest::of(body),
+                digest: digest.clone(),
                 last_modified: md.modified().unwrap_or_else(|_| SystemTime::now()),
             },
         )),
@@ -281,8 +286,8 @@ fn log_unreadable(unreadable: &[Unreadable]) {
     }
 }
 
-/// Keys of the regular files whose key starts with `prefix`, sorted, with their identities.
-pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<(ObjectKey, FileId)>, StorageError> {
+/// The regular files whose key starts with `prefix`, sorted, from `lstat` alone.
+pub fn list(root: &Path, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
     let dir_part = prefix.rfind('/').map(|i| &prefix[..i]).unwrap_or("");
     let start = if dir_part.is_empty() {
         root.to_owned()
@@ -307,13 +312,14 @@ pub fn list_keys(root: &Path, prefix: &str) -> Result<Vec<(ObjectKey, FileId)>, 
         &start,
         &mut |_, key, md| {
             if let Some(key) = key.filter(|k| md.file_type().is_file() && k.as_str().starts_with(prefix)) {
-                keys.push((key, FileId::of(md)));
+                let last_modified = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                keys.push(ObjectSummary { key, size: md.len(), last_modified });
             }
         },
         &mut unreadable,
     );
     log_unreadable(&unreadable);
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
+    keys.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(keys)
 }
 

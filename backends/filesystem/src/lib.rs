@@ -17,21 +17,16 @@ mod fsops;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use dashmap::DashMap;
-use externalsource_core::config::ConfigError;
-use externalsource_core::registry::{BackendContext, BackendSettings, BuildError};
-use externalsource_core::storage::check_range;
-use externalsource_core::{Capabilities, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
+use externalsource_core::{
+    Backend, BuildError, ByteRange, Bytes, Capabilities, Digest, EnvVar, Invalid, ObjectBody, ObjectKey, ObjectMeta,
+    ObjectSummary, OpenContext, StorageError,
+};
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
 use crate::fsops::{FileId, io_error};
-
-/// The name selected by `storage.backend = "filesystem"`.
-pub const NAME: &str = "filesystem";
 
 /// Default root, the predecessor's PVC mount point.
 pub const DEFAULT_ROOT: &str = "/data/artifacts";
@@ -42,63 +37,23 @@ const CHUNK: usize = 64 * 1024;
 /// Objects up to this size are read whole when opened (one blocking call per request).
 const SMALL_OBJECT: u64 = 256 * 1024;
 
-/// Without `shared = true`: only the process that writes the directory holds it.
-const CAPABILITIES: Capabilities = Capabilities { serves_http: true, shared: false };
-
 /// On a shared volume, temporary files younger than this may belong to another replica's put.
 const SHARED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-externalsource_core::register_backend! {
-    name: NAME,
-    capabilities: CAPABILITIES,
-    note: "shared = true on a ReadWriteMany volume makes it shared",
-    parse: parse,
-}
+externalsource_core::register_backend!(FilesystemStorage);
 
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSettings {
-    root: Option<PathBuf>,
-    shared: Option<bool>,
-}
-
-/// Validated settings of the filesystem backend.
-#[derive(Debug, Clone)]
+/// `[storage.filesystem]`.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FilesystemSettings {
     pub root: PathBuf,
     /// Every replica mounts the same directory (ReadWriteMany), so every replica can serve.
     pub shared: bool,
 }
 
-fn parse(ctx: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigError> {
-    let raw: RawSettings = ctx.deserialize(NAME)?;
-    let (root, source) = match (ctx.env.get("PVC_STORAGE_PATH"), raw.root) {
-        (Some(env), _) => (PathBuf::from(env), "env PVC_STORAGE_PATH"),
-        (None, Some(root)) => (root, "file"),
-        (None, None) => (PathBuf::from(DEFAULT_ROOT), "default"),
-    };
-    if !root.is_absolute() {
-        return Err(ConfigError::Invalid {
-            key: "storage.filesystem.root".into(),
-            value: format!("{:?} (from {source})", root.display().to_string()),
-            rule: "must be an absolute path".into(),
-        });
-    }
-    Ok(Box::new(FilesystemSettings { root, shared: raw.shared.unwrap_or(false) }))
-}
-
-#[async_trait]
-impl BackendSettings for FilesystemSettings {
-    fn redacted(&self) -> toml::Table {
-        let mut t = toml::Table::new();
-        t.insert("root".into(), toml::Value::String(self.root.display().to_string()));
-        t.insert("shared".into(), toml::Value::Boolean(self.shared));
-        t
-    }
-
-    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, BuildError> {
-        let options = OpenOptions { base_url: base_url.map(str::to_owned), shared: self.shared };
-        Ok(Arc::new(FilesystemStorage::open_with(&self.root, options).await?))
+impl Default for FilesystemSettings {
+    fn default() -> Self {
+        Self { root: PathBuf::from(DEFAULT_ROOT), shared: false }
     }
 }
 
@@ -126,15 +81,6 @@ pub struct VerifyReport {
     pub unreadable: Vec<String>,
 }
 
-/// How a store is opened.
-#[derive(Debug, Clone, Default)]
-pub struct OpenOptions {
-    /// Base of served URLs; `None`: `file://` URLs.
-    pub base_url: Option<String>,
-    /// Other replicas read (and the leader writes) the same directory.
-    pub shared: bool,
-}
-
 /// An indexed file version. `verified`: its bytes were hashed (by us, at put or since); an
 /// unverified entry comes from the start-up scan and knows the digest only from the name.
 #[derive(Debug, Clone)]
@@ -149,7 +95,7 @@ type Index = DashMap<ObjectKey, Entry>;
 /// Files under a root directory.
 pub struct FilesystemStorage {
     root: PathBuf,
-    base_url: Option<String>,
+    /// Other replicas read (and the leader writes) the same directory.
     shared: bool,
     /// Metadata by key, valid while the file's identity matches.
     index: Arc<Index>,
@@ -165,16 +111,11 @@ impl Drop for FilesystemStorage {
 }
 
 impl FilesystemStorage {
-    /// Opens (creating if needed) a private root.
-    pub async fn open(root: &Path, base_url: Option<String>) -> Result<Self, StorageError> {
-        Self::open_with(root, OpenOptions { base_url, shared: false }).await
-    }
-
     /// Opens (creating if needed) the root, indexes what it holds without reading it, and starts
-    /// verifying the content in the background.
-    pub async fn open_with(root: &Path, options: OpenOptions) -> Result<Self, StorageError> {
+    /// verifying the content in the background. `shared`: other replicas read the directory.
+    pub async fn open_dir(root: &Path, shared: bool) -> Result<Self, StorageError> {
         let root = root.to_owned();
-        let temp_age = options.shared.then_some(SHARED_TEMP_AGE);
+        let temp_age = shared.then_some(SHARED_TEMP_AGE);
         let (root, found, scan) = tokio::task::spawn_blocking(move || fsops::scan(&root, temp_age))
             .await
             .map_err(|e| io_error("scan", "", std::io::Error::other(e)))??;
@@ -184,11 +125,11 @@ impl FilesystemStorage {
             index.insert(meta.key.clone(), Entry { id, meta, verified: false });
         }
         tracing::info!(root = %root.display(), objects = scan.objects, bytes = scan.bytes,
-            temp_removed = scan.temp_files_removed, unreadable = scan.unreadable.len(), shared = options.shared,
+            temp_removed = scan.temp_files_removed, unreadable = scan.unreadable.len(), shared,
             "filesystem storage opened; verifying content in the background");
         let (done, verification) = tokio::sync::watch::channel(None);
         let verifier = tokio::spawn(verify_all(root.clone(), index.clone(), pending, done));
-        Ok(Self { root, base_url: options.base_url, shared: options.shared, index, scan, verification, verifier })
+        Ok(Self { root, shared, index, scan, verification, verifier })
     }
 
     /// The result of the start-up scan.
@@ -243,31 +184,37 @@ impl FilesystemStorage {
     }
 }
 
-#[async_trait]
-impl Storage for FilesystemStorage {
-    fn name(&self) -> &'static str {
-        NAME
+impl Backend for FilesystemStorage {
+    const NAME: &'static str = "filesystem";
+    /// Without `shared = true`, only the process that writes the directory holds it.
+    const CAPABILITIES: Capabilities = Capabilities { serves_http: true, shared: false };
+    const NOTE: &'static str = "shared = true on a ReadWriteMany volume makes it shared";
+    const ENV: &'static [EnvVar] = &[EnvVar::text("PVC_STORAGE_PATH", "root")];
+    type Settings = FilesystemSettings;
+
+    fn check(settings: &FilesystemSettings) -> Result<(), Invalid> {
+        let root = &settings.root;
+        if root.is_absolute() { Ok(()) } else { Err(Invalid::new("root", root.display(), "must be an absolute path")) }
+    }
+
+    async fn open(settings: &FilesystemSettings, _: &OpenContext) -> Result<Self, BuildError> {
+        Ok(Self::open_dir(&settings.root, settings.shared).await?)
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { shared: self.shared, ..CAPABILITIES }
+        Capabilities { shared: self.shared, ..Self::CAPABILITIES }
     }
 
-    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError> {
-        let root = self.root.clone();
-        let k = key.clone();
-        let (id, meta) = tokio::task::spawn_blocking(move || fsops::write_atomic(&root, &k, &body))
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<(), StorageError> {
+        let (root, k, d) = (self.root.clone(), key.clone(), digest.clone());
+        let (id, meta) = tokio::task::spawn_blocking(move || fsops::write_atomic(&root, &k, &body, &d))
             .await
             .map_err(|e| io_error("put", key.as_str(), std::io::Error::other(e)))??;
-        self.index.insert(key.clone(), Entry { id, meta: meta.clone(), verified: true });
-        Ok(meta)
+        self.index.insert(key.clone(), Entry { id, meta, verified: true });
+        Ok(())
     }
 
-    async fn get(
-        &self,
-        key: &ObjectKey,
-        range: Option<std::ops::RangeInclusive<u64>>,
-    ) -> Result<ObjectBody, StorageError> {
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
         // Fast path: open, stat and (for small objects) read in one blocking call, so a typical
         // artifact costs one hop to the blocking pool instead of one per step.
         let (root, k) = (self.root.clone(), key.clone());
@@ -288,25 +235,20 @@ impl Storage for FilesystemStorage {
                     let meta = ObjectMeta {
                         key: key.clone(),
                         size: bytes.len() as u64,
-                        digest: externalsource_core::Digest::of(&bytes),
+                        digest: Digest::of(&bytes),
                         last_modified: md.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
                     };
                     admit(&self.root, &self.index, id, meta)?
                 }
             };
-            let range = check_range(&meta, range)?;
-            let body = match &range {
-                Some(r) => bytes.slice(*r.start() as usize..=*r.end() as usize),
-                None => bytes,
-            };
-            return Ok(ObjectBody { meta, range, stream: futures::stream::once(async { Ok(body) }).boxed() });
+            return ObjectBody::from_bytes(meta, bytes, range);
         }
         let mut file = tokio::fs::File::from_std(file);
         let meta = match verified {
             Some(meta) => meta,
             None => self.hash_and_admit(key, &mut file, md).await?,
         };
-        let range = check_range(&meta, range)?;
+        let range = externalsource_core::storage::check_range(&meta, range)?;
         let stream = match &range {
             Some(r) => {
                 file.seek(std::io::SeekFrom::Start(*r.start())).await.map_err(|e| io_error("seek", key.as_str(), e))?;
@@ -337,35 +279,16 @@ impl Storage for FilesystemStorage {
         Ok(())
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        let root = self.root.clone();
-        let owned = prefix.to_owned();
-        let keys = tokio::task::spawn_blocking(move || fsops::list_keys(&root, &owned))
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
+        let (root, owned) = (self.root.clone(), prefix.to_owned());
+        tokio::task::spawn_blocking(move || fsops::list(&root, &owned))
             .await
-            .map_err(|e| io_error("list", prefix, std::io::Error::other(e)))??;
-        let mut out = Vec::with_capacity(keys.len());
-        for (key, id) in keys {
-            // Listing (for GC and quotas) needs sizes and times, which an unverified entry
-            // knows: no file is hashed for it.
-            if let Some(entry) = self.index.get(&key).filter(|e| e.id == id) {
-                out.push(entry.meta.clone());
-                continue;
-            }
-            match self.stat(&key).await {
-                Ok(meta) => out.push(meta),
-                // Deleted between the walk and the stat: not part of the listing.
-                Err(StorageError::NotFound(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(out)
+            .map_err(|e| io_error("list", prefix, std::io::Error::other(e)))?
     }
 
-    fn url(&self, key: &ObjectKey) -> String {
-        match &self.base_url {
-            Some(base) => format!("{base}/{key}"),
-            None => format!("file://{}", self.path_of(key).display()),
-        }
+    /// Without the artifact server, the path for a consumer that mounts the same volume.
+    fn direct_url(&self, key: &ObjectKey) -> String {
+        format!("file://{}", self.path_of(key).display())
     }
 }
 

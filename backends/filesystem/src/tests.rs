@@ -1,12 +1,19 @@
+use externalsource_core::Storage;
+use externalsource_core::backend::Hosted;
+use externalsource_core::registry::{BackendContext, Env};
+use externalsource_core::testing::{Fixture, PutBytes};
+
 use super::*;
-use externalsource_core::Digest;
-use externalsource_core::testing::Fixture;
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let storage =
-        FilesystemStorage::open(dir.path(), Some("http://svc.ns.svc.cluster.local:8080".into())).await.unwrap();
-    Fixture::new(Arc::new(storage)).with_guard(dir).with_url_base("http://svc.ns.svc.cluster.local:8080/")
+    let storage = FilesystemStorage::open_dir(dir.path(), false).await.unwrap();
+    Fixture::hosted(storage, Some("http://svc.ns.svc.cluster.local:8080")).with_guard(dir)
+}
+
+/// The store as the controller calls it, without the artifact server.
+async fn open(root: &Path, shared: bool) -> Hosted<FilesystemStorage> {
+    Hosted::new(FilesystemStorage::open_dir(root, shared).await.unwrap(), None)
 }
 
 externalsource_core::behaviour_suite!(fixture);
@@ -21,13 +28,13 @@ async fn objects_live_at_root_slash_key_and_survive_a_restart() {
     let body = Bytes::from_static(b"persisted");
     let k = key("artifacts/ns/src/file.bin");
     {
-        let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
-        s.put(&k, body.clone()).await.unwrap();
+        let s = open(dir.path(), false).await;
+        s.put_bytes(&k, body.clone()).await.unwrap();
         assert!(s.url(&k).starts_with("file://"));
     }
     assert_eq!(std::fs::read(dir.path().join("artifacts/ns/src/file.bin")).unwrap(), body);
-    let reopened = FilesystemStorage::open(dir.path(), None).await.unwrap();
-    assert_eq!(reopened.scan_report().objects, 1);
+    let reopened = open(dir.path(), false).await;
+    assert_eq!(reopened.backend().scan_report().objects, 1);
     let meta = reopened.stat(&k).await.unwrap();
     assert_eq!(meta.digest, Digest::of(&body));
     assert_eq!(reopened.get(&k, None).await.unwrap().collect().await.unwrap(), body);
@@ -40,16 +47,16 @@ async fn start_up_removes_temp_files_and_verification_removes_corrupt_artifacts(
     let good_key = format!("artifacts/ns/a/{}.tar.gz", Digest::of(&good).hex());
     let bad_key = format!("artifacts/ns/a/{}.tar.gz", Digest::of(b"other").hex());
     {
-        let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
-        s.put(&key(&good_key), good.clone()).await.unwrap();
-        s.put(&key(&bad_key), Bytes::from_static(b"tampered")).await.unwrap();
+        let s = open(dir.path(), false).await;
+        s.put_bytes(&key(&good_key), good.clone()).await.unwrap();
+        s.put_bytes(&key(&bad_key), Bytes::from_static(b"tampered")).await.unwrap();
     }
     std::fs::write(dir.path().join("artifacts/ns/a/.~tmp-1-2-x.tar.gz"), b"half").unwrap();
-    let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
-    let report = s.scan_report().clone();
+    let s = open(dir.path(), false).await;
+    let report = s.backend().scan_report().clone();
     assert_eq!(report.temp_files_removed, 1);
     assert_eq!(report.objects, 2, "the scan reads no content");
-    let verified = s.verification().await;
+    let verified = s.backend().verification().await;
     assert_eq!(verified.corrupt_removed, vec![bad_key.clone()]);
     assert_eq!(verified.verified, 1);
     assert!(matches!(s.stat(&key(&bad_key)).await, Err(StorageError::NotFound(_))));
@@ -70,7 +77,7 @@ async fn an_unverified_artifact_is_hashed_before_it_is_served() {
         std::fs::create_dir_all(dir.path().join(k).parent().unwrap()).unwrap();
         std::fs::write(dir.path().join(k), body).unwrap();
     }
-    let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
+    let s = open(dir.path(), false).await;
     assert!(matches!(s.get(&key(&small_bad), None).await, Err(StorageError::NotFound(_))));
     assert!(matches!(s.get(&key(&big_bad), None).await, Err(StorageError::NotFound(_))));
     let got = s.get(&key(&big_good), None).await.unwrap();
@@ -87,17 +94,16 @@ async fn a_shared_store_keeps_recent_temp_files_and_says_it_is_shared() {
     std::fs::create_dir_all(dir.path().join("artifacts/ns/a")).unwrap();
     let temp = dir.path().join("artifacts/ns/a/.~tmp-1-2-x.tar.gz");
     std::fs::write(&temp, b"being written").unwrap();
-    let options = OpenOptions { base_url: None, shared: true };
-    let s = FilesystemStorage::open_with(dir.path(), options.clone()).await.unwrap();
+    let s = open(dir.path(), true).await;
     assert!(s.capabilities().shared);
-    assert_eq!(s.scan_report().temp_files_removed, 0);
+    assert_eq!(s.backend().scan_report().temp_files_removed, 0);
     assert!(temp.exists());
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 3600);
     std::fs::File::options().write(true).open(&temp).unwrap().set_modified(old).unwrap();
-    let s = FilesystemStorage::open_with(dir.path(), options).await.unwrap();
-    assert_eq!(s.scan_report().temp_files_removed, 1);
+    let s = open(dir.path(), true).await;
+    assert_eq!(s.backend().scan_report().temp_files_removed, 1);
     assert!(!temp.exists());
-    let private = FilesystemStorage::open(dir.path(), None).await.unwrap();
+    let private = open(dir.path(), false).await;
     assert!(!private.capabilities().shared);
 }
 
@@ -108,7 +114,7 @@ async fn symlinks_never_lead_out_of_the_root() {
     std::fs::create_dir(outside.path().join("dir")).unwrap();
     std::fs::write(outside.path().join("dir/secret"), b"top secret").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
+    let s = open(dir.path(), false).await;
     std::fs::create_dir_all(dir.path().join("artifacts/ns")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("artifacts/ns/link")).unwrap();
     std::os::unix::fs::symlink(outside.path().join("dir"), dir.path().join("artifacts/ns/linkdir")).unwrap();
@@ -118,7 +124,7 @@ async fn symlinks_never_lead_out_of_the_root() {
     }
     assert!(s.list("artifacts/ns/").await.unwrap().is_empty());
     assert!(s.list("artifacts/ns/linkdir/").await.unwrap().is_empty());
-    assert!(s.put(&key("artifacts/ns/linkdir/new"), Bytes::from_static(b"x")).await.is_err());
+    assert!(s.put_bytes(&key("artifacts/ns/linkdir/new"), Bytes::from_static(b"x")).await.is_err());
     assert!(!outside.path().join("dir/new").exists(), "a put went through a symlink");
     s.delete(&key("artifacts/ns/linkdir/secret")).await.unwrap();
     assert!(outside.path().join("dir/secret").exists(), "a delete went through a symlink");
@@ -127,9 +133,9 @@ async fn symlinks_never_lead_out_of_the_root() {
 #[tokio::test]
 async fn files_changed_behind_our_back_are_rehashed() {
     let dir = tempfile::tempdir().unwrap();
-    let s = FilesystemStorage::open(dir.path(), None).await.unwrap();
+    let s = open(dir.path(), false).await;
     let k = key("artifacts/ns/x/data");
-    s.put(&k, Bytes::from_static(b"one")).await.unwrap();
+    s.put_bytes(&k, Bytes::from_static(b"one")).await.unwrap();
     std::fs::write(dir.path().join("artifacts/ns/x/data.new"), b"twotwo").unwrap();
     std::fs::rename(dir.path().join("artifacts/ns/x/data.new"), dir.path().join("artifacts/ns/x/data")).unwrap();
     let got = s.get(&k, None).await.unwrap();
@@ -142,15 +148,19 @@ async fn files_changed_behind_our_back_are_rehashed() {
 
 #[test]
 fn settings_require_an_absolute_root_and_honour_the_predecessor_env() {
-    use externalsource_core::registry::Env;
-    let table = toml::Table::new();
-    let env = Env::from_pairs([("PVC_STORAGE_PATH", "relative/path")]);
-    let err = parse(&BackendContext { table: &table, env: &env }).unwrap_err().to_string();
+    let parse = |env: &[(&str, &str)]| {
+        let (table, env) = (toml::Table::new(), Env::from_pairs(env.iter().copied()));
+        externalsource_core::backend::parse::<FilesystemStorage>(&BackendContext { table: &table, env: &env })
+    };
+    let err = parse(&[("PVC_STORAGE_PATH", "relative/path")]).unwrap_err().to_string();
     assert!(
-        err.contains("storage.filesystem.root") && err.contains("relative/path") && err.contains("absolute"),
+        err.contains("storage.filesystem.root")
+            && err.contains("relative/path")
+            && err.contains("env PVC_STORAGE_PATH"),
         "{err}"
     );
-    let env = Env::from_pairs([("PVC_STORAGE_PATH", "/pvc")]);
-    let ok = parse(&BackendContext { table: &table, env: &env }).unwrap();
-    assert_eq!(ok.redacted().get("root").unwrap().as_str(), Some("/pvc"));
+    assert!(err.contains("absolute"), "{err}");
+    let ok = parse(&[("PVC_STORAGE_PATH", "/pvc")]).unwrap().redacted();
+    assert_eq!(ok.get("root").unwrap().as_str(), Some("/pvc"));
+    assert_eq!(ok.get("shared").unwrap().as_bool(), Some(false));
 }

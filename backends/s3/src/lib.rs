@@ -35,20 +35,10 @@ mod error;
 mod settings;
 mod storage;
 
-use externalsource_core::Capabilities;
-
 pub use settings::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_REGION, DEFAULT_TIMEOUT, ENV_VARS, Mode, S3Settings,
-    StaticCredentials, parse_settings,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_ATTEMPTS, DEFAULT_REGION, DEFAULT_TIMEOUT, ENV_VARS, Mode, S3Config,
+    S3Settings, StaticCredentials,
 };
 pub use storage::{DIGEST_METADATA, S3Storage, direct_url_base};
 
-/// The name selected by `storage.backend = "s3"`.
-pub const NAME: &str = "s3";
-
-externalsource_core::register_backend! {
-    name: NAME,
-    capabilities: Capabilities { serves_http: false, shared: true },
-    note: "serves_http in mode=proxy",
-    parse: settings::parse,
-}
+externalsource_core::register_backend!(S3Storage);

@@ -1,33 +1,30 @@
-//! [`S3Storage`]: the [`Storage`] trait over one bucket (and optional key prefix) with aws-sdk-s3.
+//! [`S3Storage`]: a [`Backend`] over one bucket (and optional key prefix) with aws-sdk-s3.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
-use bytes::Bytes;
 use externalsource_core::config::ConfigError;
 use externalsource_core::digest::DigestHasher;
-use externalsource_core::storage::{ByteRange, check_range};
-use externalsource_core::{BuildError, Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
+use externalsource_core::storage::check_range;
+use externalsource_core::{
+    Backend, BuildError, ByteRange, Bytes, Capabilities, Digest, EnvVar, Invalid, ObjectBody, ObjectKey, ObjectMeta,
+    ObjectSummary, OpenContext, StorageError,
+};
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 
-use crate::NAME;
 use crate::error::{Target, map};
-use crate::settings::{Mode, S3Settings};
+use crate::settings::{ENV_VARS, Mode, S3Config, S3Settings};
 
 /// User-metadata name of our digest (`x-amz-meta-sha256`, lowercase hex without the algorithm).
 pub const DIGEST_METADATA: &str = "sha256";
-
-/// How many HeadObject calls a listing keeps in flight (ListObjectsV2 carries no user metadata).
-const LIST_HEAD_CONCURRENCY: usize = 8;
 
 /// Digests computed for objects that lack our metadata, at most this many remembered.
 const FOREIGN_DIGEST_CACHE: usize = 1024;
@@ -36,8 +33,7 @@ const FOREIGN_DIGEST_CACHE: usize = 1024;
 pub struct S3Storage {
     client: Client,
     settings: S3Settings,
-    /// Where consumers fetch `key`, minus the key: the artifact server's base URL in proxy mode,
-    /// the bucket's (or `public_url`'s) URL including the prefix in direct mode.
+    /// Where consumers fetch `key` from the bucket (or `public_url`), minus the key.
     url_base: String,
     /// Digests of objects written by someone else (no `sha256` metadata), keyed by key and ETag
     /// so a replaced object is hashed again.
@@ -56,23 +52,18 @@ impl S3Storage {
     /// Builds the client. No request is made: a store that is down at start-up shows up as
     /// `Unavailable` on the first operation, like an outage later on.
     ///
-    /// `base_url` is the controller's artifact server; proxy mode needs it, direct mode ignores it.
-    pub async fn new(settings: S3Settings, base_url: Option<&str>) -> Result<Self, BuildError> {
-        let url_base = match settings.mode {
-            Mode::Proxy => match base_url {
-                Some(base) => base.trim_end_matches('/').to_owned(),
-                None => {
-                    return Err(BuildError::Config(ConfigError::Invalid {
-                        key: "storage.s3.mode".to_owned(),
-                        value: "\"proxy\"".to_owned(),
-                        rule: "serves objects through the controller's artifact server, which is disabled \
-                               (server.enabled = false); enable it or use mode = \"direct\""
-                            .to_owned(),
-                    }));
-                }
-            },
-            Mode::Direct => direct_url_base(&settings),
-        };
+    /// `artifact_server`: the controller's artifact server runs; proxy mode needs it.
+    pub async fn new(settings: S3Settings, artifact_server: bool) -> Result<Self, BuildError> {
+        if settings.mode == Mode::Proxy && !artifact_server {
+            return Err(BuildError::Config(ConfigError::Invalid {
+                key: "storage.s3.mode".to_owned(),
+                value: "\"proxy\"".to_owned(),
+                rule: "serves objects through the controller's artifact server, which is disabled \
+                       (server.enabled = false); enable it or use mode = \"direct\""
+                    .to_owned(),
+            }));
+        }
+        let url_base = direct_url_base(&settings);
         let client = build_client(&settings).await;
         Ok(Self { client, settings, url_base, foreign_digests: Mutex::new(HashMap::new()), page_size: None })
     }
@@ -253,7 +244,7 @@ async fn build_client(s: &S3Settings) -> Client {
     if let Some(c) = &s.credentials {
         loader = loader.credentials_provider(Credentials::new(
             c.access_key_id.clone(),
-            c.secret_access_key.clone(),
+            c.secret_access_key.expose().clone(),
             None,
             None,
             "externalsource-config",
@@ -321,10 +312,24 @@ fn slice_stream(
         .boxed()
 }
 
-#[async_trait]
-impl Storage for S3Storage {
-    fn name(&self) -> &'static str {
-        NAME
+impl Backend for S3Storage {
+    const NAME: &'static str = "s3";
+    const CAPABILITIES: Capabilities = Capabilities { serves_http: false, shared: true };
+    const NOTE: &'static str = "serves_http in mode=proxy";
+    const ENV: &'static [EnvVar] = ENV_VARS;
+    type Settings = S3Config;
+
+    fn check(config: &S3Config) -> Result<(), Invalid> {
+        S3Settings::resolve(config).map(drop)
+    }
+
+    async fn open(config: &S3Config, ctx: &OpenContext) -> Result<Self, BuildError> {
+        let settings = S3Settings::resolve(config).map_err(|bad| ConfigError::Invalid {
+            key: format!("storage.s3.{}", bad.key),
+            value: format!("{:?}", bad.value),
+            rule: bad.rule,
+        })?;
+        Self::new(settings, ctx.artifact_server).await
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -336,15 +341,13 @@ impl Storage for S3Storage {
 
     /// One PutObject with a known Content-Length: S3 makes the object visible only once it is
     /// complete, so an interrupted put leaves the old object (or none), never a torn one.
-    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError> {
-        let digest = Digest::of(&body);
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<(), StorageError> {
         let size = body.len() as u64;
         let length = i64::try_from(size).map_err(|_| StorageError::Io {
             operation: "put",
             key: key.to_string(),
             source: io::Error::other("object too large"),
         })?;
-        let started = SystemTime::now();
         let out = self
             .client
             .put_object()
@@ -358,8 +361,7 @@ impl Storage for S3Storage {
             .await
             .map_err(|e| map("put", Target::Object(key), e))?;
         tracing::debug!(key = %key, size, etag = ?out.e_tag(), "stored in s3");
-        // PutObject does not return Last-Modified; the request time is within the store's clock skew.
-        Ok(ObjectMeta { key: key.clone(), size, digest, last_modified: started })
+        Ok(())
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
@@ -430,13 +432,12 @@ impl Storage for S3Storage {
         }
     }
 
-    /// ListObjectsV2, page by page, then one HeadObject per key for the digest (listings carry no
-    /// user metadata). Keys are returned without the configured prefix; S3 keys that are not valid
-    /// [`ObjectKey`]s (someone else's objects) are skipped with a warning, since nothing could
-    /// address them anyway.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    /// ListObjectsV2, page by page: keys, sizes and times, no request per object. Keys are
+    /// returned without the configured prefix; S3 keys that are not valid [`ObjectKey`]s (someone
+    /// else's objects) are skipped with a warning, since nothing could address them anyway.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
         let full_prefix = format!("{}{prefix}", self.settings.prefix);
-        let mut keys = Vec::new();
+        let mut found = Vec::new();
         let mut token: Option<String> = None;
         loop {
             let out = self
@@ -453,7 +454,14 @@ impl Storage for S3Storage {
                 let Some(s3_key) = object.key() else { continue };
                 let Some(relative) = s3_key.strip_prefix(&self.settings.prefix) else { continue };
                 match ObjectKey::parse(relative) {
-                    Ok(k) => keys.push(k),
+                    Ok(key) => found.push(ObjectSummary {
+                        key,
+                        size: object.size().and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                        last_modified: object
+                            .last_modified()
+                            .and_then(|t| SystemTime::try_from(*t).ok())
+                            .unwrap_or(SystemTime::UNIX_EPOCH),
+                    }),
                     Err(e) => tracing::warn!(key = s3_key, error = %e, "skipping an S3 object that is not a valid key"),
                 }
             }
@@ -462,28 +470,13 @@ impl Storage for S3Storage {
                 _ => break,
             }
         }
-        keys.sort();
-        keys.dedup();
-        let metas: Vec<Option<ObjectMeta>> = stream::iter(keys)
-            .map(|k| async move {
-                match self.head(&k).await {
-                    Ok(meta) => Ok(Some(meta)),
-                    // Deleted between the listing and the HEAD: not part of the result.
-                    Err(StorageError::NotFound(_)) => Ok(None),
-                    Err(e) => Err(e),
-                }
-            })
-            .buffered(LIST_HEAD_CONCURRENCY)
-            .try_collect()
-            .await?;
-        Ok(metas.into_iter().flatten().collect())
+        found.sort_by(|a, b| a.key.cmp(&b.key));
+        found.dedup_by(|a, b| a.key == b.key);
+        Ok(found)
     }
 
-    fn url(&self, key: &ObjectKey) -> String {
-        match self.settings.mode {
-            Mode::Proxy => format!("{}/{key}", self.url_base),
-            Mode::Direct => format!("{}{key}", self.url_base),
-        }
+    fn direct_url(&self, key: &ObjectKey) -> String {
+        format!("{}{key}", self.url_base)
     }
 }
 

@@ -12,7 +12,7 @@ async fn fixture() -> Fixture {
     let weed = Weed::shared().await;
     let bucket = weed.bucket().await;
     let storage = weed.storage_for(&bucket, |_| {}).await;
-    let base = direct_url_base(storage.settings());
+    let base = direct_url_base(storage.backend().settings());
     Fixture::new(Arc::new(storage)).with_guard(weed).with_url_base(base)
 }
 

@@ -3,15 +3,30 @@
 
 use std::time::Duration;
 
-use externalsource_backend_s3::{Mode, S3Settings, S3Storage, parse_settings};
+use externalsource_backend_s3::{Mode, S3Settings, S3Storage};
+use externalsource_core::backend::{self, host};
 use externalsource_core::config::{ConfigError, ConfigLoader};
-use externalsource_core::registry::{BackendContext, Env};
-use externalsource_core::{Capabilities, ObjectKey, Storage};
+use externalsource_core::registry::{BackendContext, BackendSettings, Env};
+use externalsource_core::{Backend, Capabilities, ObjectKey};
 
+fn context<'a>(table: &'a toml::Table, env: &'a Env) -> BackendContext<'a> {
+    BackendContext { table, env }
+}
+
+/// What start-up reads, resolved into what the storage runs with.
 fn parse(toml_text: &str, env: &[(&str, &str)]) -> Result<S3Settings, ConfigError> {
     let table: toml::Table = toml_text.parse().expect("test TOML");
     let env = Env::from_pairs(env.iter().copied());
-    parse_settings(&BackendContext { table: &table, env: &env })
+    let config = backend::read::<S3Storage>(&context(&table, &env))?;
+    Ok(S3Settings::resolve(&config).expect("read has checked it"))
+}
+
+/// The settings as the registry holds them (printable, buildable).
+fn parse_boxed(toml_text: &str, env: &[(&str, &str)]) -> Box<dyn BackendSettings> {
+    let table: toml::Table = toml_text.parse().expect("test TOML");
+    let env = Env::from_pairs(env.iter().copied());
+    let descriptor = externalsource_core::registry::find("s3").expect("s3 is linked");
+    (descriptor.parse)(&context(&table, &env)).expect("valid settings")
 }
 
 /// The (key, value, rule) of an `Invalid` error.
@@ -29,7 +44,6 @@ fn defaults_with_only_a_bucket() {
     assert_eq!(s.region, "us-east-1");
     assert_eq!(s.endpoint, None);
     assert!(!s.path_style, "AWS uses virtual-host addressing by default");
-    assert!(s.use_ssl);
     assert_eq!(s.prefix, "");
     assert_eq!(s.mode, Mode::Direct);
     assert_eq!(s.public_url, None);
@@ -69,7 +83,7 @@ fn every_toml_key_is_read() {
     assert_eq!(s.connect_timeout, Duration::from_millis(500));
     assert_eq!(s.max_attempts, 3);
     let c = s.credentials.unwrap();
-    assert_eq!((c.access_key_id.as_str(), c.secret_access_key.as_str()), ("AKID", "s3cr3t"));
+    assert_eq!((c.access_key_id.as_str(), c.secret_access_key.expose().as_str()), ("AKID", "s3cr3t"));
 }
 
 #[test]
@@ -104,7 +118,7 @@ fn predecessor_environment_overrides_the_file() {
     assert_eq!(s.mode, Mode::Direct);
     assert_eq!(s.prefix, "env/prefix/");
     assert_eq!(s.public_url.as_deref(), Some("http://public.example"));
-    assert_eq!(s.credentials.unwrap().secret_access_key, "env-secret");
+    assert_eq!(s.credentials.unwrap().secret_access_key.expose(), "env-secret");
     assert_eq!(s.timeout, Duration::from_secs(2));
     assert_eq!(s.max_attempts, 1);
 }
@@ -136,22 +150,22 @@ fn invalid_values_name_key_value_source_and_rule() {
     let cases: &[InvalidCase<'_>] = &[
         ("", &[], "storage.s3.bucket", "default", "required"),
         (r#"bucket = "Bad_Bucket""#, &[], "storage.s3.bucket", "\"Bad_Bucket\" (from file)", "S3 bucket name"),
-        ("bucket = 7", &[], "storage.s3.bucket", "7", "must be a string"),
+        ("bucket = 7", &[], "storage.s3.bucket", "7 (from file)", "expected a string"),
         (
             r#"bucket = "b-1""#,
             &[("S3_MODE", "sideways")],
             "storage.s3.mode",
             "\"sideways\" (from env S3_MODE)",
-            "\"direct\" or \"proxy\"",
+            "`direct` or `proxy`",
         ),
         (
             r#"bucket = "b-1""#,
             &[("S3_PATH_STYLE", "maybe")],
             "storage.s3.path_style",
             "\"maybe\" (from env S3_PATH_STYLE)",
-            "true or false",
+            "true/false",
         ),
-        (r#"bucket = "b-1""#, &[("S3_USE_SSL", "sure")], "storage.s3.use_ssl", "sure", "true or false"),
+        (r#"bucket = "b-1""#, &[("S3_USE_SSL", "sure")], "storage.s3.use_ssl", "sure", "true/false"),
         (
             r#"bucket = "b-1"
             timeout = "5 parsecs""#,
@@ -244,18 +258,21 @@ fn unknown_keys_are_rejected() {
 
 #[test]
 fn redacted_settings_hide_the_secret_and_reparse_to_the_same_settings() {
-    let s = parse(r#"bucket = "b-1""#, &[("S3_ACCESS_KEY_ID", "AKID"), ("S3_SECRET_ACCESS_KEY", "hunter2")]).unwrap();
-    let shown = externalsource_core::BackendSettings::redacted(&s);
+    let env = [("S3_ACCESS_KEY_ID", "AKID"), ("S3_SECRET_ACCESS_KEY", "hunter2")];
+    let boxed = parse_boxed(r#"bucket = "b-1""#, &env);
+    let shown = boxed.redacted();
     assert_eq!(shown["secret_access_key"].as_str(), Some("<redacted>"));
     assert_eq!(shown["access_key_id"].as_str(), Some("AKID"));
     assert!(!toml::to_string(&shown).unwrap().contains("hunter2"));
-    assert!(!format!("{s:?}").contains("hunter2"), "Debug leaks the secret");
+    assert!(!format!("{boxed:?}").contains("hunter2"), "Debug leaks the secret");
+    assert!(!format!("{:?}", parse(r#"bucket = "b-1""#, &env).unwrap()).contains("hunter2"));
     // What --print-config shows is itself a valid [storage.s3] table.
     let env = Env::default();
-    let again = parse_settings(&BackendContext { table: &shown, env: &env }).unwrap();
-    assert_eq!(again.bucket, s.bucket);
-    assert_eq!(again.timeout, s.timeout);
-    assert_eq!(again.credentials.unwrap().secret_access_key, "<redacted>");
+    let again = backend::read::<S3Storage>(&context(&shown, &env)).unwrap();
+    let again = S3Settings::resolve(&again).unwrap();
+    assert_eq!(again.bucket, "b-1");
+    assert_eq!(again.timeout, Duration::from_secs(30));
+    assert_eq!(again.credentials.unwrap().secret_access_key.expose(), "<redacted>");
 }
 
 #[test]
@@ -291,7 +308,7 @@ fn key() -> ObjectKey {
 async fn url_of(tweak: impl FnOnce(&mut S3Settings)) -> String {
     let mut s = S3Settings::new("my-bucket");
     tweak(&mut s);
-    S3Storage::new(s, Some("http://ignored-in-direct-mode")).await.unwrap().url(&key())
+    host(S3Storage::new(s, true).await.unwrap(), Some("http://ignored-in-direct-mode")).url(&key())
 }
 
 #[tokio::test]
@@ -331,15 +348,16 @@ async fn direct_mode_urls() {
 
 #[tokio::test]
 async fn capabilities_and_urls_by_mode() {
-    let direct = S3Storage::new(S3Settings::new("b-1"), None).await.unwrap();
+    let direct = S3Storage::new(S3Settings::new("b-1"), false).await.unwrap();
     assert_eq!(direct.capabilities(), Capabilities { serves_http: false, shared: true });
     let mut proxy = S3Settings::new("b-1");
     proxy.mode = Mode::Proxy;
     proxy.prefix = "p/".into();
-    let storage = S3Storage::new(proxy.clone(), Some("http://svc.ns.svc.cluster.local:8080/")).await.unwrap();
+    let storage =
+        host(S3Storage::new(proxy.clone(), true).await.unwrap(), Some("http://svc.ns.svc.cluster.local:8080/"));
     assert_eq!(storage.capabilities(), Capabilities { serves_http: true, shared: true });
     assert_eq!(storage.url(&key()), "http://svc.ns.svc.cluster.local:8080/artifacts/ns/src/abc.tar.gz");
-    let err = S3Storage::new(proxy, None).await.unwrap_err();
+    let err = S3Storage::new(proxy, false).await.unwrap_err();
     assert!(
         matches!(err, externalsource_core::BuildError::Config(_)),
         "a configuration problem, not an outage: {err:?}"
@@ -349,8 +367,7 @@ async fn capabilities_and_urls_by_mode() {
 
 #[tokio::test]
 async fn build_through_the_trait_object() {
-    let s = parse(r#"bucket = "b-1""#, &[("S3_MODE", "proxy")]).unwrap();
-    let settings: Box<dyn externalsource_core::BackendSettings> = Box::new(s);
+    let settings = parse_boxed(r#"bucket = "b-1""#, &[("S3_MODE", "proxy")]);
     let storage = settings.build(Some("http://a:1")).await.unwrap();
     assert_eq!(storage.name(), "s3");
     assert!(storage.capabilities().serves_http);

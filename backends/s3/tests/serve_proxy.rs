@@ -80,7 +80,7 @@ async fn serve_streams_objects_from_s3_in_proxy_mode() {
     let body: Bytes = (0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
     let digest = Digest::of(&body);
     let key = ObjectKey::artifact("ns", "src", &digest).unwrap();
-    storage.put(&key, body.clone()).await.unwrap();
+    storage.put(&key, body.clone(), &digest).await.unwrap();
 
     let (port, ops) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use super::fetch::FetchError;
 use super::plan::ConfigProblem;
 use super::transform::TransformError;
 use crate::package::archive::ArchiveError;
-use crate::storage::{FailureClass, ObjectMeta, StorageError};
+use crate::storage::{FailureClass, ObjectSummary, StorageError};
 
 /// When a failed reconcile is tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,12 +347,12 @@ fn published_paths(
 /// keeping the newest objects by modification time, so an upgrade deletes nothing a consumer
 /// may still be reading.
 pub fn garbage(
-    mut objects: Vec<ObjectMeta>,
+    mut objects: Vec<ObjectSummary>,
     published: &[String],
     known_published: &[String],
     legacy: bool,
     retention: usize,
-) -> Vec<ObjectMeta> {
+) -> Vec<ObjectSummary> {
     objects.retain(|o| !published.iter().any(|p| p == o.key.as_str()));
     objects.sort_by(|a, b| b.last_modified.cmp(&a.last_modified).then_with(|| b.key.cmp(&a.key)));
     if legacy {

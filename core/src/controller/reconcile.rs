@@ -35,6 +35,7 @@ use super::restore::RestorePass;
 use super::revision::revision;
 use super::transform::TransformError;
 use super::transform::sandbox::Sandbox;
+use crate::Digest;
 use crate::key::{ObjectKey, artifact_dir, namespace_dir};
 use crate::package::archive::{Limits, MAX_ENTRIES, repackage};
 use crate::package::{Package, package};
@@ -515,7 +516,7 @@ async fn store(
         Ok(key) => key,
         Err(e) => return Stored::Failed(e.into()),
     };
-    let meta = match put_making_room(ctx, es, old, &key, packaged.bytes).await {
+    let meta = match put_making_room(ctx, es, old, &key, packaged.bytes, &packaged.digest).await {
         Ok(meta) => meta,
         Err(e) => return Stored::Failed(e),
     };
@@ -559,10 +560,11 @@ async fn put_making_room(
     old: &ExternalSourceStatus,
     key: &ObjectKey,
     bytes: Bytes,
+    digest: &Digest,
 ) -> Result<ObjectMeta, StorageError> {
     let namespace = es.namespace().unwrap_or_default();
     let put = match within_quota(ctx, &namespace, key, bytes.len() as u64).await {
-        Ok(()) => ctx.storage.put(key, bytes.clone()).await,
+        Ok(()) => ctx.storage.put(key, bytes.clone(), digest).await,
         Err(e) => Err(e),
     };
     ctx.metrics.operation("put", put.is_ok());
@@ -573,7 +575,7 @@ async fn put_making_room(
                 return Err(e);
             }
             within_quota(ctx, &namespace, key, bytes.len() as u64).await?;
-            let put = ctx.storage.put(key, bytes).await;
+            let put = ctx.storage.put(key, bytes, digest).await;
             ctx.metrics.operation("put", put.is_ok());
             put
         }

@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::digest::Digest;
 use crate::key::ObjectKey;
-use crate::storage::{ByteRange, Capabilities, ObjectBody, ObjectMeta, Storage, StorageError};
+use crate::storage::{ByteRange, Capabilities, ObjectBody, ObjectMeta, ObjectSummary, Storage, StorageError};
 
 /// The operations of the [`Storage`] contract that can be failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -227,9 +228,9 @@ impl Storage for FaultInjector {
         self.inner.capabilities()
     }
 
-    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError> {
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<ObjectMeta, StorageError> {
         let size = body.len() as u64;
-        self.run(Operation::Put, key.as_str(), size, self.inner.put(key, body)).await
+        self.run(Operation::Put, key.as_str(), size, self.inner.put(key, body, digest)).await
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
@@ -244,7 +245,7 @@ impl Storage for FaultInjector {
         self.run(Operation::Delete, key.as_str(), 0, self.inner.delete(key)).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
         self.run(Operation::List, prefix, 0, self.inner.list(prefix)).await
     }
 

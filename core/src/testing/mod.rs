@@ -3,7 +3,9 @@
 //! In a backend crate's tests (with `tokio` as a dev-dependency):
 //!
 //! ```ignore
-//! async fn fixture() -> externalsource_core::testing::Fixture { /* build the backend */ }
+//! async fn fixture() -> externalsource_core::testing::Fixture {
+//!     Fixture::hosted(MyBackend::open(&settings, &ctx).await.unwrap(), Some("http://svc:8080"))
+//! }
 //! externalsource_core::behaviour_suite!(fixture);
 //! // or, for a backend with a byte budget of `Fixture::budget` bytes:
 //! externalsource_core::behaviour_suite!(fixture, with_budget);
@@ -38,6 +40,16 @@ pub struct Fixture {
 impl Fixture {
     pub fn new(storage: Arc<dyn Storage>) -> Self {
         Self { storage, budget: None, url_base: None, guard: Box::new(()) }
+    }
+
+    /// A backend as the controller hosts it, its server at `base_url` (`None`: server disabled).
+    /// The URL base is declared for a backend the server serves; one that does not serve
+    /// declares its own with [`Fixture::with_url_base`].
+    pub fn hosted<B: crate::backend::Backend>(backend: B, base_url: Option<&str>) -> Self {
+        let url_base =
+            base_url.filter(|_| backend.capabilities().serves_http).map(|b| format!("{}/", b.trim_end_matches('/')));
+        let storage = Arc::new(crate::backend::Hosted::new(backend, base_url));
+        Self { storage, budget: None, url_base, guard: Box::new(()) }
     }
 
     /// Declares the URL base (see [`Fixture::url_base`]).
@@ -106,6 +118,26 @@ fn key(s: &str) -> ObjectKey {
     ObjectKey::parse(s).expect("test key is valid")
 }
 
+/// Puts computing the digest first, as packaging does before the controller puts.
+pub trait PutBytes {
+    fn put_bytes(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+    ) -> impl std::future::Future<Output = Result<crate::ObjectMeta, StorageError>> + Send;
+}
+
+impl<S: Storage + ?Sized> PutBytes for S {
+    async fn put_bytes(&self, key: &ObjectKey, body: Bytes) -> Result<crate::ObjectMeta, StorageError> {
+        let digest = Digest::of(&body);
+        self.put(key, body, &digest).await
+    }
+}
+
+async fn put(s: &Arc<dyn Storage>, k: &ObjectKey, body: Bytes) -> Result<crate::ObjectMeta, StorageError> {
+    s.put_bytes(k, body).await
+}
+
 fn payload(seed: u8, len: usize) -> Bytes {
     (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect::<Vec<u8>>().into()
 }
@@ -118,7 +150,7 @@ pub mod cases {
         let s = &f.storage;
         let k = key("artifacts/ns/src/one.tar.gz");
         let body = payload(1, 10_000);
-        let meta = s.put(&k, body.clone()).await.expect("put");
+        let meta = put(s, &k, body.clone()).await.expect("put");
         assert_eq!(meta.key, k);
         assert_eq!(meta.size, body.len() as u64);
         assert_eq!(meta.digest, Digest::of(&body));
@@ -133,7 +165,7 @@ pub mod cases {
         let s = &f.storage;
         let k = key("artifacts/ns/src/range.tar.gz");
         let body = payload(2, 4096);
-        s.put(&k, body.clone()).await.expect("put");
+        put(s, &k, body.clone()).await.expect("put");
         for (start, end) in [(0, 0), (2, 5), (100, 4095), (4095, 4095), (0, 4095)] {
             let got = s.get(&k, Some(start..=end)).await.expect("ranged get");
             assert_eq!(got.range, Some(start..=end));
@@ -154,7 +186,7 @@ pub mod cases {
         let k = key("artifacts/ns/src/stat.tar.gz");
         let before = SystemTime::now() - Duration::from_secs(5);
         let body = payload(3, 777);
-        s.put(&k, body.clone()).await.expect("put");
+        put(s, &k, body.clone()).await.expect("put");
         let meta = s.stat(&k).await.expect("stat");
         assert_eq!(meta.size, 777);
         assert_eq!(meta.digest, Digest::of(&body));
@@ -174,9 +206,9 @@ pub mod cases {
         let s = &f.storage;
         for (k, seed) in [("list/a/x/2", 2), ("list/a/x/1", 1), ("list/a/y/1", 3), ("list/b/1", 4), ("list/a/xx/1", 5)]
         {
-            s.put(&key(k), payload(seed, 10 + seed as usize)).await.expect("put");
+            put(s, &key(k), payload(seed, 10 + seed as usize)).await.expect("put");
         }
-        let names = |v: Vec<crate::ObjectMeta>| v.into_iter().map(|m| m.key.to_string()).collect::<Vec<_>>();
+        let names = |v: Vec<crate::ObjectSummary>| v.into_iter().map(|m| m.key.to_string()).collect::<Vec<_>>();
         assert_eq!(names(s.list("list/a/x/").await.expect("list")), ["list/a/x/1", "list/a/x/2"]);
         assert_eq!(
             names(s.list("list/a/").await.expect("list")),
@@ -186,13 +218,14 @@ pub mod cases {
         let listed = s.list("list/b/").await.expect("list");
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].size, 14);
-        assert_eq!(listed[0].digest, Digest::of(&payload(4, 14)));
+        let stat = s.stat(&key("list/b/1")).await.expect("stat");
+        assert_eq!(listed[0].last_modified, stat.last_modified, "list and stat agree on the time");
     }
 
     pub async fn delete_removes_and_is_idempotent(f: &Fixture) {
         let s = &f.storage;
         let k = key("artifacts/ns/del/x.tar.gz");
-        s.put(&k, payload(5, 100)).await.expect("put");
+        put(s, &k, payload(5, 100)).await.expect("put");
         s.delete(&k).await.expect("delete");
         assert!(matches!(s.stat(&k).await, Err(StorageError::NotFound(_))));
         assert!(s.list("artifacts/ns/del/").await.expect("list").is_empty());
@@ -202,9 +235,9 @@ pub mod cases {
     pub async fn overwrite_replaces_the_object(f: &Fixture) {
         let s = &f.storage;
         let k = key("artifacts/ns/over/x.tar.gz");
-        s.put(&k, payload(6, 300)).await.expect("put v1");
+        put(s, &k, payload(6, 300)).await.expect("put v1");
         let v2 = payload(7, 200);
-        let meta = s.put(&k, v2.clone()).await.expect("put v2");
+        let meta = put(s, &k, v2.clone()).await.expect("put v2");
         assert_eq!(meta.digest, Digest::of(&v2));
         assert_eq!(s.get(&k, None).await.expect("get").collect().await.expect("read"), v2);
         let listed = s.list("artifacts/ns/over/").await.expect("list");
@@ -216,7 +249,7 @@ pub mod cases {
         let s = f.storage.clone();
         let shared = key("artifacts/ns/conc/shared.tar.gz");
         let (a, b) = (payload(8, 64 * 1024), payload(9, 48 * 1024));
-        s.put(&shared, a.clone()).await.expect("seed put");
+        put(&s, &shared, a.clone()).await.expect("seed put");
         let mut tasks = Vec::new();
         for i in 0..8u8 {
             let s = s.clone();
@@ -225,10 +258,10 @@ pub mod cases {
                 let own = key(&format!("artifacts/ns/conc/own-{i}.tar.gz"));
                 let mine = payload(100 + i, 1000 + i as usize);
                 for round in 0..10 {
-                    s.put(&own, mine.clone()).await.expect("own put");
+                    put(&s, &own, mine.clone()).await.expect("own put");
                     assert_eq!(s.get(&own, None).await.expect("own get").collect().await.expect("read"), mine);
                     if i % 2 == 0 {
-                        s.put(&shared, if round % 2 == 0 { b.clone() } else { a.clone() }).await.expect("shared put");
+                        put(&s, &shared, if round % 2 == 0 { b.clone() } else { a.clone() }).await.expect("shared put");
                     } else {
                         let got = s.get(&shared, None).await.expect("shared get").collect().await.expect("read");
                         assert!(got == a || got == b, "a reader saw a torn object of {} bytes", got.len());
@@ -244,7 +277,7 @@ pub mod cases {
 
     pub async fn only_exact_keys_are_objects(f: &Fixture) {
         let s = &f.storage;
-        s.put(&key("artifacts/ns/exact/deep/x.tar.gz"), payload(10, 10)).await.expect("put");
+        put(s, &key("artifacts/ns/exact/deep/x.tar.gz"), payload(10, 10)).await.expect("put");
         for k in ["artifacts/ns/exact", "artifacts/ns/exact/deep", "artifacts/ns/exact/deep/x.tar"] {
             assert!(matches!(s.stat(&key(k)).await, Err(StorageError::NotFound(_))), "{k} is not an object");
             assert!(matches!(s.get(&key(k), None).await, Err(StorageError::NotFound(_))), "{k} is not an object");
@@ -256,12 +289,12 @@ pub mod cases {
     pub async fn empty_and_large_objects_round_trip(f: &Fixture) {
         let s = &f.storage;
         let empty = key("artifacts/ns/sizes/empty.tar.gz");
-        let meta = s.put(&empty, Bytes::new()).await.expect("put empty");
+        let meta = put(s, &empty, Bytes::new()).await.expect("put empty");
         assert_eq!(meta.size, 0);
         assert_eq!(s.get(&empty, None).await.expect("get").collect().await.expect("read").len(), 0);
         let large = key("artifacts/ns/sizes/large.tar.gz");
         let body = payload(11, 5 * 1024 * 1024 + 3);
-        s.put(&large, body.clone()).await.expect("put large");
+        put(s, &large, body.clone()).await.expect("put large");
         let got = s.get(&large, None).await.expect("get large");
         assert_eq!(got.len(), body.len() as u64);
         assert_eq!(got.collect().await.expect("read"), body);
@@ -279,17 +312,17 @@ pub mod cases {
         let s = &f.storage;
         let budget = f.budget.expect("the fixture declares its budget");
         let k = key("artifacts/ns/budget/big.tar.gz");
-        match s.put(&k, payload(12, budget as usize + 1)).await {
+        match put(s, &k, payload(12, budget as usize + 1)).await {
             Err(StorageError::OverBudget { budget: b, .. }) => assert_eq!(b, budget),
             other => panic!("a put over budget gave {other:?}"),
         }
         assert!(matches!(s.stat(&k).await, Err(StorageError::NotFound(_))), "nothing is stored");
         let half = budget as usize / 2;
-        s.put(&k, payload(13, half)).await.expect("half the budget fits");
-        s.put(&k, payload(14, half)).await.expect("replacing counts the old object out");
+        put(s, &k, payload(13, half)).await.expect("half the budget fits");
+        put(s, &k, payload(14, half)).await.expect("replacing counts the old object out");
         let other = key("artifacts/ns/budget/other.tar.gz");
-        assert!(matches!(s.put(&other, payload(15, half + 1)).await, Err(StorageError::OverBudget { .. })));
+        assert!(matches!(put(s, &other, payload(15, half + 1)).await, Err(StorageError::OverBudget { .. })));
         s.delete(&k).await.expect("delete");
-        s.put(&other, payload(15, half + 1)).await.expect("deleting frees the budget");
+        put(s, &other, payload(15, half + 1)).await.expect("deleting frees the budget");
     }
 }

@@ -8,17 +8,20 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use externalsource_backend_memory::MemoryStorage;
-use externalsource_core::{ByteRange, Capabilities, ObjectBody, ObjectKey, ObjectMeta, Storage, StorageError};
+use externalsource_core::backend::host;
+use externalsource_core::{
+    ByteRange, Capabilities, Digest, ObjectBody, ObjectKey, ObjectMeta, ObjectSummary, Storage, StorageError,
+};
 use futures::StreamExt;
 
 /// Test double: the memory backend, but reporting `serves_http = false` like S3 in direct mode.
 pub struct NonServingStorage {
-    inner: MemoryStorage,
+    inner: Arc<dyn Storage>,
 }
 
 impl NonServingStorage {
     pub fn new() -> Self {
-        Self { inner: MemoryStorage::new(1 << 30, None) }
+        Self { inner: host(MemoryStorage::new(1 << 30), None) }
     }
 }
 
@@ -28,8 +31,8 @@ impl Storage for NonServingStorage {
         self.inner.name()
     }
 
-    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError> {
-        self.inner.put(key, body).await
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<ObjectMeta, StorageError> {
+        self.inner.put(key, body, digest).await
     }
 
     async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
@@ -40,7 +43,7 @@ impl Storage for NonServingStorage {
         self.inner.delete(key).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
         self.inner.list(prefix).await
     }
 
@@ -60,14 +63,14 @@ impl Storage for NonServingStorage {
 /// Test double: the memory backend whose bodies yield each 64 KiB chunk after `delay` (a slow
 /// upstream such as a proxied S3 object) and which counts the bytes the server pulled.
 pub struct ThrottledStorage {
-    inner: MemoryStorage,
+    inner: Arc<dyn Storage>,
     delay: Duration,
     pulled: Arc<AtomicU64>,
 }
 
 impl ThrottledStorage {
     pub fn new(delay: Duration) -> Self {
-        Self { inner: MemoryStorage::new(1 << 30, None), delay, pulled: Arc::default() }
+        Self { inner: host(MemoryStorage::new(1 << 30), None), delay, pulled: Arc::default() }
     }
 
     /// Bytes handed to the server by body streams so far.
@@ -82,8 +85,8 @@ impl Storage for ThrottledStorage {
         self.inner.name()
     }
 
-    async fn put(&self, key: &ObjectKey, body: Bytes) -> Result<ObjectMeta, StorageError> {
-        self.inner.put(key, body).await
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<ObjectMeta, StorageError> {
+        self.inner.put(key, body, digest).await
     }
 
     async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
@@ -94,7 +97,7 @@ impl Storage for ThrottledStorage {
         self.inner.delete(key).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
         self.inner.list(prefix).await
     }
 

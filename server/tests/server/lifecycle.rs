@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use externalsource_backend_memory::MemoryStorage;
+use externalsource_core::backend::host;
 use externalsource_core::{Digest, Storage};
 use externalsource_server::ServeOptions;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -154,7 +155,7 @@ async fn a_slow_reader_holds_a_bounded_buffer_and_is_dropped_when_idle() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_get_503_and_the_others_are_still_served() {
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1 << 20, None));
+    let storage: Arc<dyn Storage> = host(MemoryStorage::new(1 << 20), None);
     let a = put_artifact(storage.as_ref(), payload(1000)).await;
     let opts = ServeOptions { max_connections: 2, ..options(5_000, 5_000, 1_000) };
     let (served, _registry) = start_artifacts(storage, opts).await;
@@ -182,7 +183,7 @@ async fn connections_beyond_the_cap_get_503_and_the_others_are_still_served() {
 #[tokio::test]
 async fn a_reader_below_the_minimum_rate_is_cut_though_it_never_goes_idle() {
     const SIZE: usize = 32 * 1024 * 1024;
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(64 << 20, None));
+    let storage: Arc<dyn Storage> = host(MemoryStorage::new(64 << 20), None);
     let a = put_artifact(storage.as_ref(), payload(SIZE)).await;
     // Idle timeout far away; 256 KiB/s over 500 ms windows.
     let opts = ServeOptions {
@@ -219,7 +220,7 @@ async fn a_reader_below_the_minimum_rate_is_cut_though_it_never_goes_idle() {
 
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout_and_does_not_delay_shutdown() {
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(1 << 20, None));
+    let storage: Arc<dyn Storage> = host(MemoryStorage::new(1 << 20), None);
     let a = put_artifact(storage.as_ref(), payload(1000)).await;
     let (mut served, _registry) = start_artifacts(storage, options(400, 10_000, 5_000)).await;
     let mut silent = TcpStream::connect(served.addr).await.unwrap();

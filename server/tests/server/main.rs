@@ -15,6 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use externalsource_backend_filesystem::FilesystemStorage;
 use externalsource_backend_memory::MemoryStorage;
+use externalsource_core::backend::host;
+use externalsource_core::testing::PutBytes;
 use externalsource_core::{Digest, ObjectKey, ObjectMeta, Storage};
 use externalsource_server::{ArtifactRoutes, ArtifactService, ServeOptions, serve};
 use prometheus_client::registry::Registry;
@@ -36,16 +38,16 @@ pub struct Store {
 /// Both backends that serve HTTP. Each also holds [`MARKER`] under a key outside `artifacts/`;
 /// the filesystem one additionally has it in a file beside its root.
 pub async fn stores() -> Vec<Store> {
-    let memory = Store { name: "memory", storage: Arc::new(MemoryStorage::new(1 << 30, None)), _dir: None };
+    let memory = Store { name: "memory", storage: host(MemoryStorage::new(1 << 30), None), _dir: None };
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("secret.txt"), MARKER).expect("write secret");
     std::fs::create_dir(dir.path().join("etc")).expect("mkdir");
     std::fs::write(dir.path().join("etc").join("passwd"), MARKER).expect("write secret");
-    let fs = FilesystemStorage::open(&dir.path().join("store"), None).await.expect("open filesystem storage");
-    let filesystem = Store { name: "filesystem", storage: Arc::new(fs), _dir: Some(dir) };
+    let fs = FilesystemStorage::open_dir(&dir.path().join("store"), false).await.expect("open filesystem storage");
+    let filesystem = Store { name: "filesystem", storage: host(fs, None), _dir: Some(dir) };
     for store in [&memory, &filesystem] {
         let key = ObjectKey::parse("internal/secret.txt").expect("key");
-        store.storage.put(&key, Bytes::from_static(MARKER.as_bytes())).await.expect("put secret");
+        store.storage.put_bytes(&key, Bytes::from_static(MARKER.as_bytes())).await.expect("put secret");
     }
     vec![memory, filesystem]
 }
@@ -64,7 +66,7 @@ pub fn payload(len: usize) -> Vec<u8> {
 
 pub async fn put_artifact(storage: &dyn Storage, payload: Vec<u8>) -> Artifact {
     let key = ObjectKey::artifact("flux-system", "podinfo", &Digest::of(&payload)).expect("key");
-    let meta = storage.put(&key, Bytes::from(payload.clone())).await.expect("put");
+    let meta = storage.put_bytes(&key, Bytes::from(payload.clone())).await.expect("put");
     Artifact { path: format!("/{key}"), payload, meta }
 }
 

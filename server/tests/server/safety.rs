@@ -85,7 +85,8 @@ async fn routes_are_not_mounted_when_the_backend_does_not_serve_http() {
 
     // Control: the same object in a backend that serves HTTP is downloadable, so the 404s above
     // come from the capability and not from the request.
-    let serving: Arc<dyn Storage> = Arc::new(externalsource_backend_memory::MemoryStorage::new(1 << 30, None));
+    let serving: Arc<dyn Storage> =
+        externalsource_core::backend::host(externalsource_backend_memory::MemoryStorage::new(1 << 30), None);
     put_artifact(serving.as_ref(), a.payload.clone()).await;
     let (served, _registry) = start_artifacts(serving, test_options()).await;
     assert_eq!(get(served.addr, &a.path).await.status, 200);

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use externalsource_backend_memory::MemoryStorage;
+use externalsource_core::backend::host;
 use externalsource_core::{ObjectKey, Storage};
 use externalsource_server::{ArtifactRoutes, ArtifactService, ServeOptions};
 use prometheus_client::registry::Registry;
@@ -54,7 +55,7 @@ async fn main() {
         std::process::exit(1);
     }
     let base_url = format!("http://127.0.0.1:{port}");
-    let memory = Arc::new(MemoryStorage::new(u64::MAX, Some(base_url)));
+    let memory = host(MemoryStorage::new(u64::MAX), Some(&base_url));
     let mut bytes = 0u64;
     for (key, path) in &found {
         let key = ObjectKey::parse(key).unwrap_or_else(|e| {
@@ -66,7 +67,8 @@ async fn main() {
             std::process::exit(1);
         });
         bytes += body.len() as u64;
-        if let Err(e) = memory.put(&key, Bytes::from(body)).await {
+        let digest = externalsource_core::Digest::of(&body);
+        if let Err(e) = memory.put(&key, Bytes::from(body), &digest).await {
             eprintln!("cannot store {key}: {e}");
             std::process::exit(1);
         }

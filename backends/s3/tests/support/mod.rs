@@ -15,6 +15,8 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use externalsource_backend_s3::{Mode, S3Settings, S3Storage, StaticCredentials};
+use externalsource_core::Secret;
+use externalsource_core::backend::Hosted;
 
 pub const ACCESS_KEY: &str = "AKIDTEST";
 pub const SECRET_KEY: &str = "SECRETTESTSECRETTEST";
@@ -189,7 +191,7 @@ impl Weed {
         const PROBE_BUCKET: &str = "harness-probe";
         let started = Instant::now();
         let addr: SocketAddr = ([127, 0, 0, 1], self.ports.s3).into();
-        let probe = self.storage_for(PROBE_BUCKET, |_| {}).await;
+        let probe = self.backend_for(PROBE_BUCKET, |_| {}).await;
         let client = probe.client();
         loop {
             if let Some(child) = self.child.as_mut()
@@ -254,24 +256,34 @@ impl Weed {
         let mut s = S3Settings::new(bucket);
         s.endpoint = Some(self.endpoint.clone());
         s.path_style = true;
-        s.credentials =
-            Some(StaticCredentials { access_key_id: ACCESS_KEY.to_owned(), secret_access_key: SECRET_KEY.to_owned() });
+        s.credentials = Some(StaticCredentials {
+            access_key_id: ACCESS_KEY.to_owned(),
+            secret_access_key: Secret::new(SECRET_KEY.into()),
+        });
         tweak(&mut s);
         s
     }
 
-    /// A storage on `bucket` (not created).
-    pub async fn storage_for(&self, bucket: &str, tweak: impl FnOnce(&mut S3Settings)) -> S3Storage {
+    /// The backend on `bucket` (not created).
+    pub async fn backend_for(&self, bucket: &str, tweak: impl FnOnce(&mut S3Settings)) -> S3Storage {
         let s = self.settings(bucket, tweak);
-        let base_url = (s.mode == Mode::Proxy).then_some("http://artifacts.test:8080");
-        S3Storage::new(s, base_url).await.expect("build storage")
+        let proxy = s.mode == Mode::Proxy;
+        S3Storage::new(s, proxy).await.expect("build storage")
+    }
+
+    /// The storage on `bucket` as the controller calls it, its artifact server at
+    /// `http://artifacts.test:8080` in proxy mode.
+    pub async fn storage_for(&self, bucket: &str, tweak: impl FnOnce(&mut S3Settings)) -> Hosted<S3Storage> {
+        let backend = self.backend_for(bucket, tweak).await;
+        let base_url = (backend.settings().mode == Mode::Proxy).then_some("http://artifacts.test:8080");
+        Hosted::new(backend, base_url)
     }
 
     /// Creates a fresh bucket with a unique name and returns it.
     pub async fn bucket(&self) -> String {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let name = format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let admin = self.storage_for(&name, |_| {}).await;
+        let admin = self.backend_for(&name, |_| {}).await;
         let started = Instant::now();
         loop {
             match admin.client().create_bucket().bucket(&name).send().await {

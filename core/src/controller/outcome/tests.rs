@@ -5,7 +5,6 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 
 use super::*;
-use crate::Digest;
 use crate::controller::api::ExternalSourceStatus;
 use crate::controller::transform::TransformError;
 use crate::key::ObjectKey;
@@ -325,16 +324,15 @@ fn the_external_artifact_follows_the_outcome_but_keeps_its_artifact_on_failure()
     assert!(next_artifact_status(&old, &Outcome::Suspended, Some(1)).is_none());
 }
 
-fn object(path: &str, age_secs: u64) -> ObjectMeta {
-    ObjectMeta {
+fn object(path: &str, age_secs: u64) -> ObjectSummary {
+    ObjectSummary {
         key: ObjectKey::parse(path).unwrap(),
         size: 1,
-        digest: Digest::of(path.as_bytes()),
         last_modified: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 - age_secs),
     }
 }
 
-fn keys(objects: Vec<ObjectMeta>) -> Vec<String> {
+fn keys(objects: Vec<ObjectSummary>) -> Vec<String> {
     objects.into_iter().map(|o| o.key.to_string()).collect()
 }
 

@@ -1,0 +1,368 @@
+//! The backend SDK: everything a storage backend crate writes is one [`Backend`] impl and one
+//! [`register_backend!`](crate::register_backend) line.
+//!
+//! A backend declares its name, capabilities and serde settings once, opens itself from those
+//! settings, and implements five storage operations as plain `async fn`s. Core does the rest, the
+//! same way for every backend:
+//! - reads `[storage.<name>]` and the environment variables of [`Backend::ENV`] (one parser for
+//!   booleans, integers, [sizes](ByteSize), [durations](TimeSpan) and [URLs](HttpUrl)), and names
+//!   the key, the value, where it came from and the rule when one is wrong;
+//! - prints the effective settings with every [`Secret`] redacted;
+//! - builds the URL of every object the controller's server serves, from the server's route, so
+//!   only a backend that does not serve says where its objects are ([`Backend::direct_url`]);
+//! - records a put's metadata from the digest packaging already computed, so no backend hashes
+//!   the bytes again;
+//! - turns the backend into the dynamic [`Storage`] the controller and the server call.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::config::ConfigError;
+use crate::digest::Digest;
+use crate::key::{ObjectKey, served_url};
+use crate::registry::{BackendContext, BackendSettings, BuildError};
+use crate::storage::{ByteRange, Capabilities, ObjectBody, ObjectMeta, ObjectSummary, Storage, StorageError};
+use crate::units;
+
+pub use crate::values::{ByteSize, HttpUrl, REDACTED, Secret, TimeSpan};
+
+/// A storage backend. Implementations must be safe to call concurrently; a put of an existing key
+/// replaces it atomically (readers see the old or the new object, never a mix).
+pub trait Backend: Sized + Send + Sync + 'static {
+    /// The name `storage.backend` selects, and the table `[storage.<NAME>]` settings come from.
+    const NAME: &'static str;
+    /// What the backend offers in its default mode (printed by `--list-backends`).
+    const CAPABILITIES: Capabilities;
+    /// A word on capabilities that depend on settings, for `--list-backends`.
+    const NOTE: &'static str = "";
+    /// Environment variables that override keys of the table.
+    const ENV: &'static [EnvVar] = &[];
+
+    /// `[storage.<NAME>]`. Unknown keys should be refused (`#[serde(deny_unknown_fields)]`);
+    /// credentials are [`Secret`]s so printing the settings never shows them.
+    type Settings: serde::de::DeserializeOwned + serde::Serialize + Default + fmt::Debug + Send + Sync + 'static;
+
+    /// Rules across fields, or beyond what a field's type says.
+    fn check(_settings: &Self::Settings) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// Bytes the store may keep in the controller's own memory (a memory store's budget), for the
+    /// start-up check that the configuration fits the container's memory limit.
+    fn resident_bytes(_settings: &Self::Settings) -> u64 {
+        0
+    }
+
+    /// Opens the store. A conflict with the rest of the configuration is [`BuildError::Config`].
+    fn open(settings: &Self::Settings, ctx: &OpenContext) -> impl Future<Output = Result<Self, BuildError>> + Send;
+
+    /// What this instance, as configured, can do.
+    fn capabilities(&self) -> Capabilities {
+        Self::CAPABILITIES
+    }
+
+    /// Stores `body` under `key`; `digest` is its sha256, computed when it was packaged.
+    fn put(
+        &self,
+        key: &ObjectKey,
+        body: Bytes,
+        digest: &Digest,
+    ) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Reads an object, or an inclusive byte range of it ([`ObjectBody::from_bytes`] slices one
+    /// held in memory).
+    fn get(
+        &self,
+        key: &ObjectKey,
+        range: Option<ByteRange>,
+    ) -> impl Future<Output = Result<ObjectBody, StorageError>> + Send;
+
+    /// Metadata of an object, its digest included.
+    fn stat(&self, key: &ObjectKey) -> impl Future<Output = Result<ObjectMeta, StorageError>> + Send;
+
+    /// Removes an object; removing a missing object succeeds.
+    fn delete(&self, key: &ObjectKey) -> impl Future<Output = Result<(), StorageError>> + Send;
+
+    /// Every object whose key starts with `prefix`, in key order: keys, sizes and times, which is
+    /// all garbage collection and quotas need.
+    fn list(&self, prefix: &str) -> impl Future<Output = Result<Vec<ObjectSummary>, StorageError>> + Send;
+
+    /// Where a consumer downloads `key` when the controller's server does not serve it (the
+    /// backend does not serve over HTTP, or the server is disabled).
+    fn direct_url(&self, key: &ObjectKey) -> String;
+}
+
+/// What [`Backend::open`] knows of the rest of the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenContext {
+    /// The controller's artifact server runs, so objects of a serving backend are downloaded
+    /// from it.
+    pub artifact_server: bool,
+}
+
+/// An environment variable overriding a settings key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvVar {
+    pub name: &'static str,
+    pub key: &'static str,
+    pub kind: EnvKind,
+}
+
+/// How an environment value becomes a settings value. Sizes, durations, URLs and secrets are
+/// [`EnvKind::Text`]: their field types parse text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKind {
+    Text,
+    /// `true/false`, `t/f`, `1/0`, `yes/no`, in any case ([`units::parse_bool`]).
+    Bool,
+    Integer,
+}
+
+impl EnvVar {
+    pub const fn text(name: &'static str, key: &'static str) -> Self {
+        Self { name, key, kind: EnvKind::Text }
+    }
+
+    pub const fn bool(name: &'static str, key: &'static str) -> Self {
+        Self { name, key, kind: EnvKind::Bool }
+    }
+
+    pub const fn integer(name: &'static str, key: &'static str) -> Self {
+        Self { name, key, kind: EnvKind::Integer }
+    }
+}
+
+/// A settings value [`Backend::check`] refuses: the key (within the backend's table), the value
+/// as written, and the rule. Core adds the table and where the value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    pub key: &'static str,
+    pub value: String,
+    pub rule: String,
+}
+
+impl Invalid {
+    pub fn new(key: &'static str, value: impl fmt::Display, rule: impl Into<String>) -> Self {
+        Self { key, value: value.to_string(), rule: rule.into() }
+    }
+}
+
+/// Reads a backend's settings: the table, the environment over it, then the backend's checks.
+/// What start-up does for the configured backend; public so a backend's tests read settings the
+/// same way.
+pub fn read<B: Backend>(ctx: &BackendContext<'_>) -> Result<B::Settings, ConfigError> {
+    let sources = Sources::<B>::read(ctx)?;
+    let settings: B::Settings = serde_path_to_error::deserialize(toml::Value::Table(sources.table.clone()))
+        .map_err(|e| sources.not_deserialized(&e))?;
+    B::check(&settings).map_err(|bad| {
+        // A secret prints redacted, in the settings as in this error.
+        let printed = toml::Table::try_from(&settings).ok().and_then(|t| t.get(bad.key).cloned());
+        let secret = printed.is_some_and(|v| v.as_str() == Some(REDACTED));
+        sources.invalid(bad.key, (!secret).then(|| format!("{:?}", bad.value)), bad.rule)
+    })?;
+    Ok(settings)
+}
+
+/// [`read`], boxed as the registry holds it (printable with secrets redacted, buildable).
+pub fn parse<B: Backend>(ctx: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigError> {
+    Ok(Box::new(Parsed::<B> { settings: read::<B>(ctx)? }))
+}
+
+/// The table a backend's settings are read from, and which of its keys the environment set.
+struct Sources<B> {
+    table: toml::Table,
+    from_env: BTreeMap<&'static str, &'static str>,
+    backend: std::marker::PhantomData<B>,
+}
+
+impl<B: Backend> Sources<B> {
+    fn read(ctx: &BackendContext<'_>) -> Result<Self, ConfigError> {
+        let mut sources = Self { table: ctx.table.clone(), from_env: BTreeMap::new(), backend: Default::default() };
+        for var in B::ENV {
+            let Some(text) = ctx.env.get(var.name) else { continue };
+            sources.from_env.insert(var.key, var.name);
+            let value = match var.kind {
+                EnvKind::Text => toml::Value::String(text.to_owned()),
+                EnvKind::Bool => toml::Value::Boolean(units::parse_bool(text).ok_or_else(|| {
+                    sources.invalid(var.key, Some(format!("{text:?}")), "must be true/false, t/f, 1/0 or yes/no")
+                })?),
+                EnvKind::Integer => toml::Value::Integer(
+                    text.trim()
+                        .parse()
+                        .map_err(|_| sources.invalid(var.key, Some(format!("{text:?}")), "must be an integer"))?,
+                ),
+            };
+            sources.table.insert(var.key.to_owned(), value);
+        }
+        Ok(sources)
+    }
+
+    /// A value that did not deserialize. Its key is named when it is one of the table's (not for
+    /// an unknown key, whose error names it). A scalar is shown: a [`Secret`] accepts every
+    /// scalar, so a value that failed is never one.
+    fn not_deserialized(&self, e: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+        let path = e.path().to_string();
+        let field = path.split(['.', '[']).next().unwrap_or_default();
+        let rule = e.inner().message().trim().to_owned();
+        match self.table.get(field).filter(|_| field_names::<B::Settings>().contains(&field)) {
+            Some(value) => {
+                let shown = match value {
+                    toml::Value::Table(_) => "a table".to_owned(),
+                    toml::Value::Array(_) => "an array".to_owned(),
+                    scalar => scalar.to_string(),
+                };
+                self.invalid(&path, Some(shown), rule)
+            }
+            // The error is the table's (an unknown key, perhaps a misspelt secret): name the
+            // keys, never their values.
+            None => ConfigError::Invalid {
+                key: format!("storage.{}", B::NAME),
+                value: format!("a table with the keys [{}]", self.table.keys().cloned().collect::<Vec<_>>().join(", ")),
+                rule,
+            },
+        }
+    }
+
+    /// `shown`: the value as written, `None` for a secret.
+    fn invalid(&self, key: &str, shown: Option<String>, rule: impl Into<String>) -> ConfigError {
+        let field = key.split(['.', '[']).next().unwrap_or_default();
+        let source = match self.from_env.get(field) {
+            Some(var) => format!("env {var}"),
+            None if self.table.contains_key(field) => "file".to_owned(),
+            None => "default".to_owned(),
+        };
+        let value = format!("{} (from {source})", shown.as_deref().unwrap_or(REDACTED));
+        ConfigError::Invalid { key: format!("storage.{}.{key}", B::NAME), value, rule: rule.into() }
+    }
+}
+
+/// A backend's validated settings.
+struct Parsed<B: Backend> {
+    settings: B::Settings,
+}
+
+impl<B: Backend> fmt::Debug for Parsed<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.settings.fmt(f)
+    }
+}
+
+#[async_trait]
+impl<B: Backend> BackendSettings for Parsed<B> {
+    fn redacted(&self) -> toml::Table {
+        toml::Table::try_from(&self.settings).unwrap_or_default()
+    }
+
+    fn resident_bytes(&self) -> u64 {
+        B::resident_bytes(&self.settings)
+    }
+
+    async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, BuildError> {
+        let backend = B::open(&self.settings, &OpenContext { artifact_server: base_url.is_some() }).await?;
+        Ok(Arc::new(Hosted::new(backend, base_url)))
+    }
+}
+
+/// `backend` as the controller calls it, its artifact server at `base_url` (`None`: disabled).
+pub fn host<B: Backend>(backend: B, base_url: Option<&str>) -> Arc<dyn Storage> {
+    Arc::new(Hosted::new(backend, base_url))
+}
+
+/// A [`Backend`] as the controller calls it: the dynamic [`Storage`], with URLs and put metadata
+/// supplied by core.
+pub struct Hosted<B> {
+    backend: B,
+    /// The artifact server's base URL, when it runs.
+    base_url: Option<String>,
+}
+
+impl<B: Backend> Hosted<B> {
+    pub fn new(backend: B, base_url: Option<&str>) -> Self {
+        Self { backend, base_url: base_url.map(str::to_owned) }
+    }
+
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Storage for Hosted<B> {
+    fn name(&self) -> &'static str {
+        B::NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<ObjectMeta, StorageError> {
+        let size = body.len() as u64;
+        self.backend.put(key, body, digest).await?;
+        Ok(ObjectMeta { key: key.clone(), size, digest: digest.clone(), last_modified: SystemTime::now() })
+    }
+
+    async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
+        self.backend.get(key, range).await
+    }
+
+    async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> {
+        self.backend.stat(key).await
+    }
+
+    async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
+        self.backend.delete(key).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
+        self.backend.list(prefix).await
+    }
+
+    fn url(&self, key: &ObjectKey) -> String {
+        match &self.base_url {
+            Some(base) if self.backend.capabilities().serves_http => served_url(base, key),
+            _ => self.backend.direct_url(key),
+        }
+    }
+}
+
+/// The keys a settings struct has, as its derived `Deserialize` declares them: asked of a
+/// deserializer that only records them.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{self, Deserializer, Visitor};
+
+    struct Probe<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for Probe<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("not a struct"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("probed"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Probe(&mut fields));
+    fields
+}
