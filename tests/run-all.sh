@@ -47,10 +47,13 @@ for features in memory filesystem s3; do
   fi
 done
 
+step "third-party backend example: its crate, behaviour suite (real nginx) and distribution binary"
+cargo test -p example-nginx-backend -- --test-threads=2
+
 step "workspace tests (real kube-apiserver, SeaweedFS, Flux kustomize-controller)"
 # Builds (and uplifts to target/debug) the all-features controller binary and the test-crate bins
 # the end-to-end tests, the deploy check and the benchmark smoke run use.
-cargo test --workspace --all-features -- --test-threads=2
+cargo test --workspace --exclude example-nginx-backend --all-features -- --test-threads=2
 
 step "deployment (kustomize and Helm) renders, installs and passes a server-side dry run"
 kubeconfig=$(mktemp)

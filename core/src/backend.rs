@@ -44,9 +44,10 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// Environment variables that override keys of the table.
     const ENV: &'static [EnvVar] = &[];
 
-    /// `[storage.<NAME>]`. Unknown keys should be refused (`#[serde(deny_unknown_fields)]`);
-    /// credentials are [`Secret`]s so printing the settings never shows them.
-    type Settings: serde::de::DeserializeOwned + serde::Serialize + Default + fmt::Debug + Send + Sync + 'static;
+    /// `[storage.<NAME>]`. Unknown keys should be refused (`#[serde(deny_unknown_fields)]`), a
+    /// required key is a field without a default; credentials are [`Secret`]s so printing the
+    /// settings never shows them.
+    type Settings: serde::de::DeserializeOwned + serde::Serialize + fmt::Debug + Send + Sync + 'static;
 
     /// Rules across fields, or beyond what a field's type says.
     fn check(_settings: &Self::Settings) -> Result<(), Invalid> {
