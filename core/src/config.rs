@@ -268,54 +268,6 @@ const ENV_KEYS: &[(&str, &str)] = &[
     ("LOG_LEVEL", "log.level"),
 ];
 
-/// Every key of the core tables, for unknown-key errors.
-const KNOWN_KEYS: &[(&str, &[&str])] = &[
-    (
-        "server",
-        &[
-            "enabled",
-            "bind_address",
-            "port",
-            "service_name",
-            "service_namespace",
-            "advertise_url",
-            "header_read_timeout",
-            "idle_timeout",
-            "shutdown_grace",
-            "shutdown_delay",
-            "max_connections",
-            "min_send_rate",
-        ],
-    ),
-    ("ops", &["bind_address", "port"]),
-    ("storage", &["backend", "namespace_quota"]),
-    (
-        "controller",
-        &[
-            "concurrency",
-            "namespace_concurrency",
-            "min_interval",
-            "retention",
-            "finalizer_attempts",
-            "leader_election",
-            "lease_name",
-            "pod_name",
-            "watch_label_selector",
-            "events_addr",
-            "lease_duration",
-            "renew_deadline",
-            "retry_period",
-            "restore_timeout",
-            "memory_limit",
-            "memory_check",
-        ],
-    ),
-    ("fetch", &["timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs", "memory_budget"]),
-    ("transform", &["max_cpu", "max_memory", "timeout", "max_depth", "concurrency"]),
-    ("hooks", &["socket", "whitelist", "default_timeout", "max_timeout", "concurrency"]),
-    ("log", &["format", "level"]),
-];
-
 /// Builds a [`Config`] from layered sources.
 #[derive(Debug, Default)]
 pub struct ConfigLoader {
@@ -389,9 +341,8 @@ impl ConfigLoader {
 
     /// Validates everything and parses the selected backend's settings.
     pub fn build(self) -> Result<Config, ConfigError> {
-        let mut r = Reader { table: self.table, origin: self.origin };
+        let mut r = Reader { table: self.table, origin: self.origin, read: Default::default() };
         let backend_tables = r.take_backend_tables()?;
-        r.reject_unknown()?;
 
         let server = ServerConfig {
             enabled: r.bool("server.enabled", true)?,
@@ -536,6 +487,8 @@ impl ConfigLoader {
             },
             level: r.string("log.level", "info")?,
         };
+        // The keys just read are the known ones: the reader is the only list of them.
+        r.reject_unknown()?;
         Ok(Config {
             server,
             ops,
@@ -648,6 +601,8 @@ fn hostname() -> String {
 struct Reader {
     table: toml::Table,
     origin: BTreeMap<String, String>,
+    /// Every key asked for, present or not: what `build` knows, for unknown-key errors.
+    read: std::cell::RefCell<std::collections::BTreeSet<String>>,
 }
 
 impl Reader {
@@ -664,6 +619,7 @@ impl Reader {
     }
 
     fn raw(&self, key: &str) -> Option<&toml::Value> {
+        self.read.borrow_mut().insert(key.to_owned());
         let (table, field) = key.split_once('.')?;
         self.table.get(table)?.as_table()?.get(field)
     }
@@ -685,11 +641,17 @@ impl Reader {
         Ok(out)
     }
 
+    /// Refuses a key no accessor asked for (call after reading everything).
     fn reject_unknown(&self) -> Result<(), ConfigError> {
+        let read = self.read.borrow();
+        let known_in = |table: &str| -> Vec<&str> {
+            read.iter().filter_map(|k| k.strip_prefix(table)?.strip_prefix('.')).collect()
+        };
         for (table, value) in &self.table {
-            let known = KNOWN_KEYS.iter().find(|(t, _)| t == table).map(|(_, k)| *k);
-            let Some(known) = known else {
-                let tables: Vec<_> = KNOWN_KEYS.iter().map(|(t, _)| *t).collect();
+            let known = known_in(table);
+            let Some(entries) = value.as_table().filter(|_| !known.is_empty()) else {
+                let mut tables: Vec<&str> = read.iter().filter_map(|k| Some(k.split_once('.')?.0)).collect();
+                tables.dedup();
                 return Err(ConfigError::UnknownKey {
                     key: table.clone(),
                     source_name: self.source(table),
@@ -697,18 +659,14 @@ impl Reader {
                     known: tables.join(", "),
                 });
             };
-            if let Some(entries) = value.as_table() {
-                for field in entries.keys() {
-                    if !known.contains(&field.as_str()) {
-                        let key = format!("{table}.{field}");
-                        return Err(ConfigError::UnknownKey {
-                            source_name: self.source(&key),
-                            key,
-                            table: table.clone(),
-                            known: known.join(", "),
-                        });
-                    }
-                }
+            if let Some(field) = entries.keys().find(|f| !known.contains(&f.as_str())) {
+                let key = format!("{table}.{field}");
+                return Err(ConfigError::UnknownKey {
+                    source_name: self.source(&key),
+                    key,
+                    table: table.clone(),
+                    known: known.join(", "),
+                });
             }
         }
         Ok(())
