@@ -54,10 +54,11 @@ pub trait Backend: Sized + Send + Sync + 'static {
         Ok(())
     }
 
-    /// Bytes the store may keep in the controller's own memory (a memory store's budget), for the
-    /// start-up check that the configuration fits the container's memory limit.
-    fn resident_bytes(_settings: &Self::Settings) -> u64 {
-        0
+    /// Bytes the store may keep in the controller's own memory (a memory store's objects, a
+    /// cache) and the key of the table that bounds them, for the start-up check that the
+    /// configuration fits the container's memory limit.
+    fn resident_memory(_settings: &Self::Settings) -> Option<(&'static str, u64)> {
+        None
     }
 
     /// Opens the store. A conflict with the rest of the configuration is [`BuildError::Config`].
@@ -260,8 +261,8 @@ impl<B: Backend> BackendSettings for Parsed<B> {
         toml::Table::try_from(&self.settings).unwrap_or_default()
     }
 
-    fn resident_bytes(&self) -> u64 {
-        B::resident_bytes(&self.settings)
+    fn resident_memory(&self) -> Option<(String, u64)> {
+        B::resident_memory(&self.settings).map(|(key, bytes)| (format!("storage.{}.{key}", B::NAME), bytes))
     }
 
     async fn build(&self, base_url: Option<&str>) -> Result<Arc<dyn Storage>, BuildError> {

@@ -805,10 +805,7 @@ impl Config {
     /// term, and its bytes). `serve` only holds the store.
     pub fn memory_need(&self, controller: bool) -> Vec<(String, u64)> {
         let mut terms = vec![("baseline".to_owned(), BASELINE_MEMORY)];
-        let store = self.storage.resident_bytes();
-        if store > 0 {
-            terms.push((format!("storage.{}.max_bytes", self.backend), store));
-        }
+        terms.extend(self.storage.resident_memory().filter(|(_, bytes)| *bytes > 0));
         if controller {
             terms.push(("fetch.memory_budget".to_owned(), self.fetch.memory_budget));
             let t = &self.transform;

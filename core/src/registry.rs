@@ -137,10 +137,10 @@ pub trait BackendSettings: Send + Sync + fmt::Debug {
     /// The effective settings as TOML, secrets replaced by `"<redacted>"`.
     fn redacted(&self) -> toml::Table;
 
-    /// Bytes the store may keep in the controller's own memory (a memory backend's budget), for
-    /// the start-up check that the configuration fits the container's memory limit.
-    fn resident_bytes(&self) -> u64 {
-        0
+    /// Bytes the store may keep in the controller's own memory and the full key bounding them
+    /// (`storage.memory.max_bytes`), for the start-up check against the container's memory limit.
+    fn resident_memory(&self) -> Option<(String, u64)> {
+        None
     }
 
     /// Builds the storage. `base_url` is where the controller's artifact server is reached by

@@ -12,6 +12,7 @@
 //! With `shared = true` (a ReadWriteMany volume) every replica reads the directory the leader
 //! writes, so every replica is Ready and serves it.
 
+mod cache;
 mod fsops;
 
 use std::path::{Path, PathBuf};
@@ -19,13 +20,14 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use externalsource_core::{
-    Backend, BuildError, ByteRange, Bytes, Capabilities, Digest, EnvVar, Invalid, ObjectBody, ObjectKey, ObjectMeta,
-    ObjectSummary, OpenContext, StorageError,
+    Backend, BuildError, ByteRange, ByteSize, Bytes, Capabilities, Digest, EnvVar, Invalid, ObjectBody, ObjectKey,
+    ObjectMeta, ObjectSummary, OpenContext, StorageError,
 };
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use crate::cache::HotCache;
 use crate::fsops::{FileId, io_error};
 
 /// Default root, the predecessor's PVC mount point.
@@ -36,6 +38,10 @@ const CHUNK: usize = 64 * 1024;
 
 /// Objects up to this size are read whole when opened (one blocking call per request).
 const SMALL_OBJECT: u64 = 256 * 1024;
+
+/// Default budget of the hot-artifact cache: a few hundred typical artifacts, a small part of the
+/// default memory limit.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 
 /// On a shared volume, temporary files younger than this may belong to another replica's put.
 const SHARED_TEMP_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -49,11 +55,13 @@ pub struct FilesystemSettings {
     pub root: PathBuf,
     /// Every replica mounts the same directory (ReadWriteMany), so every replica can serve.
     pub shared: bool,
+    /// Memory for the hot artifacts served most (see `cache`); 0 turns the cache off.
+    pub cache_bytes: ByteSize,
 }
 
 impl Default for FilesystemSettings {
     fn default() -> Self {
-        Self { root: PathBuf::from(DEFAULT_ROOT), shared: false }
+        Self { root: PathBuf::from(DEFAULT_ROOT), shared: false, cache_bytes: ByteSize(DEFAULT_CACHE_BYTES) }
     }
 }
 
@@ -100,6 +108,8 @@ pub struct FilesystemStorage {
     /// Metadata by key, valid while the file's identity matches.
     index: Arc<Index>,
     scan: ScanReport,
+    /// Verified artifacts in memory, for repeated downloads.
+    cache: HotCache,
     verification: tokio::sync::watch::Receiver<Option<VerifyReport>>,
     verifier: tokio::task::JoinHandle<()>,
 }
@@ -129,7 +139,26 @@ impl FilesystemStorage {
             "filesystem storage opened; verifying content in the background");
         let (done, verification) = tokio::sync::watch::channel(None);
         let verifier = tokio::spawn(verify_all(root.clone(), index.clone(), pending, done));
-        Ok(Self { root, shared, index, scan, verification, verifier })
+        let cache = HotCache::new(0);
+        Ok(Self { root, shared, index, scan, cache, verification, verifier })
+    }
+
+    /// Keeps up to `bytes` of the most downloaded artifacts in memory (off by default).
+    pub fn with_cache(mut self, bytes: u64) -> Self {
+        self.cache = HotCache::new(bytes);
+        self
+    }
+
+    /// Bytes the hot-artifact cache holds now.
+    pub fn cached_bytes(&self) -> u64 {
+        self.cache.bytes()
+    }
+
+    /// Admits bytes read or written for `meta`'s key when they are what its name promises.
+    fn admit_if_artifact(&self, bytes: &Bytes, meta: &ObjectMeta) {
+        if fsops::claimed_digest(&meta.key).as_ref() == Some(&meta.digest) {
+            self.cache.admit(bytes.clone(), meta.clone());
+        }
     }
 
     /// The result of the start-up scan.
@@ -197,8 +226,12 @@ impl Backend for FilesystemStorage {
         if root.is_absolute() { Ok(()) } else { Err(Invalid::new("root", root.display(), "must be an absolute path")) }
     }
 
+    fn resident_memory(settings: &FilesystemSettings) -> Option<(&'static str, u64)> {
+        Some(("cache_bytes", settings.cache_bytes.0))
+    }
+
     async fn open(settings: &FilesystemSettings, _: &OpenContext) -> Result<Self, BuildError> {
-        Ok(Self::open_dir(&settings.root, settings.shared).await?)
+        Ok(Self::open_dir(&settings.root, settings.shared).await?.with_cache(settings.cache_bytes.0))
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -206,19 +239,26 @@ impl Backend for FilesystemStorage {
     }
 
     async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<(), StorageError> {
-        let (root, k, d) = (self.root.clone(), key.clone(), digest.clone());
-        let (id, meta) = tokio::task::spawn_blocking(move || fsops::write_atomic(&root, &k, &body, &d))
+        let (root, k, d, bytes) = (self.root.clone(), key.clone(), digest.clone(), body.clone());
+        let (id, meta) = tokio::task::spawn_blocking(move || fsops::write_atomic(&root, &k, &bytes, &d))
             .await
             .map_err(|e| io_error("put", key.as_str(), std::io::Error::other(e)))??;
+        // Consumers download a new artifact right after it is published.
+        self.cache.remove(key);
+        self.admit_if_artifact(&body, &meta);
         self.index.insert(key.clone(), Entry { id, meta, verified: true });
         Ok(())
     }
 
     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> {
-        // Fast path: open, stat and (for small objects) read in one blocking call, so a typical
-        // artifact costs one hop to the blocking pool instead of one per step.
+        if let Some((bytes, meta)) = self.cache.get(key) {
+            return ObjectBody::from_bytes(meta, bytes, range);
+        }
+        // Otherwise open, stat and (for small or cacheable objects) read in one blocking call, so
+        // a typical artifact costs one hop to the blocking pool instead of one per step.
         let (root, k) = (self.root.clone(), key.clone());
-        let opened = tokio::task::spawn_blocking(move || fsops::open_and_read_small(&root, &k, SMALL_OBJECT))
+        let whole = SMALL_OBJECT.max(self.cache.max_object());
+        let opened = tokio::task::spawn_blocking(move || fsops::open_and_read_small(&root, &k, whole))
             .await
             .map_err(|e| io_error("open", key.as_str(), std::io::Error::other(e)))??;
         let Some((file, md, small)) = opened else {
@@ -241,6 +281,7 @@ impl Backend for FilesystemStorage {
                     admit(&self.root, &self.index, id, meta)?
                 }
             };
+            self.admit_if_artifact(&bytes, &meta);
             return ObjectBody::from_bytes(meta, bytes, range);
         }
         let mut file = tokio::fs::File::from_std(file);
@@ -275,6 +316,7 @@ impl Backend for FilesystemStorage {
         tokio::task::spawn_blocking(move || fsops::remove(&root, &k))
             .await
             .map_err(|e| io_error("delete", key.as_str(), std::io::Error::other(e)))??;
+        self.cache.remove(key);
         self.index.remove(key);
         Ok(())
     }

@@ -164,3 +164,47 @@ fn settings_require_an_absolute_root_and_honour_the_predecessor_env() {
     assert_eq!(ok.get("root").unwrap().as_str(), Some("/pvc"));
     assert_eq!(ok.get("shared").unwrap().as_bool(), Some(false));
 }
+
+/// A downloaded artifact is served again from memory (no disk access: a file removed by hand is
+/// still served until the entry is revalidated), our own delete drops it at once, and the cache
+/// holds only bytes that match their name.
+#[tokio::test]
+async fn hot_artifacts_are_served_from_memory_and_only_verified_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Hosted::new(FilesystemStorage::open_dir(dir.path(), false).await.unwrap().with_cache(1 << 20), None);
+    let body = Bytes::from(vec![3u8; 100_000]);
+    let k = key(&format!("artifacts/ns/hot/{}.tar.gz", Digest::of(&body).hex()));
+    s.put_bytes(&k, body.clone()).await.unwrap();
+    assert_eq!(s.backend().cached_bytes(), 100_000, "a put artifact is hot: consumers fetch it next");
+    std::fs::remove_file(dir.path().join(k.as_str())).unwrap();
+    assert_eq!(s.get(&k, Some(10..=19)).await.unwrap().collect().await.unwrap(), body.slice(10..20));
+    s.delete(&k).await.unwrap();
+    assert_eq!(s.backend().cached_bytes(), 0);
+    assert!(matches!(s.get(&k, None).await, Err(StorageError::NotFound(_))));
+
+    // Read from disk: admitted after the read checked it; a file that lies about its digest is not.
+    let good = key(&format!("artifacts/ns/hot/{}.tar.gz", Digest::of(b"good bytes").hex()));
+    let liar = key(&format!("artifacts/ns/hot/{}.tar.gz", Digest::of(b"promised").hex()));
+    let plain = key("artifacts/ns/hot/not-a-digest.bin");
+    for (k, bytes) in [(&good, &b"good bytes"[..]), (&liar, &b"tampered"[..]), (&plain, &b"plain"[..])] {
+        std::fs::write(dir.path().join(k.as_str()), bytes).unwrap();
+    }
+    let s = Hosted::new(FilesystemStorage::open_dir(dir.path(), false).await.unwrap().with_cache(1 << 20), None);
+    assert!(matches!(s.get(&liar, None).await, Err(StorageError::NotFound(_))));
+    assert_eq!(s.get(&plain, None).await.unwrap().collect().await.unwrap(), "plain");
+    assert_eq!(s.backend().cached_bytes(), 0, "neither a liar nor a key without a digest is cached");
+    assert_eq!(s.get(&good, None).await.unwrap().collect().await.unwrap(), "good bytes");
+    assert_eq!(s.backend().cached_bytes(), 10);
+}
+
+#[test]
+fn the_cache_is_a_setting_counted_as_resident_memory() {
+    let parse = |table: &str| {
+        let (table, env) = (toml::from_str(table).unwrap(), Env::default());
+        externalsource_core::backend::parse::<FilesystemStorage>(&BackendContext { table: &table, env: &env })
+    };
+    let default = parse("").unwrap();
+    assert_eq!(default.resident_memory(), Some(("storage.filesystem.cache_bytes".to_owned(), 64 << 20)));
+    let off = parse("cache_bytes = 0").unwrap();
+    assert_eq!(off.redacted()["cache_bytes"].as_str(), Some("0"));
+}

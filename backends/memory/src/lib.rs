@@ -69,8 +69,8 @@ impl Backend for MemoryStorage {
         if max == 0 { Err(Invalid::new("max_bytes", max, "must be greater than zero")) } else { Ok(()) }
     }
 
-    fn resident_bytes(settings: &MemorySettings) -> u64 {
-        settings.max_bytes.0
+    fn resident_memory(settings: &MemorySettings) -> Option<(&'static str, u64)> {
+        Some(("max_bytes", settings.max_bytes.0))
     }
 
     async fn open(settings: &MemorySettings, _: &OpenContext) -> Result<Self, BuildError> {
