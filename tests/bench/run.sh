@@ -267,10 +267,15 @@ section_serve() {
   local root=$RUN/serve-root dir=$RUN/artifacts/bench/bench
   dir=$root/artifacts/bench/bench
   mkdir -p "$dir"
-  local spec label bytes kind
+  local spec label bytes kind hex
+  # Named like real artifacts, by their digest: what the filesystem backend's cache admits.
+  declare -A SERVE_PATH=()
   for spec in $SERVE_SIZES; do
     IFS=: read -r label bytes kind <<<"$spec"
-    head -c "$bytes" /dev/urandom >"$dir/bench-$label.tar.gz"
+    head -c "$bytes" /dev/urandom >"$dir/incoming"
+    hex=$(sha256sum "$dir/incoming" | cut -d' ' -f1)
+    mv "$dir/incoming" "$dir/$hex.tar.gz"
+    SERVE_PATH[$label]=/artifacts/bench/bench/$hex.tar.gz
   done
   start_ours serve-fs filesystem "$root"
   local fs_port=$OURS_PORT
@@ -280,17 +285,17 @@ section_serve() {
   nginx_port=$(free_port)
   nginx_start "$RUN/nginx-serve" "$nginx_port" "$root" 2
   local nginx_pid=$BG_PID
-  wait_http "http://127.0.0.1:$nginx_port/artifacts/bench/bench/bench-${SERVE_SIZES%%:*}.tar.gz" "$nginx_pid" 30
-  # Same bytes from all three.
   local first=${SERVE_SIZES%%:*} sums
+  wait_http "http://127.0.0.1:$nginx_port${SERVE_PATH[$first]}" "$nginx_pid" 30
+  # Same bytes from all three.
   sums=$(for p in "$nginx_port" "$fs_port" "$mem_port"; do
-    curl -fsS "http://127.0.0.1:$p/artifacts/bench/bench/bench-$first.tar.gz" | sha256sum
+    curl -fsS "http://127.0.0.1:$p${SERVE_PATH[$first]}" | sha256sum
   done | sort -u | wc -l)
   [[ $sums == 1 ]] || die "the three servers return different bytes"
 
   for spec in $SERVE_SIZES; do
     IFS=: read -r label bytes kind <<<"$spec"
-    local path="/artifacts/bench/bench/bench-$label.tar.gz" who port res
+    local path=${SERVE_PATH[$label]} who port res
     declare -A RPS=() BPS=() P99=()
     for who in nginx fs memory; do
       case $who in nginx) port=$nginx_port ;; fs) port=$fs_port ;; memory) port=$mem_port ;; esac

@@ -385,3 +385,36 @@ pub fn scan(
     }
     Ok((root, found, report))
 }
+
+/// `len` bytes of `file` from `start`, in reads of `chunk` bytes, each on the blocking pool:
+/// positioned reads, so no seek state is shared and each hop does one system call.
+pub fn read_chunks(
+    file: File,
+    start: u64,
+    len: u64,
+    chunk: usize,
+) -> impl futures::Stream<Item = io::Result<externalsource_core::Bytes>> + Send + 'static {
+    use std::os::unix::fs::FileExt;
+    let file = std::sync::Arc::new(file);
+    futures::stream::try_unfold((file, start, len), move |(file, at, left)| async move {
+        if left == 0 {
+            return Ok(None);
+        }
+        let want = left.min(chunk as u64) as usize;
+        let reader = file.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; want];
+            let mut filled = 0;
+            while filled < want {
+                match reader.read_at(&mut buf[filled..], at + filled as u64)? {
+                    0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file is shorter than its size")),
+                    n => filled += n,
+                }
+            }
+            Ok(externalsource_core::Bytes::from(buf))
+        })
+        .await
+        .map_err(io::Error::other)??;
+        Ok(Some((bytes, (file, at + want as u64, left - want as u64))))
+    })
+}

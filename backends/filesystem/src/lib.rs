@@ -24,8 +24,7 @@ use externalsource_core::{
     ObjectMeta, ObjectSummary, OpenContext, StorageError,
 };
 use futures::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncSeekExt;
 
 use crate::cache::HotCache;
 use crate::fsops::{FileId, io_error};
@@ -33,8 +32,9 @@ use crate::fsops::{FileId, io_error};
 /// Default root, the predecessor's PVC mount point.
 pub const DEFAULT_ROOT: &str = "/data/artifacts";
 
-/// Read buffer of response bodies: the most a slow client makes us hold per download.
-const CHUNK: usize = 64 * 1024;
+/// Read size of response bodies streamed from disk: each read is one hop to the blocking pool, and
+/// the most a slow client makes us hold per download.
+const CHUNK: usize = 256 * 1024;
 
 /// Objects up to this size are read whole when opened (one blocking call per request).
 const SMALL_OBJECT: u64 = 256 * 1024;
@@ -290,13 +290,8 @@ impl Backend for FilesystemStorage {
             None => self.hash_and_admit(key, &mut file, md).await?,
         };
         let range = externalsource_core::storage::check_range(&meta, range)?;
-        let stream = match &range {
-            Some(r) => {
-                file.seek(std::io::SeekFrom::Start(*r.start())).await.map_err(|e| io_error("seek", key.as_str(), e))?;
-                ReaderStream::with_capacity(file.take(r.end() - r.start() + 1), CHUNK).boxed()
-            }
-            None => ReaderStream::with_capacity(file, CHUNK).boxed(),
-        };
+        let (start, len) = range.as_ref().map_or((0, meta.size), |r| (*r.start(), r.end() - r.start() + 1));
+        let stream = fsops::read_chunks(file.into_std().await, start, len, CHUNK).boxed();
         Ok(ObjectBody { meta, range, stream })
     }
 
