@@ -12,7 +12,11 @@
 #
 # Usage: bash tests/bench/reconcile.sh       (tests/bench/run.sh calls it in full mode)
 # Environment: BIN (controller binary; built when unset), RUN (log dir), BENCH_RESULTS (TSV rows),
-#   RECONCILE_SOURCES, RECONCILE_CONCURRENCY, RECONCILE_TIMEOUT (seconds per run, default 900).
+#   RECONCILE_SOURCES, RECONCILE_CONCURRENCY, RECONCILE_TIMEOUT (seconds per run, default 900),
+#   RECONCILE_CURVE (a list of source counts, e.g. "1000 2000 5000 10000": instead of the runs above,
+#   one backlog run per count at the first concurrency, each on a fresh control plane, reported as
+#   a curve: time, peak and settled RSS, CPU, API writes per source by kind; writes
+#   $DIR/curve.tsv and, with RECONCILE_PLOT=FILE, an SVG plot of it).
 # Needs: the testenv cache (tests/testenv.sh builds it with Go on first use), kubectl, jq, nginx.
 set -euo pipefail
 
@@ -24,6 +28,7 @@ source "$HERE/lib.sh"
 RECONCILE_SOURCES=${RECONCILE_SOURCES:-1000}
 RECONCILE_CONCURRENCY=${RECONCILE_CONCURRENCY:-4 16}
 RECONCILE_TIMEOUT=${RECONCILE_TIMEOUT:-900}
+RECONCILE_CURVE=${RECONCILE_CURVE:-}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 # Standalone, it keeps its own directory so it cannot collide with a run.sh in progress.
 RUN=${RUN:-$TARGET_DIR/bench/run-reconcile}
@@ -54,7 +59,8 @@ wait_http "http://127.0.0.1:$FIXTURE_PORT/data.json" "$BG_PID" 30
 
 # N ExternalSources in one multi-document file; each asks for its own URL (the query is ignored
 # by nginx) so nothing upstream can be shared between them.
-python3 - "$DIR/sources.yaml" "$RECONCILE_SOURCES" "$FIXTURE_PORT" <<'EOF'
+write_sources() { # N
+  python3 - "$DIR/sources.yaml" "$1" "$FIXTURE_PORT" <<'EOF'
 import sys
 out, n, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 with open(out, "w") as f:
@@ -74,6 +80,8 @@ spec:
       url: http://127.0.0.1:{port}/data.json?source={i}
 """)
 EOF
+}
+write_sources "$RECONCILE_SOURCES"
 
 start_controller() { # NAME CONCURRENCY: sets ctl_pid and ctl_ops
   local name=$1 conc=$2 port ops
@@ -138,6 +146,51 @@ check_artifact() {
   curl -fsS "$url" | tar -xzO data.json | cmp -s - "$DIR/fixture-root/data.json" \
     || die "artifact at $url does not hold the fixture's document"
 }
+
+# Writes to the API server so far (every create, update, patch and delete, by any client), by
+# resource/subresource and verb, from the API server's own metrics.
+api_writes() { # FILE
+  kubectl get --raw /metrics 2>/dev/null | python3 "$HERE/api_writes.py" count >"$1"
+}
+
+# A backlog run per count: the controller's own cost as the number of sources grows.
+if [[ -n $RECONCILE_CURVE ]]; then
+  conc=${RECONCILE_CONCURRENCY%% *}
+  printf 'sources\tseconds\tsources_per_s\tpeak_rss_mib\tsettled_rss_mib\tcontroller_cpu_s\tcontrol_plane_cpu_s\twrites_per_source\twrites_by_kind\n' >"$DIR/curve.tsv"
+  for n in $RECONCILE_CURVE; do
+    RECONCILE_SOURCES=$n
+    write_sources "$n"
+    log "curve: $n sources first, then the controller (concurrency $conc)"
+    start_testenv "curve-$n"
+    create_sources "curve-$n"
+    api_writes "$DIR/writes-before-$n.tsv"
+    cp0=$(cp_cpu_s)
+    t0=$(now)
+    start_controller "curve-$n" "$conc"
+    wait_all_ready "curve-$n"
+    t1=$(now)
+    cp_cpu=$(calc "round($(cp_cpu_s) - $cp0, 1)")
+    api_writes "$DIR/writes-after-$n.tsv"
+    peak=$(rss_kib "$ctl_pid" VmHWM)
+    cpu=$(cpu_s "$ctl_pid")
+    # Settled: what the controller keeps once the burst is over (every source Ready, 1h interval).
+    sleep 10
+    settled=$(rss_kib "$ctl_pid" VmRSS)
+    check_artifact
+    by_kind=$(python3 "$HERE/api_writes.py" per-source "$DIR/writes-before-$n.tsv" "$DIR/writes-after-$n.tsv" "$n")
+    total=$(calc "$t1 - $t0")
+    printf '%s\t%.1f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\n' "$n" "$total" "$(calc "$n / $total")" \
+      "$(calc "$peak / 1024")" "$(calc "$settled / 1024")" "$cpu" "$cp_cpu" "$by_kind" >>"$DIR/curve.tsv"
+    log "  $n: all Ready in $(calc "round($total, 1)") s; peak RSS $((peak / 1024)) MiB, settled $((settled / 1024)) MiB; API writes/source ${by_kind%%$'\t'*}"
+    record "reconcile curve" "$n existing sources, controller started, concurrency $conc" \
+      "$(calc "f'{$total:.1f} s start to all Ready ({$n / $total:.0f} sources/s) · peak RSS {$peak / 1024:.1f} MiB, settled {$settled / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'") · API writes per source ${by_kind%%$'\t'*} (${by_kind#*$'\t'})" \
+      "" "" "10,000: ≤ 120 s, ≤ 256 MiB" "measured"
+    stop_pid "$ctl_pid"
+    stop_pid "$testenv_pid"
+  done
+  if [[ -n ${RECONCILE_PLOT:-} ]]; then python3 "$HERE/plot_curve.py" "$DIR/curve.tsv" "$RECONCILE_PLOT"; fi
+  exit 0
+fi
 
 PEER="Go predecessor: not run (the module proxy refused its download)"
 for conc in $RECONCILE_CONCURRENCY; do

@@ -386,35 +386,34 @@ pub fn scan(
     Ok((root, found, report))
 }
 
-/// `len` bytes of `file` from `start`, in reads of `chunk` bytes, each on the blocking pool:
-/// positioned reads, so no seek state is shared and each hop does one system call.
+/// `len` bytes of `file` from `start`, in positioned reads of `chunk` bytes on the blocking pool.
+/// The next chunk is read while the current one is being sent, so the disk and the socket work
+/// at once; a download holds at most two chunks.
 pub fn read_chunks(
     file: File,
     start: u64,
     len: u64,
     chunk: usize,
 ) -> impl futures::Stream<Item = io::Result<externalsource_core::Bytes>> + Send + 'static {
-    use std::os::unix::fs::FileExt;
     let file = std::sync::Arc::new(file);
-    futures::stream::try_unfold((file, start, len), move |(file, at, left)| async move {
-        if left == 0 {
-            return Ok(None);
-        }
+    let read = move |file: std::sync::Arc<File>, at: u64, left: u64| {
         let want = left.min(chunk as u64) as usize;
-        let reader = file.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; want];
-            let mut filled = 0;
-            while filled < want {
-                match reader.read_at(&mut buf[filled..], at + filled as u64)? {
-                    0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the file is shorter than its size")),
-                    n => filled += n,
-                }
-            }
-            Ok(externalsource_core::Bytes::from(buf))
-        })
-        .await
-        .map_err(io::Error::other)??;
-        Ok(Some((bytes, (file, at + want as u64, left - want as u64))))
+        (want as u64, tokio::task::spawn_blocking(move || read_exact_at(&file, at, want)))
+    };
+    let first = (len > 0).then(|| read(file.clone(), start, len));
+    futures::stream::try_unfold((file, start, len, first), move |(file, at, left, pending)| async move {
+        let Some((got, handle)) = pending else { return Ok(None) };
+        let bytes = handle.await.map_err(io::Error::other)??;
+        let (at, left) = (at + got, left - got);
+        let next = (left > 0).then(|| read(file.clone(), at, left));
+        Ok(Some((bytes, (file, at, left, next))))
     })
+}
+
+/// Exactly `want` bytes at `at`, or an error if the file ends first.
+fn read_exact_at(file: &File, at: u64, want: usize) -> io::Result<externalsource_core::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; want];
+    file.read_exact_at(&mut buf, at)?;
+    Ok(externalsource_core::Bytes::from(buf))
 }
