@@ -36,6 +36,7 @@ pub fn load_config(cli: &Cli, env: Env) -> Result<Config, ConfigError> {
 
 /// Parses the command line and runs; the whole program.
 pub fn main() -> ExitCode {
+    limits::bound_heap_growth();
     let cli = Cli::parse();
     if cli.command == Some(Command::TransformWorker) {
         return externalsource_core::controller::transform::worker::main();

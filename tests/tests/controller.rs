@@ -522,3 +522,52 @@ async fn shards_reconcile_only_the_sources_their_selector_matches() {
     one.stop().await;
     two.stop().await;
 }
+
+/// A new generation whose fetch is quick goes straight to its final status (one status write);
+/// one whose fetch takes longer than a second is announced with Reconciling=True first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_generation_is_announced_only_when_its_fetch_is_slow() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("announce").await;
+    let _ctl = TestController::start(cp.client(), Options::default()).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    // Every status the API server stores, as the watch sees it: (name, Reconciling reason).
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Option<String>)>::new()));
+    let recorder = tokio::spawn({
+        let (seen, stream) = (seen.clone(), watcher(api.clone(), watcher::Config::default()).applied_objects());
+        async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(es)) = stream.next().await {
+                let reconciling = es
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Reconciling").map(|c| c.reason.clone()));
+                seen.lock().unwrap().push((es.metadata.name.clone().unwrap_or_default(), reconciling));
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let fast = Fixture::start(Reply::ok("quick")).await;
+    api.create(&PostParams::default(), &source("fast", &fast.url("/"), json!({}))).await.unwrap();
+    wait_ready(&api, "fast", "True").await;
+    let slow = Fixture::start(Reply::ok("slow").with_delay(Duration::from_secs(3))).await;
+    api.create(&PostParams::default(), &source("slow", &slow.url("/"), json!({}))).await.unwrap();
+    eventually("slow announced as Reconciling/Progressing", WAIT, || async {
+        let es = api.get("slow").await.ok()?;
+        let status = es.status?;
+        status.conditions.iter().any(|c| c.type_ == "Reconciling" && c.reason == "Progressing").then_some(())
+    })
+    .await;
+    let es = wait_ready(&api, "slow", "True").await;
+    assert!(es.status.unwrap().conditions.iter().all(|c| c.type_ != "Reconciling"), "done: no longer reconciling");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    recorder.abort();
+    let seen = seen.lock().unwrap();
+    let fast_states: Vec<_> = seen.iter().filter(|(n, _)| n == "fast").map(|(_, r)| r.clone()).collect();
+    assert!(!fast_states.is_empty(), "the watch saw the fast source");
+    assert!(fast_states.iter().all(|r| r.as_deref() != Some("Progressing")), "quick: never announced: {fast_states:?}");
+}

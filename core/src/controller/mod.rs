@@ -98,8 +98,8 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
 }
 
 /// Changes of ExternalArtifacts worth a reconcile of their owner: a new generation (someone
-/// edited the spec) or a deletion. Our own status writes do not bump the generation, so they
-/// do not echo back as reconciles.
+/// edited the spec) or a deletion. Our own status writes do not bump the generation, and our own
+/// creations are not changes, so neither echoes back as a reconcile.
 fn artifact_changes(
     client: kube::Client,
     config: watcher::Config,
@@ -111,9 +111,11 @@ fn artifact_changes(
                 generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
                 None
             }
+            // A spec edit of a known ExternalArtifact. One first seen after start-up is the one our
+            // reconcile just created: echoing it back would reconcile its owner a second time.
             Ok(watcher::Event::Apply(ea)) => {
                 let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
-                (previous != Some(ea.metadata.generation)).then_some(Ok(ea))
+                previous.is_some_and(|known| known != ea.metadata.generation).then_some(Ok(ea))
             }
             Ok(watcher::Event::Delete(ea)) => {
                 generations.remove(&ea.uid().unwrap_or_default());
@@ -137,6 +139,9 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
     };
     let sources = watcher(Api::<ExternalSource>::all(client.clone()), shard(watcher::Config::default().any_semantic()))
         .default_backoff()
+        // The cache keeps every source for the controller's lifetime; managed fields are the
+        // bulk of an object (parsed into JSON maps) and nothing here reads them.
+        .modify(|es| es.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());

@@ -297,6 +297,9 @@ fn backoff(attempts: u32, retry_after: Option<Duration>, jitter: f64) -> Duratio
     retry_after.map_or(jittered, |r| r.max(jittered).min(MAX_BACKOFF))
 }
 
+/// How long a reconcile of a new generation runs before it writes Reconciling=True.
+const ANNOUNCE_AFTER: Duration = Duration::from_secs(1);
+
 async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Report, Error> {
     let (ns, _) = key_of(es);
     let generation = es.metadata.generation;
@@ -328,15 +331,30 @@ async fn apply(es: &ExternalSource, ctx: &Context) -> Result<Report, Error> {
             return finish(ctx, es, &old, stalled, inputs, Some(plan.interval)).await;
         }
     };
-    // A new generation is announced before the (possibly long) fetch: Reconciling=True.
-    let old = match outcome::progressing_status(&old, generation) {
-        Some(progressing) => {
-            write_status(ctx, es, &old, &progressing).await?;
-            progressing
+    // A new generation is announced (Reconciling=True) when its fetch and store take longer than
+    // ANNOUNCE_AFTER; a quicker one goes straight to its final status, one write instead of two.
+    // Until then, observedGeneration < generation already tells kstatus it is in progress.
+    let progressing = outcome::progressing_status(&old, generation);
+    let (outcome, announced) = {
+        let work = fetch_and_store(ctx, es, &plan, &old, credentials);
+        match &progressing {
+            None => (work.await, false),
+            Some(announcement) => {
+                tokio::pin!(work);
+                tokio::select! {
+                    outcome = &mut work => (outcome, false),
+                    () = tokio::time::sleep(ANNOUNCE_AFTER) => {
+                        write_status(ctx, es, &old, announcement).await?;
+                        (work.await, true)
+                    }
+                }
+            }
         }
-        None => old,
     };
-    let outcome = fetch_and_store(ctx, es, &plan, &old, credentials).await;
+    let old = match progressing {
+        Some(announcement) if announced => announcement,
+        _ => old,
+    };
     finish(ctx, es, &old, outcome, inputs, Some(plan.interval)).await
 }
 
