@@ -33,8 +33,10 @@ use crate::fsops::{FileId, io_error};
 pub const DEFAULT_ROOT: &str = "/data/artifacts";
 
 /// Read size of response bodies streamed from disk: each read is one hop to the blocking pool, and
-/// the most a slow client makes us hold per download.
-const CHUNK: usize = 256 * 1024;
+/// the most a slow client makes us hold per download (two chunks). Below the allocator's mmap
+/// threshold (128 KiB, see the binary's `limits`), so chunk buffers are reused from the heap
+/// instead of being mapped and unmapped each time: 256 KiB chunks lost 44 % at 50 MiB that way.
+const CHUNK: usize = 96 * 1024;
 
 /// Objects up to this size are read whole when opened (one blocking call per request).
 const SMALL_OBJECT: u64 = 256 * 1024;
