@@ -45,19 +45,6 @@ fn parse_cgroup_limit(text: &str) -> Option<u64> {
     (bytes < 1 << 60).then_some(bytes)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cgroup_limits_parse() {
-        assert_eq!(parse_cgroup_limit("536870912\n"), Some(512 << 20));
-        assert_eq!(parse_cgroup_limit("max\n"), None, "v2 without a limit");
-        assert_eq!(parse_cgroup_limit("9223372036854771712\n"), None, "v1 without a limit");
-        assert_eq!(parse_cgroup_limit(""), None);
-    }
-}
-
 /// glibc's `MALLOC_MMAP_THRESHOLD_`, which, when set, wins over [`bound_heap_growth`].
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MMAP_THRESHOLD_ENV: &str = "MALLOC_MMAP_THRESHOLD_";
@@ -80,5 +67,18 @@ pub fn bound_heap_growth() {
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_limits_parse() {
+        assert_eq!(parse_cgroup_limit("536870912\n"), Some(512 << 20));
+        assert_eq!(parse_cgroup_limit("max\n"), None, "v2 without a limit");
+        assert_eq!(parse_cgroup_limit("9223372036854771712\n"), None, "v1 without a limit");
+        assert_eq!(parse_cgroup_limit(""), None);
     }
 }
