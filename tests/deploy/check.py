@@ -127,7 +127,7 @@ def known_keys_from_source() -> str:
     """Prefers the keys the code actually reads over the static lists above.
 
     core/src/config.rs names its keys as "table.key" string literals; each backend crate
-    deserializes its table into a `RawSettings` struct (deny_unknown_fields). Tables whose
+    declares its table as the serde struct its `Backend` impl names (`type Settings = …;`). Tables whose
     source is absent keep the static list. Returns where the lists came from.
     """
     origins = []
@@ -143,11 +143,15 @@ def known_keys_from_source() -> str:
             origins.append("core/src/config.rs")
     for backend in list(KNOWN_BACKEND_KEYS):
         fields: set[str] = set()
-        for src in sorted((REPO / "backends" / backend / "src").glob("*.rs")):
-            m = re.search(r"struct RawSettings\s*\{(.*?)\}", src.read_text(), re.S)
-            if m:
-                body = re.sub(r"//[^\n]*", "", m.group(1))
-                fields |= set(re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?([a-z_][a-z0-9_]*)\s*:", body, re.M))
+        sources = {src: src.read_text() for src in sorted((REPO / "backends" / backend / "src").glob("*.rs"))}
+        # The `Backend` impl names its serde settings type: `type Settings = MemorySettings;`.
+        names = {m for text in sources.values() for m in re.findall(r"type Settings = (\w+);", text)}
+        for text in sources.values():
+            for name in names:
+                m = re.search(rf"struct {name}\s*\{{(.*?)\}}", text, re.S)
+                if m:
+                    body = re.sub(r"//[^\n]*", "", m.group(1))
+                    fields |= set(re.findall(r"^\s*(?:pub(?:\([a-z]+\))?\s+)?([a-z_][a-z0-9_]*)\s*:", body, re.M))
         if fields:
             KNOWN_BACKEND_KEYS[backend] = fields
             origins.append(f"backends/{backend}")
