@@ -125,7 +125,6 @@ pub fn check_http_url(input: &str) -> Result<(), &'static str> {
 
 /// [`check_http_url`], then trailing slashes dropped: the form of a base that keys are appended to.
 pub fn parse_http_url(input: &str) -> Result<String, String> {
-    check_http_url(input)?;
     let trimmed = input.trim_end_matches('/');
     check_http_url(trimmed)?;
     Ok(trimmed.to_owned())

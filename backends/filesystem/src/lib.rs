@@ -24,7 +24,6 @@ use externalsource_core::{
     ObjectMeta, ObjectSummary, OpenContext, StorageError,
 };
 use futures::StreamExt;
-use tokio::io::AsyncSeekExt;
 
 use crate::cache::HotCache;
 use crate::fsops::{FileId, io_error};
@@ -195,7 +194,6 @@ impl FilesystemStorage {
         let meta = tokio::task::spawn_blocking(move || fsops::hash_file(&key2, &mut std_file, &md))
             .await
             .map_err(|e| io_error("hash", key.as_str(), std::io::Error::other(e)))??;
-        file.seek(std::io::SeekFrom::Start(0)).await.map_err(|e| io_error("seek", key.as_str(), e))?;
         admit(&self.root, &self.index, id, meta)
     }
 
