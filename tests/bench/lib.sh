@@ -181,13 +181,14 @@ build_release_controller() {
   BIN=$DIR/externalsource-controller
 }
 
-# Builds externalsource-testenv (release) into $DIR; sets TESTENV.
+# Builds externalsource-testenv and bench-api-writes (release) into $DIR; sets TESTENV and API_WRITES.
 build_testenv() {
-  log "building externalsource-testenv (release)"
-  cargo build --release -p externalsource-tests --bin externalsource-testenv >"$DIR/build-testenv.log" 2>&1 \
-    || die "build of externalsource-testenv failed; see $DIR/build-testenv.log"
-  cp "$TARGET_DIR/release/externalsource-testenv" "$DIR/externalsource-testenv"
+  log "building externalsource-testenv and bench-api-writes (release)"
+  cargo build --release -p externalsource-tests --bin externalsource-testenv --bin bench-api-writes \
+    >"$DIR/build-testenv.log" 2>&1 || die "build of externalsource-testenv failed; see $DIR/build-testenv.log"
+  cp "$TARGET_DIR/release/externalsource-testenv" "$TARGET_DIR/release/bench-api-writes" "$DIR/"
   TESTENV=$DIR/externalsource-testenv
+  API_WRITES=$DIR/bench-api-writes
 }
 
 now() { date +%s.%N; }

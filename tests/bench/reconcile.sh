@@ -16,7 +16,12 @@
 #   RECONCILE_CURVE (a list of source counts, e.g. "1000 2000 5000 10000": instead of the runs above,
 #   one backlog run per count at the first concurrency, each on a fresh control plane, reported as
 #   a curve: time, peak and settled RSS, CPU, API writes per source by kind; writes
-#   $DIR/curve.tsv and, with RECONCILE_PLOT=FILE, an SVG plot of it).
+#   $DIR/curve.tsv and, with RECONCILE_PLOT=FILE, an SVG plot of it). The curve's sources have a
+#   10-minute interval; before it, the API write floor: bench-api-writes makes the controller's
+#   five writes for RECONCILE_FLOOR_SOURCES (default 2,000) sources and nothing else, and each
+#   point is reported as a fraction of the sources/s that rate allows. RECONCILE_STEADY (seconds,
+#   default 0) measures the last point's steady state for that long once all are Ready (600: one
+#   full interval, in which every source is reconciled again).
 # Needs: the testenv cache (tests/testenv.sh builds it with Go on first use), kubectl, jq, nginx.
 set -euo pipefail
 
@@ -29,6 +34,8 @@ RECONCILE_SOURCES=${RECONCILE_SOURCES:-1000}
 RECONCILE_CONCURRENCY=${RECONCILE_CONCURRENCY:-4 16}
 RECONCILE_TIMEOUT=${RECONCILE_TIMEOUT:-900}
 RECONCILE_CURVE=${RECONCILE_CURVE:-}
+RECONCILE_FLOOR_SOURCES=${RECONCILE_FLOOR_SOURCES:-2000}
+RECONCILE_STEADY=${RECONCILE_STEADY:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 # Standalone, it keeps its own directory so it cannot collide with a run.sh in progress.
 RUN=${RUN:-$TARGET_DIR/bench/run-reconcile}
@@ -60,9 +67,9 @@ wait_http "http://127.0.0.1:$FIXTURE_PORT/data.json" "$BG_PID" 30
 # N ExternalSources in one multi-document file; each asks for its own URL (the query is ignored
 # by nginx) so nothing upstream can be shared between them.
 write_sources() { # N
-  python3 - "$DIR/sources.yaml" "$1" "$FIXTURE_PORT" <<'EOF'
+  python3 - "$DIR/sources.yaml" "$1" "$FIXTURE_PORT" "${SOURCE_INTERVAL:-1h}" <<'EOF'
 import sys
-out, n, port = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out, n, port, interval = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 with open(out, "w") as f:
     for i in range(n):
         f.write(f"""---
@@ -72,7 +79,7 @@ metadata:
   name: bench-{i:04d}
   namespace: bench
 spec:
-  interval: 1h
+  interval: {interval}
   destinationPath: data.json
   generator:
     type: http
@@ -115,16 +122,20 @@ create_sources() { # NAME
     || die "kubectl create failed: $(tail -3 "$DIR/create-$1.log")"
 }
 
-# Successful reconciliations so far, from the controller's /metrics (cheap to poll, unlike a list
-# of every source from the API server, which shares the cores with what is measured).
+# Successful reconciliations so far, from the controller's /metrics (cheaper than a list of every
+# source from the API server, which shares the cores with what is measured). The page has about
+# 40 series per source (per-source histograms, as Flux's controllers have), 2-3 MB per thousand
+# sources, so polling it costs CPU that grows with the count: the poll interval grows with it.
 successes() {
-  curl -fsS --max-time 2 "http://127.0.0.1:$ctl_ops/metrics" 2>/dev/null \
-    | awk '/^externalsource_reconciliation_total\{/ && /result="success"/ { n += $NF } END { printf "%d", n }'
+  curl -fsS --max-time 10 "http://127.0.0.1:$ctl_ops/metrics" 2>/dev/null \
+    | grep -F 'externalsource_reconciliation_total{' | grep -F 'result="success"' \
+    | awk '{ n += $NF } END { printf "%d", n }'
 }
 
 # Waits until every source is Ready=True: polls the metrics, then confirms with the API server.
 wait_all_ready() { # NAME
-  local ready=0 deadline=$((SECONDS + RECONCILE_TIMEOUT))
+  local ready=0 deadline=$((SECONDS + RECONCILE_TIMEOUT)) poll
+  poll=$(calc "max(0.2, $RECONCILE_SOURCES / 5000)")
   while :; do
     if (($(successes || echo 0) >= RECONCILE_SOURCES)); then
       ready=$(ready_count || echo 0)
@@ -135,7 +146,7 @@ wait_all_ready() { # NAME
       kubectl get externalsources.source.flux.oddkin.co -n bench -o wide 2>&1 | head -5 >&2 || true
       die "only $ready of $RECONCILE_SOURCES Ready after ${RECONCILE_TIMEOUT}s ($1)"
     fi
-    sleep 0.2
+    sleep "$poll"
   done
 }
 
@@ -153,38 +164,103 @@ api_writes() { # FILE
   kubectl get --raw /metrics 2>/dev/null | python3 "$HERE/api_writes.py" count >"$1"
 }
 
-# A backlog run per count: the controller's own cost as the number of sources grows.
+# The sources exist, then the controller starts: start to all Ready is the controller's own
+# throughput. Sets total (s), peak and settled (KiB), cpu and cp_cpu (CPU-s), by_kind (API writes
+# per source, "<total>\t<by kind>"); leaves the controller and the control plane running.
+backlog_run() { # NAME SOURCES CONCURRENCY
+  local name=$1 n=$2 conc=$3 t0 t1 cp0
+  RECONCILE_SOURCES=$n
+  write_sources "$n"
+  start_testenv "$name"
+  create_sources "$name"
+  api_writes "$DIR/writes-before-$name.tsv"
+  cp0=$(cp_cpu_s)
+  t0=$(now)
+  start_controller "$name" "$conc"
+  wait_all_ready "$name"
+  t1=$(now)
+  cp_cpu=$(calc "round($(cp_cpu_s) - $cp0, 1)")
+  api_writes "$DIR/writes-after-$name.tsv"
+  peak=$(rss_kib "$ctl_pid" VmHWM)
+  cpu=$(cpu_s "$ctl_pid")
+  # Settled: what the controller keeps once the burst is over (every source Ready).
+  sleep 10
+  settled=$(rss_kib "$ctl_pid" VmRSS)
+  log "  /metrics is $(($(curl -fsS --max-time 10 "http://127.0.0.1:$ctl_ops/metrics" | wc -c) / 1024)) KiB with $n sources"
+  check_artifact
+  by_kind=$(python3 "$HERE/api_writes.py" per-source "$DIR/writes-before-$name.tsv" "$DIR/writes-after-$name.tsv" "$n")
+  total=$(calc "$t1 - $t0")
+}
+
+# The floor under any controller: the control plane's own write rate on this machine, from a
+# client that makes only the writes the controller makes per source (bench-api-writes), at the
+# controller's concurrency and at 4x it, each on a fresh control plane. Sets floor_rate (writes/s,
+# the better of the two).
+api_floor() { # SOURCES CONCURRENCY
+  local n=$1 conc=$2 c line rate
+  floor_rate=0
+  write_sources "$n"
+  for c in "$conc" $((conc * 4)); do
+    start_testenv "floor-$c"
+    create_sources "floor-$c"
+    line=$("$API_WRITES" --namespace bench --prefix bench- --sources "$n" --concurrency "$c") \
+      || die "bench-api-writes failed (concurrency $c)"
+    rate=$(awk '{ for (i = 1; i < NF; i++) if ($i == "writes_per_s") print $(i + 1) }' <<<"$line")
+    log "  floor: $line"
+    record "API write floor" "$n sources x 5 writes from bench-api-writes, concurrency $c" "$rate writes/s" \
+      "" "" "" "measured"
+    floor_rate=$(calc "max($floor_rate, $rate)")
+    stop_pid "$testenv_pid"
+  done
+}
+
+# Steady state: what the controller and the control plane spend over RECONCILE_STEADY seconds once
+# every source is Ready and nothing upstream changes (each source is reconciled once per interval:
+# a conditional fetch that answers 304, no write expected).
+steady_state() { # SOURCES
+  local n=$1 c0 cp0 r0 c1 cp1 r1 writes
+  api_writes "$DIR/writes-steady-before.tsv"
+  c0=$(cpu_s "$ctl_pid") cp0=$(cp_cpu_s) r0=$(successes)
+  log "  steady state: $n sources, watching for ${RECONCILE_STEADY} s"
+  sleep "$RECONCILE_STEADY"
+  c1=$(cpu_s "$ctl_pid") cp1=$(cp_cpu_s) r1=$(successes)
+  api_writes "$DIR/writes-steady-after.tsv"
+  writes=$(python3 "$HERE/api_writes.py" per-source "$DIR/writes-steady-before.tsv" "$DIR/writes-steady-after.tsv" "$n")
+  local rss cpu cp
+  rss=$(rss_kib "$ctl_pid" VmRSS)
+  cpu=$(calc "round($c1 - $c0, 1)")
+  cp=$(calc "round($cp1 - $cp0, 1)")
+  printf 'sources\t%s\nseconds\t%s\nreconciles\t%s\ncontroller_cpu_s\t%s\ncontrol_plane_cpu_s\t%s\nwrites_per_source\t%s\nrss_mib\t%.1f\n' \
+    "$n" "$RECONCILE_STEADY" "$((r1 - r0))" "$cpu" "$cp" "${writes%%$'\t'*}" "$(calc "$rss / 1024")" >"$DIR/steady.tsv"
+  log "  steady state: $((r1 - r0)) reconciles, controller $cpu CPU-s, apiserver + etcd $cp CPU-s, API writes/source ${writes%%$'\t'*}"
+  record "steady state" "$n Ready sources, 10-minute interval, upstream unchanged, over ${RECONCILE_STEADY} s" \
+    "$(calc "f'controller {$cpu} CPU-s ({100 * $cpu / $RECONCILE_STEADY:.2f} % of a core), {$r1 - $r0} reconciles ({1000 * $cpu / max($r1 - $r0, 1):.2f} ms each), RSS {$rss / 1024:.1f} MiB · apiserver + etcd {$cp} CPU-s · API writes per source ${writes%%$'\t'*}'")" \
+    "" "" "" "measured"
+}
+
+# A backlog run per count: the controller's own cost as the number of sources grows, each against
+# the floor; the last count also measures a steady state of RECONCILE_STEADY seconds (one
+# 10-minute interval by default in full runs) after all are Ready.
 if [[ -n $RECONCILE_CURVE ]]; then
   conc=${RECONCILE_CONCURRENCY%% *}
-  printf 'sources\tseconds\tsources_per_s\tpeak_rss_mib\tsettled_rss_mib\tcontroller_cpu_s\tcontrol_plane_cpu_s\twrites_per_source\twrites_by_kind\n' >"$DIR/curve.tsv"
+  SOURCE_INTERVAL=10m
+  log "API write floor: $RECONCILE_FLOOR_SOURCES sources, bench-api-writes at concurrency $conc and $((conc * 4))"
+  api_floor "$RECONCILE_FLOOR_SOURCES" "$conc"
+  printf 'sources\tseconds\tsources_per_s\tpeak_rss_mib\tsettled_rss_mib\tcontroller_cpu_s\tcontrol_plane_cpu_s\twrites_per_source\twrites_by_kind\tof_floor\n' >"$DIR/curve.tsv"
+  last=${RECONCILE_CURVE##* }
   for n in $RECONCILE_CURVE; do
-    RECONCILE_SOURCES=$n
-    write_sources "$n"
     log "curve: $n sources first, then the controller (concurrency $conc)"
-    start_testenv "curve-$n"
-    create_sources "curve-$n"
-    api_writes "$DIR/writes-before-$n.tsv"
-    cp0=$(cp_cpu_s)
-    t0=$(now)
-    start_controller "curve-$n" "$conc"
-    wait_all_ready "curve-$n"
-    t1=$(now)
-    cp_cpu=$(calc "round($(cp_cpu_s) - $cp0, 1)")
-    api_writes "$DIR/writes-after-$n.tsv"
-    peak=$(rss_kib "$ctl_pid" VmHWM)
-    cpu=$(cpu_s "$ctl_pid")
-    # Settled: what the controller keeps once the burst is over (every source Ready, 1h interval).
-    sleep 10
-    settled=$(rss_kib "$ctl_pid" VmRSS)
-    check_artifact
-    by_kind=$(python3 "$HERE/api_writes.py" per-source "$DIR/writes-before-$n.tsv" "$DIR/writes-after-$n.tsv" "$n")
-    total=$(calc "$t1 - $t0")
-    printf '%s\t%.1f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\n' "$n" "$total" "$(calc "$n / $total")" \
-      "$(calc "$peak / 1024")" "$(calc "$settled / 1024")" "$cpu" "$cp_cpu" "$by_kind" >>"$DIR/curve.tsv"
-    log "  $n: all Ready in $(calc "round($total, 1)") s; peak RSS $((peak / 1024)) MiB, settled $((settled / 1024)) MiB; API writes/source ${by_kind%%$'\t'*}"
+    backlog_run "curve-$n" "$n" "$conc"
+    per_source=${by_kind%%$'\t'*}
+    # Our sources/s against the sources/s the floor allows at our writes per source.
+    of_floor=$(calc "($n / $total) / ($floor_rate / $per_source)")
+    printf '%s\t%.1f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\t%.2f\n' "$n" "$total" "$(calc "$n / $total")" \
+      "$(calc "$peak / 1024")" "$(calc "$settled / 1024")" "$cpu" "$cp_cpu" "$by_kind" "$of_floor" >>"$DIR/curve.tsv"
+    log "  $n: all Ready in $(calc "round($total, 1)") s ($(calc "round($of_floor, 2)") of the floor); peak RSS $((peak / 1024)) MiB, settled $((settled / 1024)) MiB; API writes/source $per_source"
     record "reconcile curve" "$n existing sources, controller started, concurrency $conc" \
-      "$(calc "f'{$total:.1f} s start to all Ready ({$n / $total:.0f} sources/s) · peak RSS {$peak / 1024:.1f} MiB, settled {$settled / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'") · API writes per source ${by_kind%%$'\t'*} (${by_kind#*$'\t'})" \
-      "" "" "10,000: ≤ 120 s, ≤ 256 MiB" "measured"
+      "$(calc "f'{$total:.1f} s start to all Ready ({$n / $total:.0f} sources/s, {$of_floor:.2f} of the floor) · peak RSS {$peak / 1024:.1f} MiB, settled {$settled / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'") · API writes per source $per_source (${by_kind#*$'\t'})" \
+      "floor: $floor_rate writes/s ÷ $per_source" "" "10,000: ≤ 120 s, ≤ 256 MiB; ≥ 0.8 of the floor" "measured"
+    if [[ $n == "$last" ]] && ((RECONCILE_STEADY > 0)); then steady_state "$n"; fi
     stop_pid "$ctl_pid"
     stop_pid "$testenv_pid"
   done
@@ -220,18 +296,7 @@ for conc in $RECONCILE_CONCURRENCY; do
   # backlog: the sources exist before the controller starts; start to all Ready is the
   # controller's own throughput, without kubectl's pace in the way.
   log "concurrency $conc, backlog: $RECONCILE_SOURCES sources first, then the controller"
-  start_testenv "backlog-$conc"
-  create_sources "backlog-$conc"
-  cp0=$(cp_cpu_s)
-  t0=$(now)
-  start_controller "backlog-$conc" "$conc"
-  wait_all_ready "backlog-$conc"
-  t1=$(now)
-  peak=$(rss_kib "$ctl_pid" VmHWM)
-  cpu=$(cpu_s "$ctl_pid")
-  cp_cpu=$(calc "round($(cp_cpu_s) - $cp0, 1)")
-  check_artifact
-  total=$(calc "$t1 - $t0")
+  backlog_run "backlog-$conc" "$RECONCILE_SOURCES" "$conc"
   log "  all Ready $(calc "round($total, 1)") s after the controller started; peak RSS $((peak / 1024)) MiB"
   record "reconcile" "$RECONCILE_SOURCES existing sources, controller started, concurrency $conc" \
     "$(calc "f'{$total:.1f} s start to all Ready ({$RECONCILE_SOURCES / $total:.0f} sources/s) · peak RSS {$peak / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'")" \

@@ -5,7 +5,8 @@
 #   memory    RSS idle and with 1,000 x 64 KiB artifacts in the memory backend (peer: nginx idle)
 #   package   tar.gz + sha256 packaging vs `tar | gzip -6 | sha256sum` on the same payload
 #   connections  RSS and a 1 MiB download time with 10,000 idle connections open (peer: nginx)
-#   reconcile 1,000 ExternalSources against a local kube-apiserver (tests/bench/reconcile.sh)
+#   reconcile 1,000 to 10,000 ExternalSources against a local kube-apiserver, as a fraction of the
+#             control plane's own write rate, and 10,000 in steady state (tests/bench/reconcile.sh)
 #   fetchmem  peak RSS of `concurrency` max-size fetches vs fetch.memory_budget (tests/bench/fetchmem.sh)
 #   startup   `serve` over filesystem stores of 0 to 20,000 artifacts: /healthz, /readyz and background
 #             verification times; peer: nginx's first 200 over the same directory (tests/bench/startup.sh)
@@ -504,7 +505,12 @@ idle_timeout = \"10m\"" start_ours conn-fs filesystem "$root"
 section_reconcile() {
   log "== reconcile throughput (tests/bench/reconcile.sh)"
   build_servers
-  BIN=$BIN RUN=$RUN bash "$HERE/reconcile.sh" || die "reconcile benchmark failed; see $RUN/reconcile"
+  # Full runs: the 1k-10k curve against the API write floor, then one 10-minute interval of steady
+  # state at 10k; a smoke run is never given this section (it takes 30 minutes).
+  BIN=$BIN RUN=$RUN RECONCILE_CURVE=${RECONCILE_CURVE:-1000 2000 5000 10000} RECONCILE_STEADY=${RECONCILE_STEADY:-600} \
+    RECONCILE_PLOT=${RECONCILE_PLOT:-$BENCH_OUT/reconcile-curve.svg} bash "$HERE/reconcile.sh" \
+    || die "reconcile benchmark failed; see $RUN/reconcile"
+  cp "$RUN/reconcile/curve.tsv" "$BENCH_OUT/reconcile-curve.tsv"
 }
 
 section_fetchmem() {

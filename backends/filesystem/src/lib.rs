@@ -14,6 +14,7 @@
 
 mod cache;
 mod fsops;
+mod mapped;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use futures::StreamExt;
 
 use crate::cache::HotCache;
 use crate::fsops::{FileId, io_error};
+use crate::mapped::Mappings;
 
 /// Default root, the predecessor's PVC mount point.
 pub const DEFAULT_ROOT: &str = "/data/artifacts";
@@ -111,6 +113,8 @@ pub struct FilesystemStorage {
     scan: ScanReport,
     /// Verified artifacts in memory, for repeated downloads.
     cache: HotCache,
+    /// Large objects are served from mappings of their files (a store no one else writes only).
+    mappings: Mappings,
     verification: tokio::sync::watch::Receiver<Option<VerifyReport>>,
     verifier: tokio::task::JoinHandle<()>,
 }
@@ -141,7 +145,7 @@ impl FilesystemStorage {
         let (done, verification) = tokio::sync::watch::channel(None);
         let verifier = tokio::spawn(verify_all(root.clone(), index.clone(), pending, done));
         let cache = HotCache::new(0);
-        Ok(Self { root, shared, index, scan, cache, verification, verifier })
+        Ok(Self { root, shared, index, scan, cache, mappings: Mappings::default(), verification, verifier })
     }
 
     /// Keeps up to `bytes` of the most downloaded artifacts in memory (off by default).
@@ -265,7 +269,7 @@ impl Backend for FilesystemStorage {
             self.index.remove(key);
             return Err(StorageError::NotFound(key.clone()));
         };
-        let id = FileId::of(&md);
+        let (id, file_len) = (FileId::of(&md), md.len());
         let verified = self.index.get(key).filter(|e| e.id == id && e.verified).map(|e| e.meta.clone());
         if let Some(bytes) = small {
             // Read whole: an unverified or unindexed file is hashed from these bytes.
@@ -289,9 +293,16 @@ impl Backend for FilesystemStorage {
             Some(meta) => meta,
             None => self.hash_and_admit(key, &mut file, md).await?,
         };
+        let file = file.into_std().await;
+        if !self.shared && meta.size == file_len {
+            match self.mappings.bytes(key, id, &file, meta.size) {
+                Ok(bytes) => return ObjectBody::from_bytes(meta, bytes, range),
+                Err(e) => tracing::debug!(key = %key, error = %e, "cannot map the file; reading it instead"),
+            }
+        }
         let range = externalsource_core::storage::check_range(&meta, range)?;
         let (start, len) = range.as_ref().map_or((0, meta.size), |r| (*r.start(), r.end() - r.start() + 1));
-        let stream = fsops::read_chunks(file.into_std().await, start, len, CHUNK).boxed();
+        let stream = fsops::read_chunks(file, start, len, CHUNK).boxed();
         Ok(ObjectBody { meta, range, stream })
     }
 

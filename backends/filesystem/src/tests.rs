@@ -209,18 +209,48 @@ fn the_cache_is_a_setting_counted_as_resident_memory() {
     assert_eq!(off.redacted()["cache_bytes"].as_str(), Some("0"));
 }
 
-/// Objects too large to read whole stream from disk in positioned chunks: whole and ranged reads
+/// Objects too large to read whole are served from a mapping of the file (a store we alone
+/// write) or streamed in positioned chunks (a shared store): either way whole and ranged reads
 /// return exactly the bytes asked for, across chunk boundaries.
 #[tokio::test]
 async fn large_objects_stream_exact_ranges_from_disk() {
+    for shared in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path(), shared).await;
+        let body = Bytes::from(externalsource_core::testing::noise(9, 3 * CHUNK + 17));
+        let k = key("artifacts/ns/large/blob.bin");
+        s.put_bytes(&k, body.clone()).await.unwrap();
+        let whole = s.get(&k, None).await.unwrap();
+        assert_eq!(s.backend().mappings.live(), usize::from(!shared), "mapped only when not shared");
+        assert_eq!(whole.collect().await.unwrap(), body);
+        for (start, end) in [(0, 0), (CHUNK as u64 - 1, CHUNK as u64), (1000, 3 * CHUNK as u64 + 16)] {
+            let got = s.get(&k, Some(start..=end)).await.unwrap().collect().await.unwrap();
+            assert_eq!(got, body.slice(start as usize..=end as usize), "shared {shared}: {start}-{end}");
+        }
+        assert_eq!(s.backend().mappings.live(), 0, "no mapping outlives its downloads");
+    }
+}
+
+/// Concurrent downloads of one version share one mapping; a download in progress keeps the bytes
+/// it started with when the file is deleted or replaced, and the next download sees the new file.
+#[tokio::test]
+async fn mapped_downloads_share_a_mapping_and_survive_delete_and_replace() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(dir.path(), false).await;
-    let body = Bytes::from(externalsource_core::testing::noise(9, 3 * CHUNK + 17));
-    let k = key("artifacts/ns/large/blob.bin");
-    s.put_bytes(&k, body.clone()).await.unwrap();
-    assert_eq!(s.get(&k, None).await.unwrap().collect().await.unwrap(), body);
-    for (start, end) in [(0, 0), (CHUNK as u64 - 1, CHUNK as u64), (1000, 3 * CHUNK as u64 + 16)] {
-        let got = s.get(&k, Some(start..=end)).await.unwrap().collect().await.unwrap();
-        assert_eq!(got, body.slice(start as usize..=end as usize), "{start}-{end}");
-    }
+    let one = Bytes::from(externalsource_core::testing::noise(1, 2 * SMALL_OBJECT as usize));
+    let two = Bytes::from(externalsource_core::testing::noise(2, 2 * SMALL_OBJECT as usize));
+    let k = key("artifacts/ns/large/data.bin");
+    s.put_bytes(&k, one.clone()).await.unwrap();
+    let (a, b) = (s.get(&k, None).await.unwrap(), s.get(&k, None).await.unwrap());
+    assert_eq!(s.backend().mappings.live(), 1, "two downloads, one mapping");
+    s.put_bytes(&k, two.clone()).await.unwrap();
+    let c = s.get(&k, None).await.unwrap();
+    assert_eq!(c.meta.digest, Digest::of(&two));
+    s.delete(&k).await.unwrap();
+    assert!(!dir.path().join("artifacts/ns/large/data.bin").exists());
+    assert_eq!(a.collect().await.unwrap(), one, "a download outlives the replace and the delete");
+    assert_eq!(b.collect().await.unwrap(), one);
+    assert_eq!(c.collect().await.unwrap(), two);
+    assert_eq!(s.backend().mappings.live(), 0);
+    assert!(matches!(s.get(&k, None).await, Err(StorageError::NotFound(_))));
 }
