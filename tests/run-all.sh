@@ -71,6 +71,6 @@ kill $testenv_pid 2>/dev/null || true
 
 step "benchmark smoke run (debug binaries, tiny sizes: keeps the harness from rotting, measures nothing)"
 SMOKE=1 BENCH_SECTIONS="serve memory connections package startup" BIN=target/debug/externalsource-controller \
-  MEMBIN=target/debug/bench-serve-memory bash tests/bench/run.sh
+  SERVEBIN=target/debug/bench-serve bash tests/bench/run.sh
 
 step "done"

@@ -91,17 +91,21 @@ impl ObjectBody {
     }
 
     /// The body of an object held whole in memory: the range is checked against it and sliced,
-    /// and the stream yields slices of `bytes` (no copy) of at most 64 KiB each.
+    /// and the stream yields slices of `bytes` (no copy) of at most 256 KiB each. Slices cost
+    /// no memory, so they can be large: fewer, larger writes to the socket (hyper pulls the next
+    /// one only when its buffer has room, so a slow reader still holds nothing extra).
     pub fn from_bytes(meta: ObjectMeta, bytes: Bytes, range: Option<ByteRange>) -> Result<Self, StorageError> {
-        const CHUNK: usize = 64 * 1024;
+        const CHUNK: usize = 256 * 1024;
         let range = check_range(&meta, range)?;
         let bytes = match &range {
             Some(r) => bytes.slice(*r.start() as usize..=*r.end() as usize),
             None => bytes,
         };
-        let chunks: Vec<io::Result<Bytes>> =
-            (0..bytes.len()).step_by(CHUNK).map(|at| Ok(bytes.slice(at..(at + CHUNK).min(bytes.len())))).collect();
-        Ok(Self { meta, range, stream: Box::pin(futures::stream::iter(chunks)) })
+        let chunks = futures::stream::unfold(bytes, |mut rest| async move {
+            let take = rest.len().min(CHUNK);
+            (take > 0).then(|| (Ok(rest.split_to(take)), rest))
+        });
+        Ok(Self { meta, range, stream: Box::pin(chunks) })
     }
 
     /// Collects the whole stream; meant for tests and small objects.

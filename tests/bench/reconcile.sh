@@ -20,8 +20,8 @@
 #   10-minute interval; before it, the API write floor: bench-api-writes makes the controller's
 #   five writes for RECONCILE_FLOOR_SOURCES (default 2,000) sources and nothing else, and each
 #   point is reported as a fraction of the sources/s that rate allows. RECONCILE_STEADY (seconds,
-#   default 0) measures the last point's steady state for that long once all are Ready (600: one
-#   full interval, in which every source is reconciled again).
+#   default 0) measures the last point's steady state for that long once all are Ready (run.sh:
+#   640, one interval plus its 5 % jitter, in which every source is reconciled once again).
 # Needs: the testenv cache (tests/testenv.sh builds it with Go on first use), kubectl, jq, nginx.
 set -euo pipefail
 
@@ -197,17 +197,20 @@ backlog_run() { # NAME SOURCES CONCURRENCY
 # controller's concurrency and at 4x it, each on a fresh control plane. Sets floor_rate (writes/s,
 # the better of the two).
 api_floor() { # SOURCES CONCURRENCY
-  local n=$1 conc=$2 c line rate
+  local n=$1 conc=$2 c line rate cp0 cp
   floor_rate=0
   write_sources "$n"
   for c in "$conc" $((conc * 4)); do
     start_testenv "floor-$c"
     create_sources "floor-$c"
+    cp0=$(cp_cpu_s)
     line=$("$API_WRITES" --namespace bench --prefix bench- --sources "$n" --concurrency "$c") \
       || die "bench-api-writes failed (concurrency $c)"
+    cp=$(calc "round($(cp_cpu_s) - $cp0, 1)")
     rate=$(awk '{ for (i = 1; i < NF; i++) if ($i == "writes_per_s") print $(i + 1) }' <<<"$line")
-    log "  floor: $line"
-    record "API write floor" "$n sources x 5 writes from bench-api-writes, concurrency $c" "$rate writes/s" \
+    log "  floor: $line; apiserver + etcd $cp CPU-s"
+    record "API write floor" "$n sources x 5 writes from bench-api-writes, concurrency $c" \
+      "$rate writes/s ($(calc "round($rate / 5)") sources/s) · apiserver + etcd $cp CPU-s ($(calc "round(1000 * $cp / $n, 1)") ms per source)" \
       "" "" "" "measured"
     floor_rate=$(calc "max($floor_rate, $rate)")
     stop_pid "$testenv_pid"

@@ -24,7 +24,7 @@
 #   WRK_THREADS / WRK_CONNECTIONS   load generator shape (default 2 / 64)
 #   BENCH_OUT        where logs and results go (default target/bench)
 #   BENCH_INSTALL=0  do not apt-get install missing tools (nginx wrk hyperfine)
-#   BIN, MEMBIN      prebuilt `externalsource-controller` (memory + filesystem) and `bench-serve-memory`
+#   BIN, SERVEBIN    prebuilt `externalsource-controller` (memory + filesystem) and `bench-serve`
 #                    to use instead of building them (both must be set)
 #
 # Exits non-zero when a benchmark fails to run; a missed target is reported, never fatal.
@@ -191,17 +191,17 @@ section_size() {
   done
 }
 
-# Our server binary (memory + filesystem) and the preloaded-memory server.
+# Our server binary (memory + filesystem) and bench-serve (preloaded memory, private filesystem).
 build_servers() {
-  if [[ -n ${BIN:-} && -n ${MEMBIN:-} ]]; then return 0; fi
+  if [[ -n ${BIN:-} && -n ${SERVEBIN:-} ]]; then return 0; fi
   build_controller "memory-filesystem" "memory filesystem" --features filesystem \
     || die "release build failed; see $RUN/build-memory-filesystem.log"
   BIN=$BENCH_OUT/bin/externalsource-controller-memory-filesystem
-  log "building bench-serve-memory (release)"
-  cargo build --release -p externalsource-tests --bin bench-serve-memory >"$RUN/build-bench-serve-memory.log" 2>&1 \
-    || die "build of bench-serve-memory failed; see $RUN/build-bench-serve-memory.log"
-  cp "$TARGET_DIR/release/bench-serve-memory" "$BENCH_OUT/bin/bench-serve-memory"
-  MEMBIN=$BENCH_OUT/bin/bench-serve-memory
+  log "building bench-serve (release)"
+  cargo build --release -p externalsource-tests --bin bench-serve >"$RUN/build-bench-serve.log" 2>&1 \
+    || die "build of bench-serve failed; see $RUN/build-bench-serve.log"
+  cp "$TARGET_DIR/release/bench-serve" "$BENCH_OUT/bin/bench-serve"
+  SERVEBIN=$BENCH_OUT/bin/bench-serve
 }
 
 # config_toml FILE BACKEND PORT OPS_PORT [FS_ROOT]
@@ -244,18 +244,19 @@ start_ours() {
   wait_http "http://127.0.0.1:$OURS_OPS/healthz" "$OURS_PID" 60
 }
 
-# start_membench NAME DIR: preloaded memory server; sets MEM_PID, MEM_PORT.
-start_membench() {
-  local name=$1 dir=$2 i
-  MEM_PORT=$(free_port)
-  start_bg "$RUN/$name.log" "$MEMBIN" "$dir" "$MEM_PORT"
-  MEM_PID=$BG_PID
+# start_benchserve KIND NAME DIR: bench-serve over a preloaded memory store or the directory as a
+# private filesystem store; sets BS_PID, BS_PORT.
+start_benchserve() {
+  local kind=$1 name=$2 dir=$3 i
+  BS_PORT=$(free_port)
+  start_bg "$RUN/$name.log" "$SERVEBIN" "$kind" "$dir" "$BS_PORT"
+  BS_PID=$BG_PID
   for ((i = 0; i < 1200; i++)); do
     grep -q '^ready ' "$RUN/$name.log" && return 0
-    kill -0 "$MEM_PID" 2>/dev/null || die "bench-serve-memory exited: $(tail -3 "$RUN/$name.log")"
+    kill -0 "$BS_PID" 2>/dev/null || die "bench-serve exited: $(tail -3 "$RUN/$name.log")"
     sleep 0.1
   done
-  die "bench-serve-memory not ready in 120 s"
+  die "bench-serve not ready in 120 s"
 }
 
 fmt_serve() { # RPS BPS P99 -> cell
@@ -280,32 +281,36 @@ section_serve() {
   done
   start_ours serve-fs filesystem "$root"
   local fs_port=$OURS_PORT
-  start_membench serve-memory "$root"
-  local mem_port=$MEM_PORT
+  start_benchserve memory serve-memory "$root"
+  local mem_port=$BS_PORT
+  start_benchserve filesystem serve-fs-private "$root"
+  local private_port=$BS_PORT
   local nginx_port
   nginx_port=$(free_port)
   nginx_start "$RUN/nginx-serve" "$nginx_port" "$root" 2
   local nginx_pid=$BG_PID
   local first=${SERVE_SIZES%%:*} sums
   wait_http "http://127.0.0.1:$nginx_port${SERVE_PATH[$first]}" "$nginx_pid" 30
-  # Same bytes from all three.
-  sums=$(for p in "$nginx_port" "$fs_port" "$mem_port"; do
+  # Same bytes from all four.
+  sums=$(for p in "$nginx_port" "$fs_port" "$private_port" "$mem_port"; do
     curl -fsS "http://127.0.0.1:$p${SERVE_PATH[$first]}" | sha256sum
   done | sort -u | wc -l)
-  [[ $sums == 1 ]] || die "the three servers return different bytes"
+  [[ $sums == 1 ]] || die "the four servers return different bytes"
 
   for spec in $SERVE_SIZES; do
     IFS=: read -r label bytes kind <<<"$spec"
     local path=${SERVE_PATH[$label]} who port res
     declare -A RPS=() BPS=() P99=()
-    for who in nginx fs memory; do
-      case $who in nginx) port=$nginx_port ;; fs) port=$fs_port ;; memory) port=$mem_port ;; esac
+    for who in nginx fs fs-shared memory; do
+      case $who in
+        nginx) port=$nginx_port ;; fs) port=$private_port ;; fs-shared) port=$fs_port ;; memory) port=$mem_port ;;
+      esac
       if ((BENCH_WARMUP > 0)); then run_wrk "http://127.0.0.1:$port$path" "${BENCH_WARMUP}s" "$RUN/wrk-warmup-$who-$label" >/dev/null; fi
       res=$(run_wrk "http://127.0.0.1:$port$path" "${BENCH_DURATION}s" "$RUN/wrk-$who-$label")
       read -r "RPS[$who]" "BPS[$who]" "P99[$who]" <<<"$res"
       log "  $label $who: $(fmt_serve "${RPS[$who]}" "${BPS[$who]}" "${P99[$who]}")"
     done
-    for who in fs memory; do
+    for who in fs fs-shared memory; do
       local rr br pr target v
       rr=$(calc "${RPS[$who]} / ${RPS[nginx]}")
       br=$(calc "${BPS[$who]} / ${BPS[nginx]}")
@@ -317,7 +322,13 @@ section_serve() {
         target="≥ 0.9× bytes/s"
         v=$(verdict "$br" ">=" 0.9)
       fi
-      record "serving" "$label, $who backend" "$(fmt_serve "${RPS[$who]}" "${BPS[$who]}" "${P99[$who]}")" \
+      local case_name
+      case $who in
+        fs) case_name="filesystem backend (run: the controller's store)" ;;
+        fs-shared) case_name="filesystem backend, shared = true (serve)" ;;
+        memory) case_name="memory backend" ;;
+      esac
+      record "serving" "$label, $case_name" "$(fmt_serve "${RPS[$who]}" "${BPS[$who]}" "${P99[$who]}")" \
         "nginx: $(fmt_serve "${RPS[nginx]}" "${BPS[nginx]}" "${P99[nginx]}")" \
         "$(calc "f'{$rr:.2f}× req/s, {$br:.2f}× bytes/s, p99 {$pr:.2f}×'")" "$target" "$v"
     done
@@ -364,24 +375,24 @@ for i in range(n):
         f.write(os.urandom(65536))
 EOF
   stored=$((MEMORY_ARTIFACTS * 65536))
-  start_membench mem-empty "$RUN/empty-root/none"
+  start_benchserve memory mem-empty "$RUN/empty-root/none"
   sleep "$settle"
-  empty=$(rss_kib "$MEM_PID")
-  stop_pid "$MEM_PID"
+  empty=$(rss_kib "$BS_PID")
+  stop_pid "$BS_PID"
   record "memory" "idle RSS, memory backend (bench-serve-memory, empty)" "$(human_bytes $((empty * 1024)))" \
     "nginx idle (master + 2 workers): $(human_bytes $((nginx_rss * 1024)))" "$(calc "f'{$empty / $nginx_rss:.2f}×'")" \
     "≤ 20 MiB" "$(verdict "$(calc "$empty / 1024")" "<=" 20)"
-  start_membench mem-loaded "$adir"
+  start_benchserve memory mem-loaded "$adir"
   # Touch every artifact once, as consumers would.
   local i
   for ((i = 0; i < MEMORY_ARTIFACTS; i += 1)); do
-    printf 'url = "http://127.0.0.1:%s/artifacts/bench/source-%04d/bench-64k.tar.gz"\noutput = "/dev/null"\n' "$MEM_PORT" "$i"
+    printf 'url = "http://127.0.0.1:%s/artifacts/bench/source-%04d/bench-64k.tar.gz"\noutput = "/dev/null"\n' "$BS_PORT" "$i"
   done >"$RUN/mem-urls.curl"
   curl -fsS --no-progress-meter --parallel --parallel-max 8 -K "$RUN/mem-urls.curl" 2>"$RUN/mem-curl.log" \
     || die "fetching the preloaded artifacts failed: $(tail -3 "$RUN/mem-curl.log")"
   sleep "$settle"
-  loaded=$(rss_kib "$MEM_PID")
-  stop_pid "$MEM_PID"
+  loaded=$(rss_kib "$BS_PID")
+  stop_pid "$BS_PID"
   local overhead
   overhead=$(calc "100 * (($loaded - $empty) * 1024 - $stored) / $stored")
   record "memory" "$MEMORY_ARTIFACTS × 64 KiB in the memory backend" \
@@ -507,7 +518,8 @@ section_reconcile() {
   build_servers
   # Full runs: the 1k-10k curve against the API write floor, then one 10-minute interval of steady
   # state at 10k; a smoke run is never given this section (it takes 30 minutes).
-  BIN=$BIN RUN=$RUN RECONCILE_CURVE=${RECONCILE_CURVE:-1000 2000 5000 10000} RECONCILE_STEADY=${RECONCILE_STEADY:-600} \
+  BIN=$BIN RUN=$RUN RECONCILE_CURVE=${RECONCILE_CURVE:-1000 2000 5000 10000} RECONCILE_STEADY=${RECONCILE_STEADY:-640} \
+    RECONCILE_CONCURRENCY=${RECONCILE_CONCURRENCY:-16} \
     RECONCILE_PLOT=${RECONCILE_PLOT:-$BENCH_OUT/reconcile-curve.svg} bash "$HERE/reconcile.sh" \
     || die "reconcile benchmark failed; see $RUN/reconcile"
   cp "$RUN/reconcile/curve.tsv" "$BENCH_OUT/reconcile-curve.tsv"

@@ -1,7 +1,8 @@
 //! The HTTP fetcher: one pooled client per TLS setting, bodies capped while streaming.
 //!
-//! The cap applies to decoded bytes (reqwest decodes gzip, deflate and brotli), so a small gzip
-//! bomb is refused like a large body. Headers from a Secret are never sent to another origin: the
+//! The cap applies to decoded bytes (reqwest asks for and decodes gzip and deflate; not brotli,
+//! whose codec added 0.2 MB to the binary for no payload gzip cannot carry), so a small gzip bomb
+//! is refused like a large body. Headers from a Secret are never sent to another origin: the
 //! redirect policy of clients that carry them refuses redirects to another scheme, host or port.
 //! Every hop obeys the [egress policy](super::egress).
 

@@ -114,8 +114,9 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     artifacts.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": ea_status }))).await?;
 
     let event = Event {
+        // Named as kube's Recorder names events: the object's name and a timestamp.
         metadata: ObjectMeta {
-            generate_name: Some(format!("{name}.")),
+            name: Some(format!("{name}.{:x}", Timestamp::now().as_nanosecond())),
             namespace: Some(ns.to_owned()),
             ..Default::default()
         },
