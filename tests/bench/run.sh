@@ -179,9 +179,11 @@ section_size() {
     # shellcheck disable=SC2086
     if build_controller "$variant" "$backends" $args; then
       size=$(stat -c %s "$BENCH_OUT/bin/externalsource-controller-$variant")
-      local v
-      v=$(verdict "$(calc "$size / 1e6")" "<=" 20)
-      record "binary size" "$variant (${args:-default features})" "$(calc "f'{$size / 1e6:.1f} MB'")" "" "" "≤ 20 MB" "$v"
+      # The AWS SDK is allowed 5 MB more than the rest.
+      local v goal=15
+      [[ $variant == s3 ]] && goal=20
+      v=$(verdict "$(calc "$size / 1e6")" "<=" "$goal")
+      record "binary size" "$variant (${args:-default features})" "$(calc "f'{$size / 1e6:.2f} MB'")" "" "" "≤ $goal MB" "$v"
     elif [[ $variant == s3 ]]; then
       WARNINGS+=("the s3-only build failed (backend in progress?); see $RUN/build-s3.log")
       record "binary size" "s3 (${args})" "build failed: $(grep -m1 -E '^error' "$RUN/build-s3.log" | cut -c1-80)" "" "" "≤ 20 MB" "not measured"
@@ -379,7 +381,7 @@ EOF
   sleep "$settle"
   empty=$(rss_kib "$BS_PID")
   stop_pid "$BS_PID"
-  record "memory" "idle RSS, memory backend (bench-serve-memory, empty)" "$(human_bytes $((empty * 1024)))" \
+  record "memory" "idle RSS, memory backend (bench-serve memory, empty)" "$(human_bytes $((empty * 1024)))" \
     "nginx idle (master + 2 workers): $(human_bytes $((nginx_rss * 1024)))" "$(calc "f'{$empty / $nginx_rss:.2f}×'")" \
     "≤ 20 MiB" "$(verdict "$(calc "$empty / 1024")" "<=" 20)"
   start_benchserve memory mem-loaded "$adir"

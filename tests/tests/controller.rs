@@ -537,10 +537,14 @@ async fn a_new_generation_is_announced_only_when_its_fetch_is_slow() {
     // Every status the API server stores, as the watch sees it: (name, Reconciling reason).
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(String, Option<String>)>::new()));
     let recorder = tokio::spawn({
-        let (seen, stream) = (seen.clone(), watcher(api.clone(), watcher::Config::default()).applied_objects());
+        // With backoff, and errors skipped: a failed (re)connect of the watch must not end the
+        // recording (the stream resumes, relisting the current objects).
+        let stream = watcher(api.clone(), watcher::Config::default()).default_backoff().applied_objects();
+        let seen = seen.clone();
         async move {
             let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(es)) = stream.next().await {
+            while let Some(item) = stream.next().await {
+                let Ok(es) = item else { continue };
                 let reconciling = es
                     .status
                     .as_ref()
