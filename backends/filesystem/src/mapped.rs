@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use dashmap::DashMap;
@@ -77,9 +78,20 @@ impl AsRef<[u8]> for Shared {
 }
 
 /// The live mappings, by key and file version.
-#[derive(Default)]
 pub struct Mappings {
     live: DashMap<ObjectKey, (FileId, Weak<Mapping>)>,
+    /// Registry size at which ended downloads are swept out next: twice what survived the last
+    /// sweep, so the sweep costs O(1) per request however many downloads are in progress.
+    sweep_at: AtomicUsize,
+}
+
+/// The smallest registry that is swept.
+const MIN_SWEEP: usize = 64;
+
+impl Default for Mappings {
+    fn default() -> Self {
+        Self { live: DashMap::new(), sweep_at: AtomicUsize::new(MIN_SWEEP) }
+    }
 }
 
 impl Mappings {
@@ -104,8 +116,9 @@ impl Mappings {
     /// Drops entries whose downloads all ended, so the registry does not grow with every key
     /// ever served.
     fn forget_unused(&self) {
-        if self.live.len() > 64 {
+        if self.live.len() > self.sweep_at.load(Ordering::Relaxed) {
             self.live.retain(|_, (_, weak)| weak.strong_count() > 0);
+            self.sweep_at.store((2 * self.live.len()).max(MIN_SWEEP), Ordering::Relaxed);
         }
     }
 
@@ -113,5 +126,28 @@ impl Mappings {
     #[cfg(test)]
     pub fn live(&self) -> usize {
         self.live.iter().filter(|e| e.1.strong_count() > 0).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry keeps no entry for downloads that ended, however many keys were served.
+    #[test]
+    fn ended_downloads_are_swept_from_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let mappings = Mappings::default();
+        for i in 0..(4 * MIN_SWEEP) {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, [i as u8; 16]).unwrap();
+            let file = File::open(&path).unwrap();
+            let id = FileId::of(&file.metadata().unwrap());
+            let key = ObjectKey::parse(&format!("artifacts/ns/n/f{i}")).unwrap();
+            let bytes = mappings.bytes(&key, id, &file, 16).unwrap();
+            assert_eq!(bytes.as_ref(), &[i as u8; 16]);
+            assert!(mappings.live.len() <= MIN_SWEEP + 1, "{} entries after {i} downloads", mappings.live.len());
+        }
+        assert_eq!(mappings.live(), 0);
     }
 }

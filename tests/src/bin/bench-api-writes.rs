@@ -72,13 +72,13 @@ fn artifact(ns: &str, name: &str, now: &str) -> Artifact {
     }
 }
 
-fn ready(now: &str, generation: i64) -> Condition {
+fn ready(now: Timestamp, generation: i64) -> Condition {
     Condition {
         type_: "Ready".into(),
         status: "True".into(),
         reason: "Succeeded".into(),
         message: format!("stored artifact for revision 'sha256:{}'", "0".repeat(64)),
-        last_transition_time: Time(now.parse().unwrap_or_else(|_| Timestamp::now())),
+        last_transition_time: Time(now),
         observed_generation: Some(generation),
     }
 }
@@ -88,7 +88,8 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     let sources: Api<ExternalSource> = Api::namespaced(client.clone(), ns);
     let artifacts: Api<ExternalArtifact> = Api::namespaced(client.clone(), ns);
     let events: Api<Event> = Api::namespaced(client.clone(), ns);
-    let now = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let now = Timestamp::now();
+    let published = artifact(ns, name, &now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
 
     let finalizer = json!({ "metadata": { "finalizers": ["source.flux.oddkin.co/finalizer"] } });
     let es = sources.patch(name, &PatchParams::default(), &Patch::Merge(finalizer)).await?;
@@ -109,14 +110,13 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     ea.metadata.owner_references = es.controller_owner_ref(&()).map(|r| vec![r]);
     ea.metadata.labels = Some([("app.kubernetes.io/managed-by".into(), "externalsource-controller".into())].into());
     artifacts.create(&PostParams::default(), &ea).await?;
-    let ea_status =
-        ExternalArtifactStatus { artifact: Some(artifact(ns, name, &now)), conditions: vec![ready(&now, 1)] };
+    let ea_status = ExternalArtifactStatus { artifact: Some(published.clone()), conditions: vec![ready(now, 1)] };
     artifacts.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": ea_status }))).await?;
 
     let event = Event {
         // Named as kube's Recorder names events: the object's name and a timestamp.
         metadata: ObjectMeta {
-            name: Some(format!("{name}.{:x}", Timestamp::now().as_nanosecond())),
+            name: Some(format!("{name}.{:x}", now.as_nanosecond())),
             namespace: Some(ns.to_owned()),
             ..Default::default()
         },
@@ -124,7 +124,7 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
         reason: Some("NewArtifact".into()),
         note: Some(format!("stored artifact for revision 'sha256:{}'", "0".repeat(64))),
         type_: Some("Normal".into()),
-        event_time: Some(MicroTime(Timestamp::now())),
+        event_time: Some(MicroTime(now)),
         reporting_controller: Some("externalsource-controller".into()),
         reporting_instance: Some("bench-api-writes".into()),
         regarding: Some(ObjectReference {
@@ -140,10 +140,10 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     events.create(&PostParams::default(), &event).await?;
 
     let status = ExternalSourceStatus {
-        conditions: vec![ready(&now, generation)],
-        artifact: Some(artifact(ns, name, &now)),
+        conditions: vec![ready(now, generation)],
+        published_paths: vec![published.path.clone()],
+        artifact: Some(published),
         artifact_generation: Some(generation),
-        published_paths: vec![artifact(ns, name, &now).path],
         observed_generation: Some(generation),
         ..Default::default()
     };
