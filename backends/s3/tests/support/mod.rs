@@ -143,6 +143,11 @@ impl Weed {
             "-s3.autoCreateBucket=false",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
+            // Every bucket is a collection with a volume of its own. Left at 0, the volume count
+            // is free disk / volume size (1 GiB here), so on a box with a few GiB free the
+            // behaviour suite runs out of volumes and later puts fail with 500 InternalError.
+            // Volumes are not preallocated, so a high count costs only what is written.
+            "-volume.max=1000",
         ]
         .into_iter()
         .map(str::to_owned)
