@@ -575,3 +575,50 @@ async fn a_new_generation_is_announced_only_when_its_fetch_is_slow() {
     assert!(!fast_states.is_empty(), "the watch saw the fast source");
     assert!(fast_states.iter().all(|r| r.as_deref() != Some("Progressing")), "quick: never announced: {fast_states:?}");
 }
+
+/// A new source costs one reconcile: the finalizer is added in the pass that publishes, and that
+/// write does not echo back as a second reconcile (nor do the status writes). A finalizer someone
+/// removes from a published source is put back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_source_is_published_in_one_reconcile_and_its_finalizer_is_kept() {
+    use externalsource_core::controller::reconcile::FINALIZER;
+
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("onepass").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Fixture::start(Reply::ok("x: 1\n").with_etag("\"e1\"")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    api.create(&PostParams::default(), &source("one", &fixture.url("/"), json!({}))).await.unwrap();
+    let es = wait_ready(&api, "one", "True").await;
+    assert_eq!(es.metadata.finalizers.as_deref(), Some(&[FINALIZER.to_owned()][..]));
+    // Time for any echo of our own writes to be reconciled.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(reconciles(&ctl, &ns, "one"), 1, "one reconcile for a new source");
+    assert_eq!(fixture.request_count(), 1, "fetched once");
+
+    let rv = api.get("one").await.unwrap().metadata.resource_version;
+    api.patch("one", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    eventually("the finalizer is put back", WAIT, || async {
+        let es = api.get("one").await.ok()?;
+        (es.metadata.finalizers.as_deref() == Some(&[FINALIZER.to_owned()][..]) && es.metadata.resource_version != rv)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(artifact(&api.get("one").await.unwrap()).revision, artifact(&es).revision, "nothing else changed");
+    ctl.stop().await;
+}
+
+/// Reconciles of `namespace/name` the controller counted, whatever their result.
+fn reconciles(ctl: &TestController, namespace: &str, name: &str) -> u64 {
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &ctl.registry).unwrap();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("externalsource_reconciliation_total{")
+                && l.contains(&format!("namespace=\"{namespace}\""))
+                && l.contains(&format!("name=\"{name}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}

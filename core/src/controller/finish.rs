@@ -104,13 +104,17 @@ async fn publish(ctx: &Context, es: &ExternalSource, outcome: &Outcome) -> Resul
     let (ns, name) = key_of(es);
     let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
     let ready = matches!(outcome, Outcome::Ready { .. });
-    let existing = match api.get_opt(&name).await? {
-        Some(ea) if !owned_by(&ea, es) => {
-            return Ok(if ready { Publication::Conflict(conflict(&ns, &name)) } else { Publication::Untouched });
-        }
+    let created = if ready && never_published(es) { create(&api, es, &ns, &name).await? } else { None };
+    let existing = match created {
         Some(ea) => ea,
-        None if ready => api.create(&PostParams::default(), &new_artifact(es, &ns, &name)).await?,
-        None => return Ok(Publication::Untouched),
+        None => match api.get_opt(&name).await? {
+            Some(ea) if !owned_by(&ea, es) => {
+                return Ok(if ready { Publication::Conflict(conflict(&ns, &name)) } else { Publication::Untouched });
+            }
+            Some(ea) => ea,
+            None if ready => api.create(&PostParams::default(), &new_artifact(es, &ns, &name)).await?,
+            None => return Ok(Publication::Untouched),
+        },
     };
     if let Some(patch) = metadata_patch(es, &existing) {
         api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
@@ -121,6 +125,28 @@ async fn publish(ctx: &Context, es: &ExternalSource, outcome: &Outcome) -> Resul
         patch_status(&api, &name, &old, &status).await?;
     }
     Ok(Publication::Written { previous })
+}
+
+/// Whether the source's status names no artifact: then its ExternalArtifact most likely does not
+/// exist yet (it can, after a status write was lost), and creating it comes before reading it.
+fn never_published(es: &ExternalSource) -> bool {
+    es.status.as_ref().is_none_or(|s| s.artifact.is_none() && s.published_paths.is_empty())
+}
+
+/// Creates the ExternalArtifact of a first publication: one write and no read for a new source.
+/// `None` when one exists already (ours after a lost status write, or someone else's): the
+/// caller reads it and proceeds as for any update.
+async fn create(
+    api: &Api<ExternalArtifact>,
+    es: &ExternalSource,
+    ns: &str,
+    name: &str,
+) -> Result<Option<ExternalArtifact>, kube::Error> {
+    match api.create(&PostParams::default(), &new_artifact(es, ns, name)).await {
+        Ok(created) => Ok(Some(created)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Annotation on an ExternalArtifact listing the label keys copied from its ExternalSource, so

@@ -7,6 +7,7 @@ pub mod conditions;
 pub mod credentials;
 pub mod egress;
 pub mod fetch;
+pub mod finalizer;
 pub mod finish;
 pub mod flux_events;
 pub mod hooks;
@@ -36,7 +37,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 
 use api::{ExternalArtifact, ExternalSource};
-use reconcile::{Context, REQUESTED_AT, error_policy, reconcile};
+use reconcile::{Context, FINALIZER, REQUESTED_AT, error_policy, reconcile};
 
 /// Failures that stop the controller from starting.
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +72,16 @@ pub async fn check_crds(client: &kube::Client) -> Result<(), StartError> {
 }
 
 /// What triggers a reconcile of an ExternalSource: a spec change (generation), Flux's
-/// requestedAt annotation, finalizer changes and deletion; never our own status writes.
-fn trigger_hash(es: &ExternalSource) -> Option<u64> {
+/// requestedAt annotation, the loss of our finalizer and deletion; never our own writes.
+pub(crate) fn trigger_hash(es: &ExternalSource) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     es.metadata.generation.hash(&mut h);
     es.annotations().get(REQUESTED_AT).hash(&mut h);
-    es.finalizers().hash(&mut h);
+    // Our finalizer is added by the first reconcile itself (see `finalizer`): only its removal
+    // from a source already reconciled (it has a status) is news. Hashing the list would
+    // reconcile every new source twice.
+    let finalizer_lost = es.status.is_some() && !es.finalizers().iter().any(|f| f == FINALIZER);
+    finalizer_lost.hash(&mut h);
     // Labels and chosen annotations are copied to the ExternalArtifact: a change is published
     // without waiting.
     es.labels().hash(&mut h);
@@ -99,33 +104,36 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
 
 /// Changes of ExternalArtifacts worth a reconcile of their owner: a new generation (someone
 /// edited the spec) or a deletion. Our own status writes do not bump the generation, and our own
-/// creations are not changes, so neither echoes back as a reconcile.
+/// creations are not changes, so neither echoes back as a reconcile. Metadata is all this needs
+/// (owner, generation, UID): the API server sends no status, we parse none.
 fn artifact_changes(
     client: kube::Client,
     config: watcher::Config,
-) -> impl futures::Stream<Item = Result<ExternalArtifact, watcher::Error>> + Send + 'static {
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<ExternalArtifact>, watcher::Error>> + Send + 'static {
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
-    watcher(Api::<ExternalArtifact>::all(client), config).default_backoff().filter_map(move |event| {
-        let relevant = match event {
-            Ok(watcher::Event::InitApply(ea)) => {
-                generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
-                None
-            }
-            // A spec edit of a known ExternalArtifact. One first seen after start-up is the one our
-            // reconcile just created: echoing it back would reconcile its owner a second time.
-            Ok(watcher::Event::Apply(ea)) => {
-                let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
-                previous.is_some_and(|known| known != ea.metadata.generation).then_some(Ok(ea))
-            }
-            Ok(watcher::Event::Delete(ea)) => {
-                generations.remove(&ea.uid().unwrap_or_default());
-                Some(Ok(ea))
-            }
-            Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
-            Err(e) => Some(Err(e)),
-        };
-        std::future::ready(relevant)
-    })
+    watcher(Api::<PartialObjectMeta<ExternalArtifact>>::all(client), config).default_backoff().filter_map(
+        move |event| {
+            let relevant = match event {
+                Ok(watcher::Event::InitApply(ea)) => {
+                    generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
+                    None
+                }
+                // A spec edit of a known ExternalArtifact. One first seen after start-up is the one our
+                // reconcile just created: echoing it back would reconcile its owner a second time.
+                Ok(watcher::Event::Apply(ea)) => {
+                    let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
+                    previous.is_some_and(|known| known != ea.metadata.generation).then_some(Ok(ea))
+                }
+                Ok(watcher::Event::Delete(ea)) => {
+                    generations.remove(&ea.uid().unwrap_or_default());
+                    Some(Ok(ea))
+                }
+                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
+                Err(e) => Some(Err(e)),
+            };
+            std::future::ready(relevant)
+        },
+    )
 }
 
 /// Runs the controller until `shutdown` resolves.

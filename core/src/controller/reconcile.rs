@@ -16,12 +16,12 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::Recorder;
-use kube::runtime::finalizer::{self, finalizer};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatus};
 use super::credentials::{self, Credentials};
 use super::fetch::{FetchOutcome, FetchRequest, Fetcher};
+use super::finalizer::{self, Step};
 use super::finish::{Report, finish, owned_by, write_status};
 use super::flux_events::FluxEvents;
 use super::hooks::chain::{self, HookFailure, Phase};
@@ -183,29 +183,20 @@ pub enum Error {
     Backoff(outcome::Failure),
     #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error("adding the finalizer: {0}")]
+    AddFinalizer(#[source] kube::Error),
+    #[error("releasing the finalizer: {0}")]
+    RemoveFinalizer(#[source] kube::Error),
 }
 
 impl Error {
-    /// The innermost reconcile error (unwrapping the finalizer's wrapper).
-    fn inner(&self) -> &Error {
-        match self {
-            Error::Finalizer(e) => match e.as_ref() {
-                finalizer::Error::ApplyFailed(inner) | finalizer::Error::CleanupFailed(inner) => inner.inner(),
-                _ => self,
-            },
-            other => other,
-        }
-    }
-
     /// A short label for metrics and logs.
     pub fn kind(&self) -> &'static str {
-        match self.inner() {
+        match self {
             Error::Kube(_) => "kube",
             Error::Backoff(f) => f.kind,
             Error::Storage(e) => e.kind(),
-            Error::Finalizer(_) => "finalizer",
+            Error::AddFinalizer(_) | Error::RemoveFinalizer(_) => "finalizer",
         }
     }
 }
@@ -229,23 +220,19 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
     let live = es.metadata.deletion_timestamp.is_none();
     let api: Api<ExternalSource> = Api::namespaced(ctx.client.clone(), &ns);
     let mut report: Option<(bool, &'static str)> = None;
-    let (reported, context) = (&mut report, ctx.as_ref());
-    let result = finalizer(&api, FINALIZER, es, |event| async move {
-        match event {
-            finalizer::Event::Apply(es) => {
-                let Report { action, ok, kind } = apply(&es, context).await?;
-                *reported = Some((ok, kind));
-                Ok(action)
+    let result = match finalizer::step(&api, FINALIZER, es).await.map_err(Error::AddFinalizer) {
+        Ok(Step::Apply(es)) => apply(&es, &ctx).await.map(|Report { action, ok, kind }| {
+            report = Some((ok, kind));
+            action
+        }),
+        Ok(Step::Cleanup(es)) => match super::cleanup::cleanup(&es, &ctx).await {
+            Ok(action) => {
+                finalizer::release(&api, FINALIZER, &es).await.map(|()| action).map_err(Error::RemoveFinalizer)
             }
-            finalizer::Event::Cleanup(es) => super::cleanup::cleanup(&es, context).await,
-        }
-    })
-    .await;
-    let result = match result {
-        // The object was already gone when the finalizer was released (a stale queue entry after
-        // cleanup ran): deletion is complete, not failed.
-        Err(finalizer::Error::RemoveFinalizer(kube::Error::Api(s))) if s.code == 404 => Ok(Action::await_change()),
-        other => other.map_err(|e| Error::Finalizer(Box::new(e))),
+            Err(e) => Err(e),
+        },
+        Ok(Step::Done) => Ok(Action::await_change()),
+        Err(e) => Err(e),
     };
     ctx.metrics.active_reconciliations.dec();
     if let Some(pass) = &ctx.restore {
@@ -280,7 +267,7 @@ pub fn error_policy(es: Arc<ExternalSource>, error: &Error, ctx: Arc<Context>) -
         *entry += 1;
         *entry
     };
-    let retry_after = match error.inner() {
+    let retry_after = match error {
         Error::Backoff(outcome::Failure { retry: Retry::Backoff { after }, .. }) => *after,
         _ => None,
     };
