@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use externalsource_core::config::{Config, MemoryCheck};
 use externalsource_core::controller::egress::EgressPolicy;
+use externalsource_core::controller::events::EventRecorder;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::hooks::spec::HookDefaults;
 use externalsource_core::controller::leader::{LeaderElector, Timings};
@@ -20,7 +21,6 @@ use externalsource_core::restore::Restoring;
 use externalsource_core::units::format_size;
 use externalsource_core::{BuildError, Storage};
 use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions, ServerMetrics};
-use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -298,8 +298,6 @@ async fn run_controller(
         }
         Some(pass) => Some(tokio::spawn(ready_after_restore(pass, restoring, readiness.clone(), c.restore_timeout))),
     };
-    let reporter =
-        Reporter { controller: REPORTING_CONTROLLER.into(), instance: Some(config.controller.pod_name.clone()) };
     let ctx = Context::new(
         client.clone(),
         storage,
@@ -329,7 +327,7 @@ async fn run_controller(
             events_addr: config.controller.events_addr.clone(),
             reporting_instance: config.controller.pod_name.clone(),
         },
-        Recorder::new(client, reporter),
+        EventRecorder::new(client, REPORTING_CONTROLLER, config.controller.pod_name.clone()),
         metrics,
         // This very binary, whatever happened to its file since it started.
         Sandbox::new(PathBuf::from("/proc/self/exe"), config.transform.clone()),

@@ -9,15 +9,15 @@ use externalsource_core::Storage;
 use externalsource_core::backend::host;
 use externalsource_core::config::TransformConfig;
 use externalsource_core::controller::egress::EgressPolicy;
+use externalsource_core::controller::events::EventRecorder;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::hooks::spec::HookDefaults;
 use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::plan::Defaults;
-use externalsource_core::controller::reconcile::{Context, Settings};
+use externalsource_core::controller::reconcile::{Context, REPORTING_CONTROLLER, Settings};
 use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::testing::FaultInjector;
 use externalsource_server::{ArtifactRoutes, ArtifactService, ServeOptions};
-use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -126,7 +126,6 @@ impl TestController {
         tasks.push(tokio::spawn(async move {
             externalsource_server::serve(listener, ArtifactService::new(routes), opts, token.cancelled_owned()).await;
         }));
-        let reporter = Reporter { controller: "externalsource-controller".into(), instance: Some("test".into()) };
         let ctx = Arc::new(Context::new(
             client.clone(),
             storage.clone(),
@@ -153,7 +152,7 @@ impl TestController {
                 events_addr: options.events_addr.clone(),
                 reporting_instance: "test".into(),
             },
-            Recorder::new(client, reporter),
+            EventRecorder::new(client, REPORTING_CONTROLLER, "test"),
             metrics,
             Sandbox::new(controller_binary(), options.transform.clone()),
         ));

@@ -8,6 +8,7 @@ use externalsource_tests::fixture::tls_material;
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
 use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -104,7 +105,64 @@ async fn changed_upstream_makes_a_new_revision_and_old_ones_are_collected() {
     assert!(stored.contains(&revisions[2].path) && stored.contains(&revisions[1].path));
     assert_eq!(download(&revisions[0].url).await.0, 404, "the oldest revision is deleted");
     assert_eq!(download(&revisions[1].url).await.0, 200, "the previous revision is still served");
+    // Every new revision is an Event of its own that names it (minutes apart or not).
+    let events: Api<Event> = Api::namespaced(cp.client(), &ns);
+    let notes = eventually("an Event per revision", WAIT, || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        let notes: Vec<String> = list
+            .items
+            .into_iter()
+            .filter(|e| e.reason.as_deref() == Some("NewArtifact"))
+            .filter_map(|e| e.note)
+            .collect();
+        (notes.len() == 3).then_some(notes)
+    })
+    .await;
+    for a in &revisions {
+        assert!(notes.iter().any(|n| n.contains(&a.revision)), "{} in {notes:?}", a.revision);
+    }
     ctl.stop().await;
+}
+
+/// The same Event repeated within minutes is one Event with a series count; an Event deleted
+/// meanwhile is created anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_events_fold_into_a_series() {
+    use externalsource_core::controller::events::EventRecorder;
+    use kube::runtime::events::{Event as Occurrence, EventType};
+
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("series").await;
+    let fixture = Fixture::start(Reply::ok("x")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let es = api.create(&PostParams::default(), &source("s", &fixture.url("/"), json!({}))).await.unwrap();
+    let recorder = EventRecorder::new(cp.client(), "externalsource-controller", "test");
+    let occurrence = |note: &str| Occurrence {
+        type_: EventType::Warning,
+        reason: "FetchFailed".into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let regarding = kube::Resource::object_ref(&es, &());
+    for _ in 0..3 {
+        recorder.publish(&occurrence("HTTP 500"), &regarding).await.unwrap();
+    }
+    recorder.publish(&occurrence("HTTP 503"), &regarding).await.unwrap();
+    let events: Api<Event> = Api::namespaced(cp.client(), &ns);
+    let list = events.list(&Default::default()).await.unwrap().items;
+    assert_eq!(list.len(), 2, "one Event per distinct note: {list:?}");
+    let repeated = list.iter().find(|e| e.note.as_deref() == Some("HTTP 500")).unwrap();
+    assert_eq!(repeated.series.as_ref().map(|s| s.count), Some(3));
+    assert_eq!(repeated.reporting_controller.as_deref(), Some("externalsource-controller"));
+    assert_eq!(repeated.regarding.as_ref().and_then(|r| r.uid.clone()), es.metadata.uid);
+
+    events.delete(repeated.metadata.name.as_deref().unwrap(), &DeleteParams::default()).await.unwrap();
+    recorder.publish(&occurrence("HTTP 500"), &regarding).await.unwrap();
+    let list = events.list(&Default::default()).await.unwrap().items;
+    let renewed: Vec<_> = list.iter().filter(|e| e.note.as_deref() == Some("HTTP 500")).collect();
+    assert_eq!(renewed.len(), 1);
+    assert_ne!(renewed[0].metadata.name, repeated.metadata.name, "a new Event replaces the deleted one");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ mod cleanup;
 pub mod conditions;
 pub mod credentials;
 pub mod egress;
+pub mod events;
 pub mod fetch;
 pub mod finalizer;
 pub mod finish;

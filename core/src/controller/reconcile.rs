@@ -15,11 +15,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatus};
 use super::credentials::{self, Credentials};
+use super::events::EventRecorder;
 use super::fetch::{FetchOutcome, FetchRequest, Fetcher};
 use super::finalizer::{self, Step};
 use super::finish::{Report, finish, owned_by, write_status};
@@ -92,7 +92,7 @@ pub struct Context {
     pub storage: Arc<dyn Storage>,
     pub fetcher: Fetcher,
     pub settings: Settings,
-    pub recorder: Recorder,
+    pub recorder: EventRecorder,
     pub metrics: Arc<Metrics>,
     /// Where `spec.transform` filters run.
     pub transforms: Sandbox,
@@ -119,7 +119,7 @@ impl Context {
         storage: Arc<dyn Storage>,
         fetcher: Fetcher,
         settings: Settings,
-        recorder: Recorder,
+        recorder: EventRecorder,
         metrics: Arc<Metrics>,
         transforms: Sandbox,
     ) -> Self {
