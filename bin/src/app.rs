@@ -160,7 +160,7 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
     let servers_stop = CancellationToken::new();
     let mut registry = Registry::default();
     let server_metrics = ServerMetrics::register(&mut registry);
-    let metrics = Arc::new(Metrics::register(&mut registry));
+    let metrics = Arc::new(Metrics::register_with(&mut registry, config.ops.per_source_histograms));
     let registry = Arc::new(registry);
     let readiness = Readiness::new(false);
     let mut servers: Vec<JoinHandle<()>> = Vec::new();

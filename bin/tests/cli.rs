@@ -59,6 +59,14 @@ fn defaults_then_file_then_env_then_flags() {
     let t = printed(&run(&["--config", path, "--print-config"], &[]));
     assert_eq!(get(&t, "server.port").as_integer(), Some(9000));
     assert_eq!(get(&t, "controller.concurrency").as_integer(), Some(7));
+    assert_eq!(get(&t, "ops.per_source_histograms").as_bool(), Some(true), "Flux's per-object histograms by default");
+    let aggregated = config_file("[ops]\nper_source_histograms = false\n");
+    let t = printed(&run(&["--config", aggregated.path().to_str().unwrap(), "--print-config"], &[]));
+    assert_eq!(get(&t, "ops.per_source_histograms").as_bool(), Some(false));
+    let bad = config_file("[ops]\nper_source_histograms = \"some\"\n");
+    let o = run(&["--config", bad.path().to_str().unwrap(), "--print-config"], &[]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("ops.per_source_histograms"), "{}", stderr(&o));
 
     let env = [("ARTIFACT_SERVER_PORT", "9100"), ("POD_NAMESPACE", "from-env"), ("SERVICE_NAME", "svc")];
     let t = printed(&run(&["--config", path, "--print-config"], &env));

@@ -80,6 +80,9 @@ impl ServerConfig {
 pub struct OpsConfig {
     pub bind_address: String,
     pub port: u16,
+    /// Duration histograms per source (Flux's way), or per namespace: the page is about 3.7 KiB
+    /// per source with them and 0.6 KiB without.
+    pub per_source_histograms: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -360,7 +363,11 @@ impl ConfigLoader {
         };
         r.dns_label("server.service_name", &server.service_name)?;
         r.dns_label("server.service_namespace", &server.service_namespace)?;
-        let ops = OpsConfig { bind_address: r.string("ops.bind_address", "0.0.0.0")?, port: r.port("ops.port", 8081)? };
+        let ops = OpsConfig {
+            bind_address: r.string("ops.bind_address", "0.0.0.0")?,
+            port: r.port("ops.port", 8081)?,
+            per_source_histograms: r.bool("ops.per_source_histograms", true)?,
+        };
         if server.enabled && ops.port == server.port && ops.bind_address == server.bind_address {
             return Err(r.invalid("ops.port", &ops.port.to_string(), "must differ from server.port"));
         }
@@ -842,6 +849,7 @@ impl Config {
         let mut ops = toml::Table::new();
         ops.insert("bind_address".into(), s(&self.ops.bind_address));
         ops.insert("port".into(), V::Integer(self.ops.port.into()));
+        ops.insert("per_source_histograms".into(), V::Boolean(self.ops.per_source_histograms));
         let mut storage = toml::Table::new();
         storage.insert("backend".into(), s(self.backend));
         if let Some(quota) = self.namespace_quota {

@@ -22,6 +22,8 @@
 #   point is reported as a fraction of the sources/s that rate allows. RECONCILE_STEADY (seconds,
 #   default 0) measures the last point's steady state for that long once all are Ready (run.sh:
 #   640, one interval plus its 5 % jitter, in which every source is reconciled once again).
+#   RECONCILE_PER_SOURCE_HISTOGRAMS (default true) is the controller's ops.per_source_histograms:
+#   the completion poll reads /metrics, whose size (and cost) it sets.
 # Needs: the testenv cache (tests/testenv.sh builds it with Go on first use), kubectl, jq, nginx.
 set -euo pipefail
 
@@ -36,6 +38,7 @@ RECONCILE_TIMEOUT=${RECONCILE_TIMEOUT:-900}
 RECONCILE_CURVE=${RECONCILE_CURVE:-}
 RECONCILE_FLOOR_SOURCES=${RECONCILE_FLOOR_SOURCES:-2000}
 RECONCILE_STEADY=${RECONCILE_STEADY:-0}
+RECONCILE_PER_SOURCE_HISTOGRAMS=${RECONCILE_PER_SOURCE_HISTOGRAMS:-true}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 # Standalone, it keeps its own directory so it cannot collide with a run.sh in progress.
 RUN=${RUN:-$TARGET_DIR/bench/run-reconcile}
@@ -103,6 +106,7 @@ bind_address = "127.0.0.1"
 [ops]
 port = $ops
 bind_address = "127.0.0.1"
+per_source_histograms = $RECONCILE_PER_SOURCE_HISTOGRAMS
 
 [storage]
 backend = "memory"

@@ -82,10 +82,19 @@ pub struct Metrics {
     hook_series: Mutex<HashMap<ObjectLabels, HashSet<HookLabels>>>,
     /// Flux events posted to notification-controller, by result.
     pub flux_events: Family<super::flux_events::EventResultLabels, Counter>,
+    /// Whether duration histograms have a series per source (`ops.per_source_histograms`) or
+    /// one per namespace (`name=""`, which Prometheus stores as no label).
+    per_source_histograms: bool,
 }
 
 impl Metrics {
+    /// The metrics with a duration histogram per source.
     pub fn register(registry: &mut Registry) -> Self {
+        Self::register_with(registry, true)
+    }
+
+    /// The metrics; duration histograms per source or per namespace.
+    pub fn register_with(registry: &mut Registry, per_source_histograms: bool) -> Self {
         let m = Self {
             reconciliations: Family::default(),
             reconcile_series: Mutex::default(),
@@ -100,6 +109,7 @@ impl Metrics {
             hook_duration: Family::new_with_constructor(histogram),
             hook_series: Mutex::default(),
             flux_events: Family::default(),
+            per_source_histograms,
         };
         registry.register(
             "externalsource_hook_execution",
@@ -155,6 +165,23 @@ impl Metrics {
         m
     }
 
+    /// The labels of `namespace/name`'s duration histograms.
+    fn histogram_labels(&self, namespace: &str, name: &str) -> ObjectLabels {
+        let name = if self.per_source_histograms { name } else { "" };
+        ObjectLabels { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// Records how long a reconcile of `namespace/name` took.
+    pub fn observe_reconcile(&self, namespace: &str, name: &str, took: std::time::Duration) {
+        self.reconcile_duration.get_or_create(&self.histogram_labels(namespace, name)).observe(took.as_secs_f64());
+    }
+
+    /// Records how long an upstream request of `namespace/name` took.
+    pub fn observe_source_request(&self, namespace: &str, name: &str, took: std::time::Duration) {
+        let labels = self.histogram_labels(namespace, name);
+        self.source_request_duration.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
     /// Counts one reconcile.
     pub fn reconciled(&self, labels: ReconcileLabels) {
         self.reconciliations.get_or_create(&labels).inc();
@@ -187,7 +214,8 @@ impl Metrics {
             result: if attempt.ok { "success" } else { "failure" }.into(),
         };
         self.hook_executions.get_or_create(&labels).inc();
-        let timing = HookObjectLabels { namespace: namespace.into(), name: name.into(), hook: attempt.hook.into() };
+        let ObjectLabels { namespace: timing_namespace, name: timing_name } = self.histogram_labels(namespace, name);
+        let timing = HookObjectLabels { namespace: timing_namespace, name: timing_name, hook: attempt.hook.into() };
         self.hook_duration.get_or_create(&timing).observe(attempt.took.as_secs_f64());
         let object = ObjectLabels { namespace: namespace.into(), name: name.into() };
         self.hook_series.lock().unwrap_or_else(|p| p.into_inner()).entry(object).or_default().insert(labels);
@@ -198,15 +226,20 @@ impl Metrics {
         let obj = ObjectLabels { namespace: namespace.into(), name: name.into() };
         let hooks = self.hook_series.lock().unwrap_or_else(|p| p.into_inner()).remove(&obj);
         for labels in hooks.into_iter().flatten() {
-            self.hook_duration.remove(&HookObjectLabels {
-                namespace: labels.namespace.clone(),
-                name: labels.name.clone(),
-                hook: labels.hook.clone(),
-            });
+            if self.per_source_histograms {
+                self.hook_duration.remove(&HookObjectLabels {
+                    namespace: labels.namespace.clone(),
+                    name: labels.name.clone(),
+                    hook: labels.hook.clone(),
+                });
+            }
             self.hook_executions.remove(&labels);
         }
-        self.reconcile_duration.remove(&obj);
-        self.source_request_duration.remove(&obj);
+        // Per-namespace histograms outlive any one source.
+        if self.per_source_histograms {
+            self.reconcile_duration.remove(&obj);
+            self.source_request_duration.remove(&obj);
+        }
         self.storage_bytes.remove(&obj);
         self.ready.remove(&obj);
         let series = self.reconcile_series.lock().unwrap_or_else(|p| p.into_inner()).remove(&obj);
@@ -222,3 +255,54 @@ impl Metrics {
 
 /// Every `result` label value of the source request counter, so its series can be removed.
 pub const RESULTS: &[&str] = &["success", "error", "not_modified"];
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn page(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    fn count_lines(page: &str, family: &str) -> Vec<String> {
+        page.lines().filter(|l| l.starts_with(&format!("{family}_count"))).map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn histograms_per_source_or_per_namespace() {
+        let mut registry = Registry::default();
+        let per_source = Metrics::register(&mut registry);
+        for name in ["a", "b"] {
+            per_source.observe_reconcile("ns", name, Duration::from_millis(20));
+            per_source.observe_source_request("ns", name, Duration::from_millis(10));
+        }
+        let text = page(&registry);
+        assert_eq!(count_lines(&text, "externalsource_reconciliation_duration_seconds").len(), 2, "{text}");
+        per_source.forget("ns", "a");
+        let text = page(&registry);
+        let left = count_lines(&text, "externalsource_reconciliation_duration_seconds");
+        assert_eq!(left.len(), 1, "a deleted source's series go");
+        assert!(left[0].contains("name=\"b\""), "{left:?}");
+
+        let mut registry = Registry::default();
+        let per_namespace = Metrics::register_with(&mut registry, false);
+        for name in ["a", "b"] {
+            per_namespace.observe_reconcile("ns", name, Duration::from_millis(20));
+            per_namespace.observe_source_request("ns", name, Duration::from_millis(10));
+        }
+        per_namespace.observe_reconcile("other", "c", Duration::from_millis(20));
+        let text = page(&registry);
+        let lines = count_lines(&text, "externalsource_reconciliation_duration_seconds");
+        assert_eq!(lines.len(), 2, "one series per namespace: {lines:?}");
+        let ns = lines.iter().find(|l| l.contains("namespace=\"ns\"")).unwrap();
+        assert!(ns.contains("name=\"\"") && ns.ends_with(" 2"), "both sources counted in one: {ns}");
+        assert_eq!(count_lines(&text, "externalsource_source_request_duration_seconds").len(), 1);
+        per_namespace.forget("ns", "a");
+        let lines = count_lines(&page(&registry), "externalsource_reconciliation_duration_seconds");
+        assert_eq!(lines.len(), 2, "a namespace's histogram outlives any one source: {lines:?}");
+    }
+}

@@ -27,7 +27,7 @@ use super::flux_events::FluxEvents;
 use super::hooks::chain::{self, HookFailure, Phase};
 use super::hooks::protocol::ExecutorClient;
 use super::memory::MemoryBudget;
-use super::metrics::{Metrics, ObjectLabels, ReconcileLabels, ResultLabels};
+use super::metrics::{Metrics, ReconcileLabels, ResultLabels};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{Defaults, Packaging, Plan};
 use super::redact::redact_url;
@@ -238,13 +238,12 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
     if let Some(pass) = &ctx.restore {
         pass.attempted(&ns, &name, ctx.storage.as_ref()).await;
     }
-    let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
     if result.is_ok() {
         ctx.forget_failures(&(ns.clone(), name.clone()));
     }
     // A deleted object's series were dropped by cleanup; do not bring them back.
     if live {
-        ctx.metrics.reconcile_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+        ctx.metrics.observe_reconcile(&ns, &name, started.elapsed());
         let (ok, kind) = match (&result, report) {
             (Ok(_), Some(report)) => report,
             (Ok(_), None) => (true, "none"),
@@ -401,13 +400,12 @@ async fn fetch_and_store(
         proxy,
     };
 
-    let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
     // Held until the body and its copies are gone, at the end of this function.
     let unpacked = if matches!(plan.packaging, Packaging::Archive(_)) { plan.max_size } else { 0 };
     let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
     let fetched = ctx.fetcher.fetch(&request, &mut memory).await;
-    ctx.metrics.source_request_duration.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    ctx.metrics.observe_source_request(&ns, &name, started.elapsed());
     let request_result = match &fetched {
         Ok(FetchOutcome::NotModified) => "not_modified",
         Ok(_) => "success",
