@@ -42,7 +42,7 @@ pub async fn step(api: &Api<ExternalSource>, finalizer: &str, es: Arc<ExternalSo
         (Some(_), true) => Ok(Step::Cleanup(es)),
         (None, true) => Ok(Step::Done),
         (None, false) => {
-            let patch = add_patch(es.finalizers(), finalizer);
+            let patch = add_patch(es.finalizers(), finalizer)?;
             let updated = api.patch(&es.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
             Ok(Step::Apply(Arc::new(updated)))
         }
@@ -52,7 +52,8 @@ pub async fn step(api: &Api<ExternalSource>, finalizer: &str, es: Arc<ExternalSo
 /// Removes `finalizer` from `es` after its cleanup. An object already gone is released.
 pub async fn release(api: &Api<ExternalSource>, finalizer: &str, es: &ExternalSource) -> Result<(), kube::Error> {
     let Some(index) = position(es, finalizer) else { return Ok(()) };
-    match api.patch(&es.name_any(), &PatchParams::default(), &Patch::Json::<()>(remove_patch(index, finalizer))).await {
+    match api.patch(&es.name_any(), &PatchParams::default(), &Patch::Json::<()>(remove_patch(index, finalizer)?)).await
+    {
         Ok(_) => Ok(()),
         // A stale queue entry after the release: deletion is complete, not failed.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -61,7 +62,7 @@ pub async fn release(api: &Api<ExternalSource>, finalizer: &str, es: &ExternalSo
 }
 
 /// Appends `finalizer` to the list `current`, if the list is still exactly that.
-fn add_patch(current: &[String], finalizer: &str) -> json_patch::Patch {
+fn add_patch(current: &[String], finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
     let ops = if current.is_empty() {
         json!([
             {"op": "test", "path": "/metadata/finalizers", "value": Value::Null},
@@ -77,14 +78,15 @@ fn add_patch(current: &[String], finalizer: &str) -> json_patch::Patch {
 }
 
 /// Removes entry `index` of the finalizer list, if it is still `finalizer`.
-fn remove_patch(index: usize, finalizer: &str) -> json_patch::Patch {
+fn remove_patch(index: usize, finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
     let path = format!("/metadata/finalizers/{index}");
     patch(json!([{"op": "test", "path": path, "value": finalizer}, {"op": "remove", "path": path}]))
 }
 
-/// The operations above are literals of valid JSON patch; they always parse.
-fn patch(ops: Value) -> json_patch::Patch {
-    serde_json::from_value(ops).unwrap_or_default()
+/// The typed patch of `ops`. They are literals of valid operations; were one ever not, the
+/// write fails (an empty patch would let a reconcile go on without its finalizer).
+fn patch(ops: Value) -> Result<json_patch::Patch, kube::Error> {
+    serde_json::from_value(ops).map_err(kube::Error::SerdeError)
 }
 
 #[cfg(test)]
@@ -95,7 +97,7 @@ mod tests {
 
     #[test]
     fn adding_tests_the_list_as_read() {
-        let first = serde_json::to_value(add_patch(&[], F)).unwrap();
+        let first = serde_json::to_value(add_patch(&[], F).unwrap()).unwrap();
         assert_eq!(
             first,
             json!([
@@ -103,7 +105,7 @@ mod tests {
                 {"op": "add", "path": "/metadata/finalizers", "value": [F]},
             ])
         );
-        let after_others = serde_json::to_value(add_patch(&["other/x".into()], F)).unwrap();
+        let after_others = serde_json::to_value(add_patch(&["other/x".into()], F).unwrap()).unwrap();
         assert_eq!(
             after_others,
             json!([
@@ -115,7 +117,7 @@ mod tests {
 
     #[test]
     fn removing_tests_the_entry_it_removes() {
-        let ops = serde_json::to_value(remove_patch(2, F)).unwrap();
+        let ops = serde_json::to_value(remove_patch(2, F).unwrap()).unwrap();
         assert_eq!(
             ops,
             json!([
@@ -130,15 +132,15 @@ mod tests {
         // The API server's JSON patch reads an absent list as null (the first test passes on an
         // object without finalizers); this crate needs the null spelled out.
         let mut doc = json!({"metadata": {"name": "s", "finalizers": null}});
-        json_patch::patch(&mut doc, &add_patch(&[], F)).unwrap();
+        json_patch::patch(&mut doc, &add_patch(&[], F).unwrap()).unwrap();
         assert_eq!(doc["metadata"]["finalizers"], json!([F]));
         let mut doc = json!({"metadata": {"finalizers": ["a", "b"]}});
-        json_patch::patch(&mut doc, &add_patch(&["a".into(), "b".into()], F)).unwrap();
+        json_patch::patch(&mut doc, &add_patch(&["a".into(), "b".into()], F).unwrap()).unwrap();
         assert_eq!(doc["metadata"]["finalizers"], json!(["a", "b", F]));
-        json_patch::patch(&mut doc, &remove_patch(2, F)).unwrap();
+        json_patch::patch(&mut doc, &remove_patch(2, F).unwrap()).unwrap();
         assert_eq!(doc["metadata"]["finalizers"], json!(["a", "b"]));
-        let stale = json_patch::patch(&mut doc, &add_patch(&["a".into()], F));
+        let stale = json_patch::patch(&mut doc, &add_patch(&["a".into()], F).unwrap());
         assert!(stale.is_err(), "a list changed since it was read is not written over");
-        assert!(json_patch::patch(&mut doc, &remove_patch(0, F)).is_err(), "only our entry is removed");
+        assert!(json_patch::patch(&mut doc, &remove_patch(0, F).unwrap()).is_err(), "only our entry is removed");
     }
 }

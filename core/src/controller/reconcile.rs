@@ -225,12 +225,14 @@ pub async fn reconcile(es: Arc<ExternalSource>, ctx: Arc<Context>) -> Result<Act
             report = Some((ok, kind));
             action
         }),
-        Ok(Step::Cleanup(es)) => match super::cleanup::cleanup(&es, &ctx).await {
-            Ok(action) => {
-                finalizer::release(&api, FINALIZER, &es).await.map(|()| action).map_err(Error::RemoveFinalizer)
+        Ok(Step::Cleanup(es)) => {
+            async {
+                let action = super::cleanup::cleanup(&es, &ctx).await?;
+                finalizer::release(&api, FINALIZER, &es).await.map_err(Error::RemoveFinalizer)?;
+                Ok(action)
             }
-            Err(e) => Err(e),
-        },
+            .await
+        }
         Ok(Step::Done) => Ok(Action::await_change()),
         Err(e) => Err(e),
     };
