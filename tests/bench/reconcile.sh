@@ -23,7 +23,9 @@
 #   default 0) measures the last point's steady state for that long once all are Ready (run.sh:
 #   640, one interval plus its 5 % jitter, in which every source is reconciled once again).
 #   RECONCILE_PER_SOURCE_HISTOGRAMS (default true) is the controller's ops.per_source_histograms:
-#   the completion poll reads /metrics, whose size (and cost) it sets.
+#   the completion poll reads /metrics, whose size (and cost) it sets. RECONCILE_PROFILE=SECONDS
+#   takes a CPU profile of kube-apiserver (its /debug/pprof) over the first SECONDS of each floor
+#   and curve run, and the API server's request counts by verb and resource: files in $DIR.
 # Needs: the testenv cache (tests/testenv.sh builds it with Go on first use), kubectl, jq, nginx.
 set -euo pipefail
 
@@ -39,6 +41,7 @@ RECONCILE_CURVE=${RECONCILE_CURVE:-}
 RECONCILE_FLOOR_SOURCES=${RECONCILE_FLOOR_SOURCES:-2000}
 RECONCILE_STEADY=${RECONCILE_STEADY:-0}
 RECONCILE_PER_SOURCE_HISTOGRAMS=${RECONCILE_PER_SOURCE_HISTOGRAMS:-true}
+RECONCILE_PROFILE=${RECONCILE_PROFILE:-0}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 # Standalone, it keeps its own directory so it cannot collide with a run.sh in progress.
 RUN=${RUN:-$TARGET_DIR/bench/run-reconcile}
@@ -168,6 +171,21 @@ api_writes() { # FILE
   kubectl get --raw /metrics 2>/dev/null | python3 "$HERE/api_writes.py" count >"$1"
 }
 
+# With RECONCILE_PROFILE, a kube-apiserver CPU profile over that many seconds from now, in the
+# background (pprof format, for `go tool pprof`), and its request counts so far.
+profile_apiserver() { # NAME
+  ((RECONCILE_PROFILE > 0)) || return 0
+  kubectl get --raw /metrics >"$DIR/apiserver-metrics-before-$1.txt" 2>/dev/null || true
+  start_bg "$DIR/profile-$1.log" sh -c \
+    "kubectl get --raw '/debug/pprof/profile?seconds=$RECONCILE_PROFILE' >'$DIR/apiserver-$1.pprof'"
+}
+
+# Request counts at the end of a profiled run, next to the ones profile_apiserver saved.
+requests_after() { # NAME
+  ((RECONCILE_PROFILE > 0)) || return 0
+  kubectl get --raw /metrics >"$DIR/apiserver-metrics-after-$1.txt" 2>/dev/null || true
+}
+
 # The sources exist, then the controller starts: start to all Ready is the controller's own
 # throughput. Sets total (s), peak and settled (KiB), cpu and cp_cpu (CPU-s), by_kind (API writes
 # per source, "<total>\t<by kind>"); leaves the controller and the control plane running.
@@ -179,10 +197,12 @@ backlog_run() { # NAME SOURCES CONCURRENCY
   create_sources "$name"
   api_writes "$DIR/writes-before-$name.tsv"
   cp0=$(cp_cpu_s)
+  profile_apiserver "$name"
   t0=$(now)
   start_controller "$name" "$conc"
   wait_all_ready "$name"
   t1=$(now)
+  requests_after "$name"
   cp_cpu=$(calc "round($(cp_cpu_s) - $cp0, 1)")
   api_writes "$DIR/writes-after-$name.tsv"
   peak=$(rss_kib "$ctl_pid" VmHWM)
@@ -208,8 +228,10 @@ api_floor() { # SOURCES CONCURRENCY
     start_testenv "floor-$c"
     create_sources "floor-$c"
     cp0=$(cp_cpu_s)
+    profile_apiserver "floor-$c"
     line=$("$API_WRITES" --namespace bench --prefix bench- --sources "$n" --concurrency "$c") \
       || die "bench-api-writes failed (concurrency $c)"
+    requests_after "floor-$c"
     cp=$(calc "round($(cp_cpu_s) - $cp0, 1)")
     rate=$(awk '{ for (i = 1; i < NF; i++) if ($i == "writes_per_s") print $(i + 1) }' <<<"$line")
     log "  floor: $line; apiserver + etcd $cp CPU-s"

@@ -38,6 +38,17 @@ pub struct ControlPlane {
     client: Client,
 }
 
+/// The requests a [`ControlPlane::recording_client`] made: method and path.
+#[derive(Clone, Default)]
+pub struct RequestLog(std::sync::Arc<std::sync::Mutex<Vec<(http::Method, String)>>>);
+
+impl RequestLog {
+    /// How many requests of `method` went to exactly `path`.
+    pub fn count(&self, method: &http::Method, path: &str) -> usize {
+        self.0.lock().expect("request log").iter().filter(|(m, p)| m == method && p == path).count()
+    }
+}
+
 /// Runs `tests/testenv.sh <what>` and returns the cache directory it prints.
 pub fn testenv_cache(what: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("EXTERNALSOURCE_TESTENV") {
@@ -253,6 +264,22 @@ impl ControlPlane {
 
     pub fn client(&self) -> Client {
         self.client.clone()
+    }
+
+    /// A client that records every request it makes, for tests of what the controller asks
+    /// the API server (the requests are real; only their method and path are noted).
+    pub async fn recording_client(&self) -> (Client, RequestLog) {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig_path()).expect("read kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
+        let log = RequestLog::default();
+        let requests = log.0.clone();
+        let record = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+            let path = req.uri().path().to_owned();
+            requests.lock().expect("request log").push((req.method().clone(), path));
+            req
+        });
+        let client = kube::client::ClientBuilder::try_from(config).expect("client").with_layer(&record).build();
+        (client, log)
     }
 
     /// A kubeconfig file for subprocesses (our binary, kubectl, Flux controllers).

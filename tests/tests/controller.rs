@@ -666,6 +666,57 @@ async fn a_new_source_is_published_in_one_reconcile_and_its_finalizer_is_kept() 
     ctl.stop().await;
 }
 
+/// Steady-state reconciles do not read an ExternalArtifact nobody changed: the controller works
+/// from the version it wrote while the watch reports no newer one. A change by someone else is
+/// seen, read and put right at the next reconcile. A write from a remembered version is
+/// conditional on it, which the API server enforces on the status subresource too.
+#[tokio::test]
+async fn an_unchanged_external_artifact_is_not_read_again_and_a_changed_one_is_put_right() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("remembered").await;
+    let (client, requests) = cp.recording_client().await;
+    let ctl = TestController::start(client, Options::default()).await;
+    let fixture = Fixture::start(Reply::ok("x: 1\n").with_etag("\"e1\"")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    api.create(&PostParams::default(), &source("steady", &fixture.url("/"), json!({"interval": "1s"}))).await.unwrap();
+    let es = wait_ready(&api, "steady", "True").await;
+    let path = format!("/apis/source.toolkit.fluxcd.io/v1/namespaces/{ns}/externalartifacts/steady");
+    eventually("four reconciles at a 1 s interval", WAIT, || async {
+        (reconciles(&ctl, &ns, "steady") >= 4).then_some(())
+    })
+    .await;
+    assert!(fixture.request_count() >= 4, "each reconcile asked upstream");
+    assert_eq!(requests.count(&http::Method::GET, &path), 0, "the ExternalArtifact was never read");
+    assert_eq!(requests.count(&http::Method::PATCH, &format!("{path}/status")), 1, "its status was written once");
+
+    // Someone else rewrites the published status: the next reconcile reads it and puts it right.
+    let artifacts: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+    let tampered = json!({"status": {"artifact": {"revision": "tampered", "digest": "sha256:00"}}});
+    artifacts.patch_status("steady", &PatchParams::default(), &Patch::Merge(&tampered)).await.unwrap();
+    let revision = artifact(&es).revision;
+    eventually("the published status is put right", WAIT, || async {
+        let ea = artifacts.get("steady").await.ok()?;
+        let published = ea.status?.artifact?;
+        (published.revision == revision && published.digest == artifact(&es).digest).then_some(())
+    })
+    .await;
+    assert!(requests.count(&http::Method::GET, &path) >= 1, "the changed ExternalArtifact was read");
+
+    // The precondition the controller relies on: a status merge patch naming an older
+    // resourceVersion is refused, not applied over the newer object.
+    let current = artifacts.get("steady").await.unwrap();
+    artifacts.patch_status("steady", &PatchParams::default(), &Patch::Merge(&tampered)).await.unwrap();
+    let stale = json!({
+        "metadata": {"resourceVersion": current.metadata.resource_version},
+        "status": {"artifact": {"revision": "from-a-stale-version"}},
+    });
+    match artifacts.patch_status("steady", &PatchParams::default(), &Patch::Merge(&stale)).await {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409, "{s:?}"),
+        other => panic!("a stale resourceVersion was accepted: {other:?}"),
+    }
+    ctl.stop().await;
+}
+
 /// Reconciles of `namespace/name` the controller counted, whatever their result.
 fn reconciles(ctl: &TestController, namespace: &str, name: &str) -> u64 {
     let mut metrics = String::new();

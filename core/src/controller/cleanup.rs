@@ -66,6 +66,7 @@ pub(super) async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action
             Err(e) => return Err(e.into()),
         }
     }
+    ctx.artifacts.forget(&ns, &name);
     ctx.metrics.forget(&ns, &name);
     ctx.forget_failures(&key);
     tracing::info!(namespace = %ns, name = %name, "deleted stored artifacts and ExternalArtifact");

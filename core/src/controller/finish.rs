@@ -97,6 +97,12 @@ enum Publication {
 }
 
 /// Brings the owned ExternalArtifact in line with `outcome`, creating it for a first artifact.
+///
+/// It starts from the version this process last read or wrote when the watch says nobody
+/// changed it since (no read: the steady state costs the API server nothing), and from a read
+/// otherwise. A write based on a remembered version is conditional on it; if the object moved
+/// on meanwhile (the watch lags), the version is dropped and the publication runs again from a
+/// read.
 async fn publish(ctx: &Context, es: &ExternalSource, outcome: &Outcome) -> Result<Publication, Error> {
     if matches!(outcome, Outcome::Suspended) {
         return Ok(Publication::Untouched);
@@ -105,26 +111,76 @@ async fn publish(ctx: &Context, es: &ExternalSource, outcome: &Outcome) -> Resul
     let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
     let ready = matches!(outcome, Outcome::Ready { .. });
     let created = if ready && never_published(es) { create(&api, es, &ns, &name).await? } else { None };
-    let existing = match created {
+    if let Some(ea) = created {
+        return Ok(bring_in_line(ctx, &api, es, outcome, ea, Basis::Read).await?);
+    }
+    if let Some(ea) = ctx.artifacts.current(&ns, &name).filter(|ea| owned_by(ea, es)) {
+        match bring_in_line(ctx, &api, es, outcome, ea, Basis::Remembered).await {
+            Err(kube::Error::Api(s)) if s.code == 409 => ctx.artifacts.forget(&ns, &name),
+            written => return Ok(written?),
+        }
+    }
+    let existing = match api.get_opt(&name).await? {
+        Some(ea) if !owned_by(&ea, es) => {
+            return Ok(if ready { Publication::Conflict(conflict(&ns, &name)) } else { Publication::Untouched });
+        }
         Some(ea) => ea,
-        None => match api.get_opt(&name).await? {
-            Some(ea) if !owned_by(&ea, es) => {
-                return Ok(if ready { Publication::Conflict(conflict(&ns, &name)) } else { Publication::Untouched });
-            }
-            Some(ea) => ea,
-            None if ready => api.create(&PostParams::default(), &new_artifact(es, &ns, &name)).await?,
-            None => return Ok(Publication::Untouched),
-        },
+        None if ready => api.create(&PostParams::default(), &new_artifact(es, &ns, &name)).await?,
+        None => return Ok(Publication::Untouched),
     };
-    if let Some(patch) = metadata_patch(es, &existing) {
-        api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(bring_in_line(ctx, &api, es, outcome, existing, Basis::Read).await?)
+}
+
+/// Where the ExternalArtifact a publication starts from came from.
+#[derive(Clone, Copy, PartialEq)]
+enum Basis {
+    /// Read from (or returned by) the API server during this reconcile.
+    Read,
+    /// Remembered from an earlier one: writes are conditional on its `resourceVersion`.
+    Remembered,
+}
+
+/// Patches `existing`'s copied metadata and status to match `es` and `outcome`, and remembers
+/// the result.
+async fn bring_in_line(
+    ctx: &Context,
+    api: &Api<ExternalArtifact>,
+    es: &ExternalSource,
+    outcome: &Outcome,
+    existing: ExternalArtifact,
+    basis: Basis,
+) -> Result<Publication, kube::Error> {
+    let name = existing.name_any();
+    let precondition = (basis == Basis::Remembered).then(|| existing.resource_version()).flatten();
+    let mut latest = existing;
+    if let Some(patch) = metadata_patch(es, &latest) {
+        let patch = with_precondition(patch, precondition.as_deref());
+        latest = api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
-    let old = existing.status.clone().unwrap_or_default();
+    let old = latest.status.clone().unwrap_or_default();
     let previous = old.artifact.as_ref().map(|a| a.path.clone());
-    if let Some(status) = outcome::next_artifact_status(&old, outcome, existing.metadata.generation) {
-        patch_status(&api, &name, &old, &status).await?;
+    if let Some(status) = outcome::next_artifact_status(&old, outcome, latest.metadata.generation)
+        && old != status
+    {
+        // After a metadata patch, `latest` is what the API server returned: its version holds.
+        let version = precondition.as_ref().and_then(|_| latest.resource_version());
+        let patch = with_precondition(json!({ "status": clearing_merge_patch(&old, &status) }), version.as_deref());
+        latest = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
+    ctx.artifacts.remember(latest);
     Ok(Publication::Written { previous })
+}
+
+/// `patch` made conditional on the object still being at `version`, when one is given (the API
+/// server answers 409 otherwise).
+fn with_precondition(mut patch: Value, version: Option<&str>) -> Value {
+    if let (Some(version), Some(object)) = (version, patch.as_object_mut()) {
+        let metadata = object.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(metadata) = metadata.as_object_mut() {
+            metadata.insert("resourceVersion".to_owned(), Value::String(version.to_owned()));
+        }
+    }
+    patch
 }
 
 /// Whether the source's status names no artifact: then its ExternalArtifact most likely does not
@@ -447,6 +503,20 @@ mod tests {
                 COPIED_ANNOTATIONS: "docs.example/other",
             }}}),
             "the unchosen one goes, the chosen one comes, others' stay"
+        );
+    }
+
+    #[test]
+    fn a_precondition_names_the_version_and_keeps_the_patch() {
+        let patch = json!({"metadata": {"labels": {"a": "b"}}, "status": {"x": 1}});
+        assert_eq!(with_precondition(patch.clone(), None), patch, "no version: unconditional");
+        assert_eq!(
+            with_precondition(patch, Some("42")),
+            json!({"metadata": {"labels": {"a": "b"}, "resourceVersion": "42"}, "status": {"x": 1}})
+        );
+        assert_eq!(
+            with_precondition(json!({"status": {"x": 1}}), Some("7")),
+            json!({"metadata": {"resourceVersion": "7"}, "status": {"x": 1}})
         );
     }
 

@@ -2,6 +2,7 @@
 //! kube-runtime `Controller`.
 
 pub mod api;
+pub mod artifact_cache;
 mod cleanup;
 pub mod conditions;
 pub mod credentials;
@@ -107,29 +108,44 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
 /// edited the spec) or a deletion. Our own status writes do not bump the generation, and our own
 /// creations are not changes, so neither echoes back as a reconcile. Metadata is all this needs
 /// (owner, generation, UID): the API server sends no status, we parse none.
+///
+/// Every version it sees goes to the [`artifact_cache::ArtifactCache`], which is what lets a reconcile skip
+/// reading an ExternalArtifact nobody changed.
 fn artifact_changes(
     client: kube::Client,
     config: watcher::Config,
+    ctx: Arc<Context>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<ExternalArtifact>, watcher::Error>> + Send + 'static {
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
     watcher(Api::<PartialObjectMeta<ExternalArtifact>>::all(client), config).default_backoff().filter_map(
         move |event| {
+            let cache = &ctx.artifacts;
             let relevant = match event {
+                Ok(watcher::Event::Init) => {
+                    cache.relist_started();
+                    None
+                }
                 Ok(watcher::Event::InitApply(ea)) => {
+                    cache.relisted(&ea);
                     generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
+                    None
+                }
+                Ok(watcher::Event::InitDone) => {
+                    cache.relist_done();
                     None
                 }
                 // A spec edit of a known ExternalArtifact. One first seen after start-up is the one our
                 // reconcile just created: echoing it back would reconcile its owner a second time.
                 Ok(watcher::Event::Apply(ea)) => {
+                    cache.observed(&ea);
                     let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
                     previous.is_some_and(|known| known != ea.metadata.generation).then_some(Ok(ea))
                 }
                 Ok(watcher::Event::Delete(ea)) => {
+                    cache.deleted(&ea);
                     generations.remove(&ea.uid().unwrap_or_default());
                     Some(Ok(ea))
                 }
-                Ok(watcher::Event::Init | watcher::Event::InitDone) => None,
                 Err(e) => Some(Err(e)),
             };
             std::future::ready(relevant)
@@ -170,7 +186,7 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
             .collect::<Vec<_>>()
     };
     Controller::for_stream(sources, reader)
-        .owns_stream(artifact_changes(client, shard(watcher::Config::default())))
+        .owns_stream(artifact_changes(client, shard(watcher::Config::default()), ctx.clone()))
         .watches_stream(secrets, secret_mapper)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)

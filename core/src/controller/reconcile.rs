@@ -18,6 +18,7 @@ use kube::runtime::controller::Action;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::api::{Artifact, ExternalArtifact, ExternalSource, ExternalSourceStatus};
+use super::artifact_cache::ArtifactCache;
 use super::credentials::{self, Credentials};
 use super::events::EventRecorder;
 use super::fetch::{FetchOutcome, FetchRequest, Fetcher};
@@ -111,6 +112,8 @@ pub struct Context {
     pub(super) cleanup_attempts: DashMap<String, u32>,
     /// The first pass of a new leader over a store that is not shared, when one runs.
     restore: Option<Arc<RestorePass>>,
+    /// ExternalArtifacts as last read or written, while the watch reports them unchanged.
+    pub(super) artifacts: ArtifactCache,
 }
 
 impl Context {
@@ -148,6 +151,7 @@ impl Context {
             namespace_slots: DashMap::new(),
             cleanup_attempts: DashMap::new(),
             restore: None,
+            artifacts: ArtifactCache::default(),
         }
     }
 

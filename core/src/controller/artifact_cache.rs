@@ -1,0 +1,181 @@
+//! The last version of each ExternalArtifact this process read or wrote, so that a reconcile
+//! whose ExternalArtifact has not changed since does not read it again.
+//!
+//! A version is trusted only while the metadata watch reports the same `resourceVersion`: any
+//! write by anyone since gives a newer one, and the reconcile reads the object as before. The
+//! watch can lag, so a write made from a remembered version carries that `resourceVersion` as a
+//! precondition (a 409 if the object moved on), and the caller reads again. What garbage
+//! collection keeps is therefore never decided from a version older than the one written over.
+
+use std::collections::HashMap;
+
+use dashmap::DashMap;
+use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
+
+use super::api::ExternalArtifact;
+
+type Key = (String, String);
+
+#[derive(Default)]
+struct Entry {
+    /// The `resourceVersion` the metadata watch last reported.
+    observed: Option<String>,
+    /// The object as last read or written, without managed fields.
+    known: Option<ExternalArtifact>,
+}
+
+/// See the module documentation. One entry per watched ExternalArtifact.
+#[derive(Default)]
+pub struct ArtifactCache {
+    entries: DashMap<Key, Entry>,
+    /// Versions seen during a watch (re)list, which replace all observed ones at its end: an
+    /// object deleted while the watch was down gets no delete event.
+    relist: std::sync::Mutex<Option<HashMap<Key, String>>>,
+}
+
+fn key_of(ea: &impl ResourceExt) -> Key {
+    (ea.namespace().unwrap_or_default(), ea.name_any())
+}
+
+impl ArtifactCache {
+    /// The remembered ExternalArtifact, if the watch reports no change since it was read or
+    /// written.
+    pub fn current(&self, namespace: &str, name: &str) -> Option<ExternalArtifact> {
+        let entry = self.entries.get(&(namespace.to_owned(), name.to_owned()))?;
+        let known = entry.known.as_ref()?;
+        let same = known.metadata.resource_version.is_some() && entry.observed == known.metadata.resource_version;
+        same.then(|| known.clone())
+    }
+
+    /// Remembers `ea` as read from or returned by the API server.
+    pub fn remember(&self, mut ea: ExternalArtifact) {
+        ea.managed_fields_mut().clear();
+        let key = key_of(&ea);
+        self.entries.entry(key).or_default().known = Some(ea);
+    }
+
+    /// Drops what is remembered of one ExternalArtifact (deleted, or found changed).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        self.entries.remove(&(namespace.to_owned(), name.to_owned()));
+    }
+
+    /// A version reported by the watch.
+    pub fn observed(&self, ea: &PartialObjectMeta<ExternalArtifact>) {
+        self.entries.entry(key_of(ea)).or_default().observed = ea.resource_version();
+    }
+
+    /// A deletion reported by the watch.
+    pub fn deleted(&self, ea: &PartialObjectMeta<ExternalArtifact>) {
+        self.entries.remove(&key_of(ea));
+    }
+
+    /// The watch begins a (re)list.
+    pub fn relist_started(&self) {
+        *self.relist_buffer() = Some(HashMap::new());
+    }
+
+    /// An object of the (re)list in progress.
+    pub fn relisted(&self, ea: &PartialObjectMeta<ExternalArtifact>) {
+        if let Some(seen) = self.relist_buffer().as_mut()
+            && let Some(version) = ea.resource_version()
+        {
+            seen.insert(key_of(ea), version);
+        }
+    }
+
+    /// The (re)list is complete: its versions replace every observed one, and entries of
+    /// objects it did not list go.
+    pub fn relist_done(&self) {
+        let Some(mut seen) = self.relist_buffer().take() else { return };
+        self.entries.retain(|key, entry| match seen.remove(key) {
+            Some(version) => {
+                entry.observed = Some(version);
+                true
+            }
+            None => false,
+        });
+        for (key, version) in seen {
+            self.entries.entry(key).or_default().observed = Some(version);
+        }
+    }
+
+    fn relist_buffer(&self) -> std::sync::MutexGuard<'_, Option<HashMap<Key, String>>> {
+        // A panic while holding it cannot leave the buffer half-updated in a way that matters:
+        // the next relist replaces it.
+        self.relist.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::api::ExternalArtifactSpec;
+
+    fn artifact(version: &str) -> ExternalArtifact {
+        let mut ea = ExternalArtifact::new("a", ExternalArtifactSpec::default());
+        ea.metadata.namespace = Some("ns".into());
+        ea.metadata.resource_version = Some(version.into());
+        ea
+    }
+
+    fn meta(version: &str) -> PartialObjectMeta<ExternalArtifact> {
+        use kube::core::{ObjectMeta, PartialObjectMetaExt};
+        ObjectMeta {
+            name: Some("a".into()),
+            namespace: Some("ns".into()),
+            resource_version: Some(version.into()),
+            ..Default::default()
+        }
+        .into_response_partial()
+    }
+
+    #[test]
+    fn a_version_is_trusted_only_while_the_watch_reports_it() {
+        let cache = ArtifactCache::default();
+        cache.remember(artifact("5"));
+        assert!(cache.current("ns", "a").is_none(), "the watch has not reported it yet");
+        cache.observed(&meta("5"));
+        assert_eq!(cache.current("ns", "a").unwrap().metadata.resource_version.as_deref(), Some("5"));
+        cache.observed(&meta("6"));
+        assert!(cache.current("ns", "a").is_none(), "someone wrote since");
+        cache.remember(artifact("6"));
+        assert!(cache.current("ns", "a").is_some());
+        cache.deleted(&meta("6"));
+        assert!(cache.current("ns", "a").is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[test]
+    fn a_relist_drops_objects_deleted_while_the_watch_was_down() {
+        let cache = ArtifactCache::default();
+        cache.remember(artifact("5"));
+        cache.observed(&meta("5"));
+        cache.relist_started();
+        assert!(cache.current("ns", "a").is_some(), "the old version holds until the relist ends");
+        cache.relist_done();
+        assert!(cache.current("ns", "a").is_none(), "not listed: deleted meanwhile");
+        assert!(cache.is_empty());
+
+        cache.remember(artifact("7"));
+        cache.relist_started();
+        cache.relisted(&meta("7"));
+        cache.relist_done();
+        assert!(cache.current("ns", "a").is_some(), "listed at the remembered version");
+    }
+
+    #[test]
+    fn managed_fields_are_not_kept() {
+        let cache = ArtifactCache::default();
+        let mut ea = artifact("1");
+        ea.metadata.managed_fields = Some(vec![Default::default()]);
+        cache.remember(ea);
+        cache.observed(&meta("1"));
+        assert!(cache.current("ns", "a").unwrap().metadata.managed_fields.is_none_or(|f| f.is_empty()));
+    }
+}
