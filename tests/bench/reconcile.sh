@@ -96,6 +96,9 @@ EOF
 }
 write_sources "$RECONCILE_SOURCES"
 
+# Every source is in one namespace, so the per-namespace cap (three quarters of the slots by
+# default, a tenant-fairness limit) is raised to the concurrency: the controller then has as many
+# sources in flight as bench-api-writes has in the floor, and the two compare like for like.
 start_controller() { # NAME CONCURRENCY: sets ctl_pid and ctl_ops
   local name=$1 conc=$2 port ops
   port=$(free_port)
@@ -105,6 +108,9 @@ start_controller() { # NAME CONCURRENCY: sets ctl_pid and ctl_ops
 [server]
 port = $port
 bind_address = "127.0.0.1"
+
+[controller]
+namespace_concurrency = $conc
 
 [ops]
 port = $ops
