@@ -15,6 +15,7 @@ use externalsource_core::digest::DigestHasher;
 use externalsource_core::{Digest, ObjectKey, ObjectMeta, ObjectSummary, StorageError};
 
 use crate::ScanReport;
+use crate::buffers::{ReadBuffer, ReadBuffers};
 
 /// Prefix of temporary files; `~` cannot appear in a key, so a temp file is never an object.
 const TEMP_PREFIX: &str = ".~tmp-";
@@ -386,34 +387,45 @@ pub fn scan(
     Ok((root, found, report))
 }
 
-/// `len` bytes of `file` from `start`, in positioned reads of `chunk` bytes on the blocking pool.
-/// The next chunk is read while the current one is being sent, so the disk and the socket work
-/// at once; a download holds at most two chunks.
+/// `len` bytes of `file` from `start`, in positioned reads of one buffer each on the blocking
+/// pool. The next chunk is read while the current one is being sent, so the disk and the socket
+/// work at once; a download holds at most two chunks.
 pub fn read_chunks(
     file: File,
     start: u64,
     len: u64,
-    chunk: usize,
+    buffers: std::sync::Arc<ReadBuffers>,
 ) -> impl futures::Stream<Item = io::Result<externalsource_core::Bytes>> + Send + 'static {
     let file = std::sync::Arc::new(file);
-    let read = move |file: std::sync::Arc<File>, at: u64, left: u64| {
-        let want = left.min(chunk as u64) as usize;
-        (want as u64, tokio::task::spawn_blocking(move || read_exact_at(&file, at, want)))
-    };
-    let first = (len > 0).then(|| read(file.clone(), start, len));
-    futures::stream::try_unfold((file, start, len, first), move |(file, at, left, pending)| async move {
-        let Some((got, handle)) = pending else { return Ok(None) };
-        let bytes = handle.await.map_err(io::Error::other)??;
-        let (at, left) = (at + got, left - got);
-        let next = (left > 0).then(|| read(file.clone(), at, left));
-        Ok(Some((bytes, (file, at, left, next))))
+    let first = (len > 0).then(|| read_ahead(&buffers, file.clone(), start, len));
+    futures::stream::try_unfold((file, start, len, first), move |(file, at, left, pending)| {
+        let buffers = buffers.clone();
+        async move {
+            let Some((got, handle)) = pending else { return Ok(None) };
+            let bytes = handle.await.map_err(io::Error::other)??;
+            let (at, left) = (at + got, left - got);
+            let next = (left > 0).then(|| read_ahead(&buffers, file.clone(), at, left));
+            Ok(Some((bytes, (file, at, left, next))))
+        }
     })
 }
 
-/// Exactly `want` bytes at `at`, or an error if the file ends first.
-fn read_exact_at(file: &File, at: u64, want: usize) -> io::Result<externalsource_core::Bytes> {
+/// Starts reading the next chunk, at most one buffer of the `left` bytes at `at`.
+fn read_ahead(
+    buffers: &std::sync::Arc<ReadBuffers>,
+    file: std::sync::Arc<File>,
+    at: u64,
+    left: u64,
+) -> (u64, tokio::task::JoinHandle<io::Result<externalsource_core::Bytes>>) {
+    let want = left.min(buffers.size() as u64) as usize;
+    let buffer = buffers.take();
+    (want as u64, tokio::task::spawn_blocking(move || read_exact_at(&file, at, buffer, want)))
+}
+
+/// Exactly `want` bytes at `at` (at most the buffer's size), or an error if the file ends first.
+fn read_exact_at(file: &File, at: u64, mut buffer: ReadBuffer, want: usize) -> io::Result<externalsource_core::Bytes> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; want];
-    file.read_exact_at(&mut buf, at)?;
-    Ok(externalsource_core::Bytes::from(buf))
+    let want = want.min(buffer.space().len());
+    file.read_exact_at(&mut buffer.space()[..want], at)?;
+    Ok(buffer.into_bytes(want))
 }

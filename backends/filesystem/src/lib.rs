@@ -12,6 +12,7 @@
 //! With `shared = true` (a ReadWriteMany volume) every replica reads the directory the leader
 //! writes, so every replica is Ready and serves it.
 
+mod buffers;
 mod cache;
 mod fsops;
 mod mapped;
@@ -26,6 +27,7 @@ use externalsource_core::{
 };
 use futures::StreamExt;
 
+use crate::buffers::ReadBuffers;
 use crate::cache::HotCache;
 use crate::fsops::{FileId, io_error};
 use crate::mapped::Mappings;
@@ -34,10 +36,12 @@ use crate::mapped::Mappings;
 pub const DEFAULT_ROOT: &str = "/data/artifacts";
 
 /// Read size of response bodies streamed from disk: each read is one hop to the blocking pool, and
-/// the most a slow client makes us hold per download (two chunks). Below the allocator's mmap
-/// threshold (128 KiB, see the binary's `limits`), so chunk buffers are reused from the heap
-/// instead of being mapped and unmapped each time: 256 KiB chunks lost 44 % at 50 MiB that way.
-const CHUNK: usize = 96 * 1024;
+/// the most a slow client makes us hold per download is two chunks. The buffers are reused (see
+/// `buffers`), so their size costs no allocation or zeroing per read.
+const CHUNK: usize = 256 * 1024;
+
+/// Chunk buffers kept for reuse while no download needs them: at most 8 MiB.
+const IDLE_CHUNKS: usize = 32;
 
 /// Objects up to this size are read whole when opened (one blocking call per request).
 const SMALL_OBJECT: u64 = 256 * 1024;
@@ -115,6 +119,8 @@ pub struct FilesystemStorage {
     cache: HotCache,
     /// Large objects are served from mappings of their files (a store no one else writes only).
     mappings: Mappings,
+    /// Read buffers of large objects streamed instead (a shared store).
+    buffers: Arc<ReadBuffers>,
     verification: tokio::sync::watch::Receiver<Option<VerifyReport>>,
     verifier: tokio::task::JoinHandle<()>,
 }
@@ -145,7 +151,8 @@ impl FilesystemStorage {
         let (done, verification) = tokio::sync::watch::channel(None);
         let verifier = tokio::spawn(verify_all(root.clone(), index.clone(), pending, done));
         let cache = HotCache::new(0);
-        Ok(Self { root, shared, index, scan, cache, mappings: Mappings::default(), verification, verifier })
+        let buffers = ReadBuffers::new(CHUNK, IDLE_CHUNKS);
+        Ok(Self { root, shared, index, scan, cache, mappings: Mappings::default(), buffers, verification, verifier })
     }
 
     /// Keeps up to `bytes` of the most downloaded artifacts in memory (off by default).
@@ -302,7 +309,7 @@ impl Backend for FilesystemStorage {
         }
         let range = externalsource_core::storage::check_range(&meta, range)?;
         let (start, len) = range.as_ref().map_or((0, meta.size), |r| (*r.start(), r.end() - r.start() + 1));
-        let stream = fsops::read_chunks(file, start, len, CHUNK).boxed();
+        let stream = fsops::read_chunks(file, start, len, self.buffers.clone()).boxed();
         Ok(ObjectBody { meta, range, stream })
     }
 

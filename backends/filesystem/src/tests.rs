@@ -228,6 +228,9 @@ async fn large_objects_stream_exact_ranges_from_disk() {
             assert_eq!(got, body.slice(start as usize..=end as usize), "shared {shared}: {start}-{end}");
         }
         assert_eq!(s.backend().mappings.live(), 0, "no mapping outlives its downloads");
+        // `collect` held the whole read's four chunk buffers at once; they came back and the
+        // ranged reads after it took them again instead of allocating more.
+        assert_eq!(s.backend().buffers.idle_bytes(), if shared { 4 * CHUNK } else { 0 }, "shared {shared}");
     }
 }
 
