@@ -388,8 +388,8 @@ pub fn scan(
 }
 
 /// `len` bytes of `file` from `start`, in positioned reads of one buffer each on the blocking
-/// pool. The next chunk is read while the current one is being sent, so the disk and the socket
-/// work at once; a download holds at most two chunks.
+/// pool. The next chunk is read while the ones before it are being sent, so the disk and the
+/// socket work at once.
 pub fn read_chunks(
     file: File,
     start: u64,

@@ -35,9 +35,10 @@ use crate::mapped::Mappings;
 /// Default root, the predecessor's PVC mount point.
 pub const DEFAULT_ROOT: &str = "/data/artifacts";
 
-/// Read size of response bodies streamed from disk: each read is one hop to the blocking pool, and
-/// the most a slow client makes us hold per download is two chunks. The buffers are reused (see
-/// `buffers`), so their size costs no allocation or zeroing per read.
+/// Read size of response bodies streamed from disk: each read is one hop to the blocking pool. A
+/// slow client makes us hold three chunks: one read ahead and what hyper queues for the socket
+/// (it stops taking more past about 400 KiB). The buffers are reused (see `buffers`), so their
+/// size costs no allocation or zeroing per read.
 const CHUNK: usize = 256 * 1024;
 
 /// Chunk buffers kept for reuse while no download needs them: at most 8 MiB.
