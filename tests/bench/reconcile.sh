@@ -225,10 +225,11 @@ backlog_run() { # NAME SOURCES CONCURRENCY
 # The floor under any controller: the control plane's own write rate on this machine, from a
 # client that makes only the writes the controller makes per source (bench-api-writes), at the
 # controller's concurrency and at 4x it, each on a fresh control plane. Sets floor_rate (writes/s,
-# the better of the two).
+# the better of the two) and floor_same (writes/s at the controller's own concurrency, the
+# like-for-like comparison: as many sources in flight as the controller has).
 api_floor() { # SOURCES CONCURRENCY
   local n=$1 conc=$2 c line rate cp0 cp
-  floor_rate=0
+  floor_rate=0 floor_same=0
   write_sources "$n"
   for c in "$conc" $((conc * 4)); do
     start_testenv "floor-$c"
@@ -245,6 +246,7 @@ api_floor() { # SOURCES CONCURRENCY
       "$rate writes/s ($(calc "round($rate / 5)") sources/s) · apiserver + etcd $cp CPU-s ($(calc "round(1000 * $cp / $n, 1)") ms per source)" \
       "" "" "" "measured"
     floor_rate=$(calc "max($floor_rate, $rate)")
+    if [[ $c == "$conc" ]]; then floor_same=$rate; fi
     stop_pid "$testenv_pid"
   done
 }
@@ -281,7 +283,7 @@ if [[ -n $RECONCILE_CURVE ]]; then
   SOURCE_INTERVAL=10m
   log "API write floor: $RECONCILE_FLOOR_SOURCES sources, bench-api-writes at concurrency $conc and $((conc * 4))"
   api_floor "$RECONCILE_FLOOR_SOURCES" "$conc"
-  printf 'sources\tseconds\tsources_per_s\tpeak_rss_mib\tsettled_rss_mib\tcontroller_cpu_s\tcontrol_plane_cpu_s\twrites_per_source\twrites_by_kind\tof_floor\n' >"$DIR/curve.tsv"
+  printf 'sources\tseconds\tsources_per_s\tpeak_rss_mib\tsettled_rss_mib\tcontroller_cpu_s\tcontrol_plane_cpu_s\twrites_per_source\twrites_by_kind\tof_floor\tof_floor_same_concurrency\n' >"$DIR/curve.tsv"
   last=${RECONCILE_CURVE##* }
   for n in $RECONCILE_CURVE; do
     log "curve: $n sources first, then the controller (concurrency $conc)"
@@ -289,11 +291,12 @@ if [[ -n $RECONCILE_CURVE ]]; then
     per_source=${by_kind%%$'\t'*}
     # Our sources/s against the sources/s the floor allows at our writes per source.
     of_floor=$(calc "($n / $total) / ($floor_rate / $per_source)")
-    printf '%s\t%.1f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\t%.2f\n' "$n" "$total" "$(calc "$n / $total")" \
-      "$(calc "$peak / 1024")" "$(calc "$settled / 1024")" "$cpu" "$cp_cpu" "$by_kind" "$of_floor" >>"$DIR/curve.tsv"
+    of_same=$(calc "($n / $total) / ($floor_same / $per_source)")
+    printf '%s\t%.1f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\t%.2f\t%.2f\n' "$n" "$total" "$(calc "$n / $total")" \
+      "$(calc "$peak / 1024")" "$(calc "$settled / 1024")" "$cpu" "$cp_cpu" "$by_kind" "$of_floor" "$of_same" >>"$DIR/curve.tsv"
     log "  $n: all Ready in $(calc "round($total, 1)") s ($(calc "round($of_floor, 2)") of the floor); peak RSS $((peak / 1024)) MiB, settled $((settled / 1024)) MiB; API writes/source $per_source"
     record "reconcile curve" "$n existing sources, controller started, concurrency $conc" \
-      "$(calc "f'{$total:.1f} s start to all Ready ({$n / $total:.0f} sources/s, {$of_floor:.2f} of the floor) · peak RSS {$peak / 1024:.1f} MiB, settled {$settled / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'") · API writes per source $per_source (${by_kind#*$'\t'})" \
+      "$(calc "f'{$total:.1f} s start to all Ready ({$n / $total:.0f} sources/s, {$of_floor:.2f} of the floor, {$of_same:.2f} of the floor at concurrency $conc) · peak RSS {$peak / 1024:.1f} MiB, settled {$settled / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'") · API writes per source $per_source (${by_kind#*$'\t'})" \
       "floor: $floor_rate writes/s ÷ $per_source" "" "10,000: ≤ 120 s, ≤ 256 MiB; ≥ 0.8 of the floor" "measured"
     if [[ $n == "$last" ]] && ((RECONCILE_STEADY > 0)); then steady_state "$n"; fi
     stop_pid "$ctl_pid"
