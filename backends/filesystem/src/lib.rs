@@ -36,9 +36,10 @@ use crate::mapped::Mappings;
 pub const DEFAULT_ROOT: &str = "/data/artifacts";
 
 /// Read size of response bodies streamed from disk: each read is one hop to the blocking pool. A
-/// slow client makes us hold three chunks: one read ahead and what hyper queues for the socket
-/// (it stops taking more past about 400 KiB). The buffers are reused (see `buffers`), so their
-/// size costs no allocation or zeroing per read.
+/// slow client makes us hold at most three chunks: the one read ahead, the one hyper is sending,
+/// and the last bytes of the one before (the server caps hyper's write queue at 16 KiB, so it
+/// takes the next chunk only when less than that is left). The buffers are reused (see
+/// `buffers`), so their size costs no allocation or zeroing per read.
 const CHUNK: usize = 256 * 1024;
 
 /// Chunk buffers kept for reuse while no download needs them: at most 8 MiB.
