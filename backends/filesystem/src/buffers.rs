@@ -43,7 +43,7 @@ impl ReadBuffers {
 
     fn give_back(&self, buf: Box<[u8]>) {
         let mut free = self.lock();
-        if free.len() < self.keep && buf.len() == self.size {
+        if free.len() < self.keep {
             free.push(buf);
         }
     }

@@ -159,13 +159,12 @@ async fn bring_in_line(
     }
     let old = latest.status.clone().unwrap_or_default();
     let previous = old.artifact.as_ref().map(|a| a.path.clone());
-    if let Some(status) = outcome::next_artifact_status(&old, outcome, latest.metadata.generation)
-        && old != status
-    {
+    if let Some(status) = outcome::next_artifact_status(&old, outcome, latest.metadata.generation) {
         // After a metadata patch, `latest` is what the API server returned: its version holds.
         let version = precondition.as_ref().and_then(|_| latest.resource_version());
-        let patch = with_precondition(json!({ "status": clearing_merge_patch(&old, &status) }), version.as_deref());
-        latest = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        if let Some(written) = patch_status(api, &name, &old, &status, version.as_deref()).await? {
+            latest = written;
+        }
     }
     ctx.artifacts.remember(latest);
     Ok(Publication::Written { previous })
@@ -335,22 +334,27 @@ pub(super) async fn write_status(
 ) -> Result<bool, Error> {
     let (ns, name) = key_of(es);
     let api: Api<ExternalSource> = Api::namespaced(ctx.client.clone(), &ns);
-    Ok(patch_status(&api, &name, old, status).await?)
+    Ok(patch_status(&api, &name, old, status, None).await?.is_some())
 }
 
-/// A merge patch of a status subresource that also clears what `new` no longer has; no request
-/// when nothing changed. Returns whether it wrote.
-async fn patch_status<K, S>(api: &Api<K>, name: &str, old: &S, new: &S) -> Result<bool, kube::Error>
+/// A merge patch of a status subresource that also clears what `new` no longer has, conditional
+/// on `version` when one is given; no request when nothing changed. Returns the object written.
+async fn patch_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    old: &S,
+    new: &S,
+    version: Option<&str>,
+) -> Result<Option<K>, kube::Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if old == new {
-        return Ok(false);
+        return Ok(None);
     }
-    let patch = json!({ "status": clearing_merge_patch(old, new) });
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await?;
-    Ok(true)
+    let patch = with_precondition(json!({ "status": clearing_merge_patch(old, new) }), version);
+    Ok(Some(api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await?))
 }
 
 /// `new` as a JSON merge patch over `old`: fields `old` had and `new` lacks become `null`, at
