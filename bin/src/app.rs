@@ -20,7 +20,7 @@ use externalsource_core::controller::{self, StartError};
 use externalsource_core::restore::Restoring;
 use externalsource_core::units::format_size;
 use externalsource_core::{BuildError, Storage};
-use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions, ServerMetrics};
+use externalsource_server::{ArtifactRoutes, ArtifactService, OpsService, Readiness, ServeOptions, ServerMetrics};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -158,21 +158,23 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         });
     }
     let servers_stop = CancellationToken::new();
-    let mut registry = Registry::default();
-    let server_metrics = ServerMetrics::register(&mut registry);
-    let metrics = Arc::new(Metrics::register_with(&mut registry, config.ops.per_source_histograms));
-    let registry = Arc::new(registry);
+    // `/metrics/totals` serves the first registry alone: what does not grow with the sources.
+    let (mut totals, mut per_object) = (Registry::default(), Registry::default());
+    let server_metrics = ServerMetrics::register(&mut totals);
+    let metrics = Arc::new(Metrics::new(config.ops.per_source_histograms));
+    metrics.register_totals(&mut totals);
+    metrics.register_per_object(&mut per_object);
     let readiness = Readiness::new(false);
     let mut servers: Vec<JoinHandle<()>> = Vec::new();
     // The ops listener first, before the store is opened (which may take long: a large
     // filesystem store is scanned): `/healthz` answers at once, `/readyz` stays 503 until ready.
     let ops_listener = bind("ops.port", &config.ops.bind_address, config.ops.port).await?;
-    tracing::info!(addr = ?ops_listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics)");
+    tracing::info!(addr = ?ops_listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics, /metrics/totals)");
     {
         let token = servers_stop.clone();
-        let (registry, readiness) = (registry.clone(), readiness.clone());
+        let ops = OpsService::split(Arc::new(totals), Arc::new(per_object), readiness.clone());
         servers.push(tokio::spawn(async move {
-            externalsource_server::serve_ops(ops_listener, registry, readiness, token.cancelled_owned()).await;
+            externalsource_server::serve_ops(ops_listener, ops, token.cancelled_owned()).await;
         }));
     }
 

@@ -7,16 +7,14 @@
 
 use std::io::Write;
 
-use bytes::Bytes;
-use flate2::{Compression, GzBuilder};
-
 use crate::digest::{Digest, DigestWriter};
+use bytes::Bytes;
+use gzip::GzWriter;
+
+mod gzip;
 
 /// Longest destination path accepted, in bytes.
 pub const MAX_PATH_LEN: usize = 1024;
-
-/// Compression level: zlib's default, the level the `gzip` CLI uses.
-const LEVEL: u32 = 6;
 
 /// A validated, normalised, relative file path inside the artifact.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,7 +100,7 @@ pub struct Package {
 /// Packages `payload` as the single file `path` of a deterministic `.tar.gz`.
 pub fn package(payload: &[u8], path: &DestinationPath) -> std::io::Result<Package> {
     // Compressed output is roughly a quarter of JSON-like input; start there to avoid regrowth.
-    let mut tree = TreeWriter::new(payload.len() / 4 + 1024);
+    let mut tree = TreeWriter::new(payload.len() / 4 + 1024)?;
     for dir in path.parents() {
         tree.directory(dir)?;
     }
@@ -113,16 +111,15 @@ pub fn package(payload: &[u8], path: &DestinationPath) -> std::io::Result<Packag
 /// Writes a deterministic `.tar.gz` entry by entry, hashing while it writes. Callers add
 /// entries in their final order (parents before children); every header is normalised here.
 pub(crate) struct TreeWriter {
-    tar: tar::Builder<flate2::write::GzEncoder<DigestWriter<Vec<u8>>>>,
+    tar: tar::Builder<GzWriter<DigestWriter<Vec<u8>>>>,
 }
 
 impl TreeWriter {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> std::io::Result<Self> {
         let sink = DigestWriter::new(Vec::with_capacity(capacity));
-        let gz = GzBuilder::new().mtime(0).write(sink, Compression::new(LEVEL));
-        let mut tar = tar::Builder::new(gz);
+        let mut tar = tar::Builder::new(GzWriter::new(sink)?);
         tar.mode(tar::HeaderMode::Deterministic);
-        Self { tar }
+        Ok(Self { tar })
     }
 
     /// A directory entry; `path` ends with '/'.

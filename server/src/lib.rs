@@ -1,5 +1,5 @@
 //! The HTTP side of the ExternalSource controller: the artifact server Flux downloads from, and the
-//! ops endpoints (`/healthz`, `/readyz`, `/metrics`) the kubelet and Prometheus scrape.
+//! ops endpoints (`/healthz`, `/readyz`, `/metrics`, `/metrics/totals`) the kubelet and Prometheus scrape.
 //!
 //! Both run on plain hyper 1.x connections driven by [`serve`], which adds what a server exposed
 //! inside a cluster needs and hyper leaves to its user: a header-read timeout and an idle timeout
@@ -11,7 +11,7 @@
 //! ```no_run
 //! # async fn wire(storage: std::sync::Arc<dyn externalsource_core::Storage>) -> std::io::Result<()> {
 //! use std::sync::Arc;
-//! use externalsource_server::{ArtifactRoutes, ArtifactService, Readiness, ServeOptions, serve, serve_ops};
+//! use externalsource_server::{ArtifactRoutes, ArtifactService, OpsService, Readiness, ServeOptions, serve, serve_ops};
 //! use prometheus_client::registry::Registry;
 //!
 //! let mut registry = Registry::default();
@@ -23,7 +23,7 @@
 //! // In the binary these complete on SIGTERM.
 //! let (stop_artifacts, stop_ops) = (std::future::pending::<()>(), std::future::pending::<()>());
 //! tokio::spawn(serve(artifacts, ArtifactService::new(routes), ServeOptions::default(), stop_artifacts));
-//! tokio::spawn(serve_ops(ops, Arc::new(registry), readiness.clone(), stop_ops));
+//! tokio::spawn(serve_ops(ops, OpsService::new(Arc::new(registry), readiness.clone()), stop_ops));
 //! readiness.set(true);
 //! # Ok(()) }
 //! ```

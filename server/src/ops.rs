@@ -1,4 +1,8 @@
-//! The ops listener: `/healthz`, `/readyz` and `/metrics`.
+//! The ops listener: `/healthz`, `/readyz`, `/metrics` and `/metrics/totals`.
+//!
+//! `/metrics/totals` is the part of `/metrics` whose size does not grow with the number of
+//! sources (counts, in-flight gauges, the artifact server's families): a few hundred bytes where
+//! the whole page is about 37 MB at 10,000 sources, for dashboards and checks polled often.
 //!
 //! It runs on its own port so probes and scrapes keep working whatever happens to the artifact
 //! listener, and so a NetworkPolicy can admit Flux to one port and Prometheus to the other.
@@ -6,7 +10,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use futures::future::{self, Ready};
 use http::header::{ALLOW, CONTENT_TYPE};
@@ -44,17 +48,28 @@ impl Readiness {
 /// The hyper service of the ops listener.
 #[derive(Clone)]
 pub struct OpsService {
-    registry: Arc<Registry>,
+    /// Families whose series do not grow with the number of sources.
+    totals: Arc<Registry>,
+    /// The rest of `/metrics`.
+    per_object: Arc<Registry>,
     readiness: Readiness,
+    /// Capacity for the next full page: a little more than the last one.
+    last_size: Arc<AtomicUsize>,
 }
 
 impl OpsService {
+    /// Serves `registry` as `/metrics`; `/metrics/totals` is empty.
     pub fn new(registry: Arc<Registry>, readiness: Readiness) -> Self {
-        Self { registry, readiness }
+        Self::split(Arc::new(Registry::default()), registry, readiness)
+    }
+
+    /// Serves `totals` as `/metrics/totals`, and both registries as `/metrics`.
+    pub fn split(totals: Arc<Registry>, per_object: Arc<Registry>, readiness: Readiness) -> Self {
+        Self { totals, per_object, readiness, last_size: Arc::default() }
     }
 
     fn respond(&self, method: &Method, path: &str) -> Response<Body> {
-        if !matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        if !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/metrics/totals") {
             return text(StatusCode::NOT_FOUND, "not found\n");
         }
         if method != Method::GET && method != Method::HEAD {
@@ -66,13 +81,23 @@ impl OpsService {
             "/healthz" => text(StatusCode::OK, "ok\n"),
             "/readyz" if self.readiness.is_ready() => text(StatusCode::OK, "ok\n"),
             "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-            _ => self.metrics(),
+            "/metrics/totals" => self.metrics(false),
+            _ => self.metrics(true),
         }
     }
 
-    fn metrics(&self) -> Response<Body> {
-        let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+    fn metrics(&self, per_object: bool) -> Response<Body> {
+        use prometheus_client::encoding::text::{encode_eof, encode_registry};
+        // The page is as large as the last one, give or take: no regrowth (and copying) of a
+        // string of tens of MB on every scrape.
+        let mut out = String::with_capacity(if per_object { self.last_size.load(Ordering::Relaxed) } else { 0 });
+        let encoded = encode_registry(&mut out, &self.totals)
+            .and_then(|()| if per_object { encode_registry(&mut out, &self.per_object) } else { Ok(()) })
+            .and_then(|()| encode_eof(&mut out));
+        if per_object {
+            self.last_size.store(out.len() + out.len() / 8, Ordering::Relaxed);
+        }
+        if let Err(e) = encoded {
             tracing::error!(error = %e, "encoding metrics failed");
             return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n");
         }
@@ -96,15 +121,10 @@ impl<B> hyper::service::Service<Request<B>> for OpsService {
 /// Connections the ops listener holds at most (kubelet probes and a few scrapers need a handful).
 pub const OPS_MAX_CONNECTIONS: usize = 64;
 
-pub async fn serve_ops(
-    listener: TcpListener,
-    registry: Arc<Registry>,
-    readiness: Readiness,
-    shutdown: impl Future<Output = ()>,
-) {
+pub async fn serve_ops(listener: TcpListener, service: OpsService, shutdown: impl Future<Output = ()>) {
     // A small cap of its own: probes and scrapes keep answering whatever the artifact port sees.
     let options = ServeOptions { max_connections: OPS_MAX_CONNECTIONS, ..ServeOptions::default() };
-    serve(listener, OpsService::new(registry, readiness), options, shutdown).await;
+    serve(listener, service, options, shutdown).await;
 }
 
 #[cfg(test)]

@@ -301,7 +301,7 @@ impl Tree<'_> {
             };
             return Err(ArchiveError::Empty(why));
         }
-        let mut tree = TreeWriter::new(self.bytes as usize / 4 + 1024);
+        let mut tree = TreeWriter::new(self.bytes as usize / 4 + 1024)?;
         for (segments, entry) in &self.entries {
             let path = segments.join("/");
             if path.len() > MAX_PATH_LEN {

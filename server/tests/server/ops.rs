@@ -65,3 +65,42 @@ async fn metrics_count_artifact_requests_and_bytes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn metrics_totals_serves_the_totals_alone_and_metrics_serves_both() {
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    let (mut totals, mut per_object) = (Registry::default(), Registry::default());
+    let ready = Gauge::<i64>::default();
+    totals.register("externalsource_ready_sources", "Ready sources", ready.clone());
+    let per_source = Family::<Vec<(String, String)>, Counter>::default();
+    per_object.register("externalsource_reconciliation", "Reconciliations", per_source.clone());
+    ready.set(2);
+    for name in ["a", "b"] {
+        per_source.get_or_create(&vec![("name".to_owned(), name.to_owned())]).inc();
+    }
+    let ops =
+        start(OpsService::split(Arc::new(totals), Arc::new(per_object), Readiness::new(true)), test_options()).await;
+
+    let r = get(ops.addr, "/metrics/totals").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    let totals = String::from_utf8(r.body).unwrap();
+    assert!(totals.lines().any(|l| l == "externalsource_ready_sources 2"), "{totals}");
+    assert!(!totals.contains("externalsource_reconciliation"), "no per-source family: {totals}");
+    assert!(totals.ends_with("# EOF\n"), "{totals}");
+
+    // Twice: the second page is built in a buffer sized from the first and must be the same.
+    let first = String::from_utf8(get(ops.addr, "/metrics").await.body).unwrap();
+    let full = String::from_utf8(get(ops.addr, "/metrics").await.body).unwrap();
+    assert_eq!(first, full);
+    assert!(full.lines().any(|l| l == "externalsource_ready_sources 2"), "{full}");
+    for name in ["a", "b"] {
+        let line = format!("externalsource_reconciliation_total{{name=\"{name}\"}} 1");
+        assert!(full.lines().any(|l| l == line), "{line} in {full}");
+    }
+    assert_eq!(full.matches("# EOF").count(), 1, "one end marker for the two registries: {full}");
+    assert!(full.ends_with("# EOF\n"));
+}
