@@ -22,10 +22,15 @@ use super::api::ExternalArtifact;
 
 type Key = (String, String);
 
+/// What the watch reports of one object: its `resourceVersion` and `generation`.
+type Seen = (Option<String>, Option<i64>);
+
 #[derive(Default)]
 struct Entry {
     /// The `resourceVersion` the metadata watch last reported.
     observed: Option<String>,
+    /// The `generation` the metadata watch last reported; `None` before its first report.
+    generation: Option<i64>,
     /// The object as last read or written, without managed fields.
     known: Option<Known>,
 }
@@ -40,9 +45,9 @@ struct Known {
 #[derive(Default)]
 pub struct ArtifactCache {
     entries: DashMap<Key, Entry>,
-    /// Versions seen during a watch (re)list, which replace all observed ones at its end: an
-    /// object deleted while the watch was down gets no delete event.
-    relist: std::sync::Mutex<Option<HashMap<Key, String>>>,
+    /// Versions and generations seen during a watch (re)list, which replace all observed ones at
+    /// its end: an object deleted while the watch was down gets no delete event.
+    relist: std::sync::Mutex<Option<HashMap<Key, Seen>>>,
 }
 
 fn key_of(ea: &impl ResourceExt) -> Key {
@@ -70,14 +75,23 @@ impl ArtifactCache {
         self.entries.entry(key_of(&ea)).or_default().known = known;
     }
 
-    /// Drops what is remembered of one ExternalArtifact (deleted, or found changed).
+    /// Drops the remembered version of one ExternalArtifact (found changed, or deleted by us):
+    /// the next reconcile reads it. What the watch reported stays until the watch reports more.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.entries.remove(&(namespace.to_owned(), name.to_owned()));
+        if let Some(mut entry) = self.entries.get_mut(&(namespace.to_owned(), name.to_owned())) {
+            entry.known = None;
+        }
     }
 
-    /// A version reported by the watch.
-    pub fn observed(&self, ea: &PartialObjectMeta<ExternalArtifact>) {
-        self.entries.entry(key_of(ea)).or_default().observed = ea.resource_version();
+    /// A version reported by the watch. True when it is a new generation of an object the watch
+    /// reported before: someone edited its spec. An object's first report is not a change (after
+    /// start-up, it is the one a reconcile just created), nor are status writes, which keep the
+    /// generation.
+    pub fn observed(&self, ea: &PartialObjectMeta<ExternalArtifact>) -> bool {
+        let mut entry = self.entries.entry(key_of(ea)).or_default();
+        entry.observed = ea.resource_version();
+        let before = std::mem::replace(&mut entry.generation, ea.metadata.generation);
+        before.is_some_and(|generation| Some(generation) != ea.metadata.generation)
     }
 
     /// A deletion reported by the watch.
@@ -92,10 +106,8 @@ impl ArtifactCache {
 
     /// An object of the (re)list in progress.
     pub fn relisted(&self, ea: &PartialObjectMeta<ExternalArtifact>) {
-        if let Some(seen) = self.relist_buffer().as_mut()
-            && let Some(version) = ea.resource_version()
-        {
-            seen.insert(key_of(ea), version);
+        if let Some(seen) = self.relist_buffer().as_mut() {
+            seen.insert(key_of(ea), (ea.resource_version(), ea.metadata.generation));
         }
     }
 
@@ -104,18 +116,18 @@ impl ArtifactCache {
     pub fn relist_done(&self) {
         let Some(mut seen) = self.relist_buffer().take() else { return };
         self.entries.retain(|key, entry| match seen.remove(key) {
-            Some(version) => {
-                entry.observed = Some(version);
+            Some((version, generation)) => {
+                (entry.observed, entry.generation) = (version, generation);
                 true
             }
             None => false,
         });
-        for (key, version) in seen {
-            self.entries.entry(key).or_default().observed = Some(version);
+        for (key, (observed, generation)) in seen {
+            self.entries.insert(key, Entry { observed, generation, known: None });
         }
     }
 
-    fn relist_buffer(&self) -> std::sync::MutexGuard<'_, Option<HashMap<Key, String>>> {
+    fn relist_buffer(&self) -> std::sync::MutexGuard<'_, Option<HashMap<Key, Seen>>> {
         // A panic while holding it cannot leave the buffer half-updated in a way that matters:
         // the next relist replaces it.
         self.relist.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -140,11 +152,16 @@ mod tests {
     }
 
     fn meta(version: &str) -> PartialObjectMeta<ExternalArtifact> {
+        meta_at(version, 1)
+    }
+
+    fn meta_at(version: &str, generation: i64) -> PartialObjectMeta<ExternalArtifact> {
         use kube::core::{ObjectMeta, PartialObjectMetaExt};
         ObjectMeta {
             name: Some("a".into()),
             namespace: Some("ns".into()),
             resource_version: Some(version.into()),
+            generation: Some(generation),
             ..Default::default()
         }
         .into_response_partial()
@@ -182,6 +199,38 @@ mod tests {
         cache.relisted(&meta("7"));
         cache.relist_done();
         assert!(cache.current("ns", "a").is_some(), "listed at the remembered version");
+    }
+
+    #[test]
+    fn only_a_new_generation_of_a_reported_object_is_a_change() {
+        let cache = ArtifactCache::default();
+        cache.remember(artifact("1"));
+        assert!(!cache.observed(&meta_at("1", 1)), "first report: the object a reconcile just created");
+        assert!(!cache.observed(&meta_at("2", 1)), "a status write keeps the generation");
+        assert!(cache.observed(&meta_at("3", 2)), "a spec edit");
+        cache.forget("ns", "a");
+        assert!(cache.current("ns", "a").is_none(), "forgotten: read again");
+        assert!(cache.observed(&meta_at("4", 3)), "forgetting the version keeps what the watch said");
+        cache.deleted(&meta_at("4", 3));
+        assert!(!cache.observed(&meta_at("5", 1)), "created again: a first report");
+    }
+
+    #[test]
+    fn a_relist_brings_generations_up_to_date() {
+        let cache = ArtifactCache::default();
+        cache.observed(&meta_at("1", 1));
+        cache.relist_started();
+        cache.relisted(&meta_at("4", 2));
+        cache.relist_done();
+        assert!(!cache.observed(&meta_at("5", 2)), "the edit was listed, not missed");
+        assert!(cache.observed(&meta_at("6", 3)));
+
+        // Seen only in a relist, never before: its later edits are changes.
+        let cache = ArtifactCache::default();
+        cache.relist_started();
+        cache.relisted(&meta_at("1", 1));
+        cache.relist_done();
+        assert!(cache.observed(&meta_at("2", 2)));
     }
 
     #[test]

@@ -24,7 +24,6 @@ pub mod restore;
 pub mod revision;
 pub mod transform;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -116,7 +115,6 @@ fn artifact_changes(
     config: watcher::Config,
     ctx: Arc<Context>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<ExternalArtifact>, watcher::Error>> + Send + 'static {
-    let mut generations: HashMap<String, Option<i64>> = HashMap::new();
     watcher(Api::<PartialObjectMeta<ExternalArtifact>>::all(client), config).default_backoff().filter_map(
         move |event| {
             let cache = &ctx.artifacts;
@@ -127,23 +125,16 @@ fn artifact_changes(
                 }
                 Ok(watcher::Event::InitApply(ea)) => {
                     cache.relisted(&ea);
-                    generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
                     None
                 }
                 Ok(watcher::Event::InitDone) => {
                     cache.relist_done();
                     None
                 }
-                // A spec edit of a known ExternalArtifact. One first seen after start-up is the one our
-                // reconcile just created: echoing it back would reconcile its owner a second time.
-                Ok(watcher::Event::Apply(ea)) => {
-                    cache.observed(&ea);
-                    let previous = generations.insert(ea.uid().unwrap_or_default(), ea.metadata.generation);
-                    previous.is_some_and(|known| known != ea.metadata.generation).then_some(Ok(ea))
-                }
+                // A spec edit of a known ExternalArtifact (see `ArtifactCache::observed`).
+                Ok(watcher::Event::Apply(ea)) => cache.observed(&ea).then_some(Ok(ea)),
                 Ok(watcher::Event::Delete(ea)) => {
                     cache.deleted(&ea);
-                    generations.remove(&ea.uid().unwrap_or_default());
                     Some(Ok(ea))
                 }
                 Err(e) => Some(Err(e)),
