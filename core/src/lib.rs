@@ -16,7 +16,7 @@ pub mod storage;
 pub mod units;
 pub mod values;
 
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use backend::{Backend, ByteSize, EnvVar, HttpUrl, Invalid, OpenContext, Secret, TimeSpan};

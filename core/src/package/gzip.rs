@@ -136,6 +136,7 @@ mod tests {
     use std::io::Read;
 
     use super::*;
+    use crate::testing::noise;
 
     /// What flate2's own encoder writes for the same calls.
     fn reference(chunks: &[&[u8]], flush: bool) -> Vec<u8> {
@@ -173,22 +174,10 @@ mod tests {
         out
     }
 
-    /// Incompressible bytes (a xorshift sequence).
-    fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect()
-    }
-
     #[test]
     fn writes_the_bytes_flate2_writes_with_pooled_states() {
         let big = json_like(3 << 20);
-        let random = noise(300 << 10, 7);
+        let random = noise(7, 300 << 10);
         let small = json_like(16 << 10);
         let cases: Vec<(Vec<&[u8]>, bool)> = vec![
             (vec![], true),
@@ -221,7 +210,7 @@ mod tests {
         let data = json_like(50_000);
         let before = ours(&[&data], true);
         let mut abandoned = GzWriter::new(Vec::new()).unwrap();
-        abandoned.write_all(&noise(10_000, 3)).unwrap();
+        abandoned.write_all(&noise(3, 10_000)).unwrap();
         drop(abandoned);
         let open: Vec<_> = (0..IDLE_STATES + 2).map(|_| GzWriter::new(Vec::new()).unwrap()).collect();
         for writer in open {
