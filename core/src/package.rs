@@ -7,11 +7,10 @@
 
 use std::io::Write;
 
-use crate::digest::{Digest, DigestWriter};
 use bytes::Bytes;
-use gzip::GzWriter;
 
-mod gzip;
+use crate::digest::{Digest, DigestWriter};
+use gzip::GzWriter;
 
 /// Longest destination path accepted, in bytes.
 pub const MAX_PATH_LEN: usize = 1024;
@@ -155,6 +154,7 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
 
 #[cfg(feature = "controller")]
 pub mod archive;
+mod gzip;
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,6 @@
 //! The HTTP side of the ExternalSource controller: the artifact server Flux downloads from, and the
-//! ops endpoints (`/healthz`, `/readyz`, `/metrics`, `/metrics/totals`) the kubelet and Prometheus scrape.
+//! ops endpoints (`/healthz`, `/readyz`, `/metrics`, `/metrics/totals`) the kubelet and
+//! Prometheus scrape.
 //!
 //! Both run on plain hyper 1.x connections driven by [`serve`], which adds what a server exposed
 //! inside a cluster needs and hyper leaves to its user: a header-read timeout and an idle timeout

@@ -75,7 +75,10 @@ wait_http "http://127.0.0.1:$FIXTURE_PORT/data.json" "$BG_PID" 30
 
 # N ExternalSources in one multi-document file; each asks for its own URL (the query is ignored
 # by nginx) so nothing upstream can be shared between them.
+# The file is kept between calls: a count's floor and its controller run use the same one.
 write_sources() { # N
+  [[ ${sources_written:-} == "$1 ${SOURCE_INTERVAL:-1h}" ]] && return 0
+  sources_written="$1 ${SOURCE_INTERVAL:-1h}"
   python3 - "$DIR/sources.yaml" "$1" "$FIXTURE_PORT" "${SOURCE_INTERVAL:-1h}" <<'EOF'
 import sys
 out, n, port, interval = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]

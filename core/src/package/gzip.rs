@@ -13,7 +13,7 @@ use std::sync::Mutex;
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 
 /// Compression level: zlib's default, the level the `gzip` CLI uses.
-pub(crate) const LEVEL: u32 = 6;
+const LEVEL: u32 = 6;
 
 /// The header `flate2::GzBuilder::new().mtime(0)` writes at level 6: no name, no comment, no
 /// timestamp, no extra flags, "unknown" operating system (so the bytes are the same everywhere).
@@ -41,17 +41,13 @@ fn give_back(mut state: Compress) {
     }
 }
 
-fn finished() -> io::Error {
-    io::Error::other("the gzip stream is already finished")
-}
-
 /// Writes a gzip member to `W`: the header at once, deflate output as data comes, and the CRC
 /// and length trailer on [`finish`](Self::finish). The same writes, flushes and finish give the
 /// same bytes as `flate2::write::GzEncoder` built by `GzBuilder::new().mtime(0)` at [`LEVEL`].
 pub(crate) struct GzWriter<W: Write> {
     sink: W,
     /// Given back to the pool by `finish`; a writer dropped unfinished (an error) frees it.
-    deflate: Option<Compress>,
+    deflate: Compress,
     crc: Crc,
     out: Vec<u8>,
 }
@@ -59,7 +55,7 @@ pub(crate) struct GzWriter<W: Write> {
 impl<W: Write> GzWriter<W> {
     pub(crate) fn new(mut sink: W) -> io::Result<Self> {
         sink.write_all(&HEADER)?;
-        Ok(Self { sink, deflate: Some(take_state()), crc: Crc::new(), out: Vec::with_capacity(OUTPUT_BUFFER) })
+        Ok(Self { sink, deflate: take_state(), crc: Crc::new(), out: Vec::with_capacity(OUTPUT_BUFFER) })
     }
 
     /// Hands the compressed output gathered so far to the sink.
@@ -73,12 +69,7 @@ impl<W: Write> GzWriter<W> {
 
     /// One deflate call into the spare room of the output buffer.
     fn run(&mut self, input: &[u8], flush: FlushCompress) -> io::Result<Status> {
-        let deflate = self.deflate.as_mut().ok_or_else(finished)?;
-        deflate.compress_vec(input, &mut self.out, flush).map_err(io::Error::other)
-    }
-
-    fn total_in(&self) -> u64 {
-        self.deflate.as_ref().map_or(0, Compress::total_in)
+        self.deflate.compress_vec(input, &mut self.out, flush).map_err(io::Error::other)
     }
 
     /// Ends the deflate stream, writes the trailer and returns the sink.
@@ -91,9 +82,7 @@ impl<W: Write> GzWriter<W> {
         }
         self.dump()?;
         let Self { mut sink, deflate, crc, .. } = self;
-        if let Some(state) = deflate {
-            give_back(state);
-        }
+        give_back(deflate);
         sink.write_all(&crc.sum().to_le_bytes())?;
         sink.write_all(&crc.amount().to_le_bytes())?;
         Ok(sink)
@@ -107,9 +96,9 @@ impl<W: Write> Write for GzWriter<W> {
         }
         loop {
             self.dump()?;
-            let before = self.total_in();
+            let before = self.deflate.total_in();
             self.run(data, FlushCompress::None)?;
-            let taken = (self.total_in() - before) as usize;
+            let taken = (self.deflate.total_in() - before) as usize;
             if taken > 0 {
                 self.crc.update(&data[..taken]);
                 return Ok(taken);
