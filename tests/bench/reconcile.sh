@@ -22,11 +22,14 @@
 #   same concurrency, and nothing else; the count's point is reported as a fraction of the
 #   sources/s that rate allows. Once before the curve, the floor at 4x the concurrency for
 #   RECONCILE_FLOOR_SOURCES (default 2,000) sources shows whether concurrency holds it back.
+#   Counts up to RECONCILE_REPEAT_MAX (default 5,000) are measured RECONCILE_REPEATS times (default
+#   3: a floor, then ours, and again), each side reported as its median: between two runs an hour
+#   apart the floor moved by 20 %, and a short run is the most exposed.
 #   RECONCILE_STEADY (seconds, default 0) measures the last point's steady state for that long
 #   once all are Ready (run.sh: 640, one interval plus its 5 % jitter, in which every source is
 #   reconciled once again). RECONCILE_PER_SOURCE_HISTOGRAMS (default true) is the controller's
-#   ops.per_source_histograms. Completion is polled from /metrics/totals (a few hundred bytes),
-#   then confirmed with one list. RECONCILE_PROFILE=SECONDS
+#   ops.per_source_histograms. Completion is polled ten times a second from /metrics/totals (a few
+#   hundred bytes, read by bash itself), then confirmed with one list. RECONCILE_PROFILE=SECONDS
 #   takes a CPU profile of kube-apiserver (its /debug/pprof) over the first SECONDS of each floor
 #   and curve run, and the API server's request counts by verb and resource: files in $DIR.
 # Needs: the testenv cache (tests/testenv.sh builds it with Go on first use), kubectl, jq, nginx.
@@ -42,6 +45,8 @@ RECONCILE_CONCURRENCY=${RECONCILE_CONCURRENCY:-4 16}
 RECONCILE_TIMEOUT=${RECONCILE_TIMEOUT:-900}
 RECONCILE_CURVE=${RECONCILE_CURVE:-}
 RECONCILE_FLOOR_SOURCES=${RECONCILE_FLOOR_SOURCES:-2000}
+RECONCILE_REPEATS=${RECONCILE_REPEATS:-3}
+RECONCILE_REPEAT_MAX=${RECONCILE_REPEAT_MAX:-5000}
 RECONCILE_STEADY=${RECONCILE_STEADY:-0}
 RECONCILE_PER_SOURCE_HISTOGRAMS=${RECONCILE_PER_SOURCE_HISTOGRAMS:-true}
 RECONCILE_PROFILE=${RECONCILE_PROFILE:-0}
@@ -167,23 +172,36 @@ successes() {
     | awk '{ n += $NF } END { printf "%d", n }'
 }
 
-# Sources Ready now, from the controller's /metrics/totals: a few hundred bytes at any count, so
-# polling it five times a second costs nothing measurable (the whole /metrics page, polled as
-# often, cost the controller 9 % of its CPU at 2,000 sources).
-ready_sources() {
-  curl -fsS --max-time 10 "http://127.0.0.1:$ctl_ops/metrics/totals" 2>/dev/null \
-    | awk '$1 == "externalsource_ready_sources" { n = $2 } END { printf "%d", n }'
+# Sources Ready now, from the controller's /metrics/totals (a few hundred bytes at any count), into
+# polled (0 while it does not answer). Bash alone: /dev/tcp and builtins, no process forked, so
+# polling ten times a second takes nothing measurable from the run it watches (curl, awk, date and
+# sleep per poll cost about 10 ms of CPU: five polls a second took 2.5 % of this 2-core machine
+# from our runs, which the floor did not pay).
+poll_ready() {
+  local fd line
+  polled=0
+  # (In braces: a redirection on `exec` itself would silence the script's stderr for good.)
+  { exec {fd}<>"/dev/tcp/127.0.0.1/$ctl_ops"; } 2>/dev/null || return 0
+  printf 'GET /metrics/totals HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&"$fd" 2>/dev/null || true
+  while IFS= read -r -t 10 -u "$fd" line; do
+    [[ $line == 'externalsource_ready_sources '* ]] && polled=${line#* }
+  done
+  exec {fd}>&-
+  polled=${polled%%.*}
+  [[ $polled =~ ^[0-9]+$ ]] || polled=0
 }
+
+# A pipe nobody writes to: `read -t` on it is a sleep without a process.
+exec {idle_fd}<> <(:)
 
 # Waits until every source is Ready=True: polls the controller, then confirms with the API server.
 # Sets ready_at to when the poll saw them all: listing every source to confirm takes seconds at
 # 10,000 and is the harness's check, not the controller's work.
 wait_all_ready() { # NAME
   local ready=0 deadline=$((SECONDS + RECONCILE_TIMEOUT))
-  local polled
   while :; do
-    polled=$(ready_sources || echo 0)
-    ready_at=$(now)
+    poll_ready
+    ready_at=$EPOCHREALTIME
     if ((polled >= RECONCILE_SOURCES)); then
       ready=$(ready_count || echo 0)
       ((ready >= RECONCILE_SOURCES)) && return 0
@@ -193,7 +211,7 @@ wait_all_ready() { # NAME
       kubectl get externalsources.source.flux.oddkin.co -n bench -o wide 2>&1 | head -5 >&2 || true
       die "only $ready of $RECONCILE_SOURCES Ready after ${RECONCILE_TIMEOUT}s ($1)"
     fi
-    sleep 0.2
+    read -rt 0.1 -u "$idle_fd" || true
   done
 }
 
@@ -238,7 +256,7 @@ backlog_run() { # NAME SOURCES CONCURRENCY
   api_writes "$DIR/writes-before-$name.tsv"
   cp0=$(cp_cpu_s)
   profile_apiserver "$name"
-  t0=$(now)
+  t0=$EPOCHREALTIME
   start_controller "$name" "$conc"
   wait_all_ready "$name"
   t1=$ready_at
@@ -260,20 +278,25 @@ backlog_run() { # NAME SOURCES CONCURRENCY
 # client that makes only the writes the controller makes per source (bench-api-writes), on a
 # fresh control plane holding SOURCES sources (the API server's cost per write grows with what
 # it stores: a floor at 2,000 flatters a controller measured at 10,000). Sets floor (writes/s).
-api_floor() { # SOURCES CONCURRENCY
-  local n=$1 c=$2 line cp0 cp
+api_floor() { # SOURCES CONCURRENCY [RUN]: RUN ("2 of 3") names a repeated measurement
+  local n=$1 c=$2 run=${3:-} line cp0 cp name t0 t1
+  name=floor-$n-$c${run:+-${run%% *}}
   write_sources "$n"
-  start_testenv "floor-$n-$c"
-  create_sources "floor-$n-$c"
+  start_testenv "$name"
+  create_sources "$name"
   cp0=$(cp_cpu_s)
-  profile_apiserver "floor-$n-$c"
+  profile_apiserver "$name"
+  # Timed as the controller is: from the process's start to its end (bench-api-writes' own clock
+  # starts once its client is built, after the kubeconfig and the trust roots are read).
+  t0=$EPOCHREALTIME
   line=$("$API_WRITES" --namespace bench --prefix bench- --sources "$n" --concurrency "$c") \
     || die "bench-api-writes failed ($n sources, concurrency $c)"
-  requests_after "floor-$n-$c"
+  t1=$EPOCHREALTIME
+  requests_after "$name"
   cp=$(calc "round($(cp_cpu_s) - $cp0, 1)")
-  floor=$(awk '{ for (i = 1; i < NF; i++) if ($i == "writes_per_s") print $(i + 1) }' <<<"$line")
-  log "  floor: $line; apiserver + etcd $cp CPU-s"
-  record "API write floor" "$n sources x 5 writes from bench-api-writes, concurrency $c" \
+  floor=$(calc "round($(awk '{ for (i = 1; i < NF; i++) if ($i == "writes") print $(i + 1) }' <<<"$line") / ($t1 - $t0), 1)")
+  log "  floor: $line (its own clock); $floor writes/s process start to end; apiserver + etcd $cp CPU-s"
+  record "API write floor" "$n sources x 5 writes from bench-api-writes, concurrency $c${run:+ (run $run)}" \
     "$floor writes/s ($(calc "round($floor / 5)") sources/s) · apiserver + etcd $cp CPU-s ($(calc "round(1000 * $cp / $n, 1)") ms per source)" \
     "" "" "" "measured"
   stop_pid "$testenv_pid"
@@ -312,22 +335,51 @@ if [[ -n $RECONCILE_CURVE ]]; then
   # Whether the floor is held back by its concurrency: the same count at 4x it, once.
   log "API write floor at $RECONCILE_FLOOR_SOURCES sources, bench-api-writes at concurrency $((conc * 4))"
   api_floor "$RECONCILE_FLOOR_SOURCES" $((conc * 4))
-  printf 'sources\tseconds\tsources_per_s\tpeak_rss_mib\tsettled_rss_mib\tcontroller_cpu_s\tcontrol_plane_cpu_s\twrites_per_source\twrites_by_kind\tfloor_writes_per_s\tof_floor\n' >"$DIR/curve.tsv"
+  printf 'sources\tseconds\tsources_per_s\tpeak_rss_mib\tsettled_rss_mib\tcontroller_cpu_s\tcontrol_plane_cpu_s\twrites_per_source\twrites_by_kind\tfloor_writes_per_s\tof_floor\truns\tseconds_each\tfloor_each\n' >"$DIR/curve.tsv"
   last=${RECONCILE_CURVE##* }
   for n in $RECONCILE_CURVE; do
-    log "curve: the floor at $n sources, concurrency $conc"
-    api_floor "$n" "$conc"
-    log "curve: $n sources first, then the controller (concurrency $conc)"
-    backlog_run "curve-$n" "$n" "$conc"
+    # Pairs of runs, a floor then ours, so slow and fast spells of the machine fall on both.
+    runs=1
+    ((n <= RECONCILE_REPEAT_MAX)) && runs=$RECONCILE_REPEATS
+    floors=() totals=() peaks=() settleds=() cpus=() cp_cpus=() by_kinds=()
+    for ((r = 1; r <= runs; r++)); do
+      run=""
+      ((runs > 1)) && run="$r of $runs"
+      log "curve: the floor at $n sources, concurrency $conc${run:+ (run $run)}"
+      api_floor "$n" "$conc" "$run"
+      log "curve: $n sources first, then the controller (concurrency $conc)${run:+ (run $run)}"
+      backlog_run "curve-$n${run:+-$r}" "$n" "$conc"
+      log "  all Ready in $(calc "round($total, 1)") s; the floor allows $(calc "round($n * ${by_kind%%$'\t'*} / $floor, 1)") s"
+      floors+=("$floor") totals+=("$total") peaks+=("$peak") settleds+=("$settled") cpus+=("$cpu") cp_cpus+=("$cp_cpu")
+      by_kinds+=("$by_kind")
+      if ((r < runs)); then
+        stop_pid "$ctl_pid"
+        stop_pid "$testenv_pid"
+      fi
+    done
+    # The median of each side; the controller's other figures from its run nearest its median.
+    medians=$(python3 - "${floors[*]}" "${totals[*]}" <<'EOF_MEDIAN'
+import statistics, sys
+floors, totals = ([float(v) for v in a.split()] for a in sys.argv[1:3])
+m = statistics.median(totals)
+nearest = min(range(len(totals)), key=lambda i: abs(totals[i] - m))
+print(statistics.median(floors), m, nearest, ",".join(f"{v:.2f}" for v in totals), ",".join(f"{v:.1f}" for v in floors),
+      f"; median of {len(totals)} runs: " + ", ".join(f"{v:.1f}" for v in totals) + " s, floors "
+      + ", ".join(f"{v:.0f}" for v in floors) + " writes/s" if len(totals) > 1 else "", sep="\t")
+EOF_MEDIAN
+    )
+    IFS=$'\t' read -r floor total i each floor_each medians <<<"$medians"
+    peak=${peaks[i]} settled=${settleds[i]} cpu=${cpus[i]} cp_cpu=${cp_cpus[i]} by_kind=${by_kinds[i]}
     per_source=${by_kind%%$'\t'*}
     # Our sources/s against the sources/s the floor allows at our writes per source: same count
     # of sources stored, same number in flight.
     of_floor=$(calc "($n / $total) / ($floor / $per_source)")
-    printf '%s\t%.1f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%.2f\n' "$n" "$total" "$(calc "$n / $total")" \
-      "$(calc "$peak / 1024")" "$(calc "$settled / 1024")" "$cpu" "$cp_cpu" "$by_kind" "$floor" "$of_floor" >>"$DIR/curve.tsv"
-    log "  $n: all Ready in $(calc "round($total, 1)") s ($(calc "round($of_floor, 2)") of the floor); peak RSS $((peak / 1024)) MiB, settled $((settled / 1024)) MiB; API writes/source $per_source"
+    printf '%s\t%.1f\t%.0f\t%.1f\t%.1f\t%s\t%s\t%s\t%s\t%.2f\t%s\t%s\t%s\n' "$n" "$total" "$(calc "$n / $total")" \
+      "$(calc "$peak / 1024")" "$(calc "$settled / 1024")" "$cpu" "$cp_cpu" "$by_kind" "$floor" "$of_floor" \
+      "$runs" "$each" "$floor_each" >>"$DIR/curve.tsv"
+    log "  $n: all Ready in $(calc "round($total, 1)") s ($(calc "round($of_floor, 2)") of the floor$medians); peak RSS $((peak / 1024)) MiB, settled $((settled / 1024)) MiB; API writes/source $per_source"
     record "reconcile curve" "$n existing sources, controller started, concurrency $conc" \
-      "$(calc "f'{$total:.1f} s start to all Ready ({$n / $total:.0f} sources/s, {$of_floor:.2f} of the floor) · peak RSS {$peak / 1024:.1f} MiB, settled {$settled / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'") · API writes per source $per_source (${by_kind#*$'\t'})" \
+      "$(calc "f'{$total:.1f} s start to all Ready ({$n / $total:.0f} sources/s, {$of_floor:.2f} of the floor$medians) · peak RSS {$peak / 1024:.1f} MiB, settled {$settled / 1024:.1f} MiB · CPU: controller {$cpu} s, apiserver + etcd {$cp_cpu} s'") · API writes per source $per_source (${by_kind#*$'\t'})" \
       "floor at $n sources, concurrency $conc: $floor writes/s ÷ $per_source" "" "10,000: ≤ 120 s, ≤ 256 MiB; ≥ 0.8 of the floor" "measured"
     if [[ $n == "$last" ]] && ((RECONCILE_STEADY > 0)); then steady_state "$n"; fi
     stop_pid "$ctl_pid"

@@ -8,11 +8,15 @@
 //! plane allows at its writes per source.
 //!
 //! The writes, in the controller's order and with payloads of the controller's shape:
-//! 1. the finalizer (a merge patch of the ExternalSource's metadata);
+//! 1. the finalizer (a JSON patch of the ExternalSource's metadata, tested against an empty list);
 //! 2. the ExternalArtifact (a create, owned by the source);
 //! 3. the ExternalArtifact's status (a merge patch of the subresource);
 //! 4. an Event (events.k8s.io/v1, as kube's `Recorder` posts it);
 //! 5. the ExternalSource's status (a merge patch of the subresource, Ready=True and the artifact).
+//!
+//! The artifact is the one the controller publishes for the bench's sources, down to its metadata
+//! (the upstream's ETag and redacted URL) and the status's `lastHandledETag`: the API server's cost
+//! of a write grows with the object it stores, so the floor's objects are the controller's size.
 //!
 //! Prints one line: `sources <n> concurrency <c> seconds <s> writes <w> writes_per_s <r>`.
 //! Uses the kubeconfig of the environment (`KUBECONFIG`).
@@ -23,6 +27,7 @@ use externalsource_core::controller::api::{
     API_VERSION, Artifact, ExternalArtifact, ExternalArtifactSpec, ExternalArtifactStatus, ExternalSource,
     ExternalSourceStatus, SourceRef,
 };
+use externalsource_core::controller::reconcile::{ETAG_METADATA, FINALIZER, SOURCE_METADATA};
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -59,16 +64,25 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
+/// An ETag as nginx makes them (the bench's upstream), in the quotes HTTP gives it.
+const ETAG: &str = "\"6b13bc30-57a9\"";
+
+/// The artifact as the controller publishes it for the bench's sources: revision `<etag>@<digest>`,
+/// the ETag and the redacted upstream URL in its metadata.
 fn artifact(ns: &str, name: &str, now: &str) -> Artifact {
     let digest = format!("sha256:{}", "0".repeat(64));
     Artifact {
         url: format!("http://127.0.0.1:9090/artifacts/{ns}/{name}/{}.tar.gz", "0".repeat(64)),
-        revision: digest.clone(),
+        revision: format!("{}@{digest}", ETAG.trim_matches('"')),
         digest,
         path: format!("artifacts/{ns}/{name}/{}.tar.gz", "0".repeat(64)),
         size: 4096,
         last_update_time: now.to_owned(),
-        metadata: Default::default(),
+        metadata: [
+            (ETAG_METADATA.to_owned(), ETAG.to_owned()),
+            (SOURCE_METADATA.to_owned(), "http://127.0.0.1:40000/data.json?source=redacted".to_owned()),
+        ]
+        .into(),
     }
 }
 
@@ -77,7 +91,7 @@ fn ready(now: Timestamp, generation: i64) -> Condition {
         type_: "Ready".into(),
         status: "True".into(),
         reason: "Succeeded".into(),
-        message: format!("stored artifact for revision 'sha256:{}'", "0".repeat(64)),
+        message: format!("stored artifact for revision '{}@sha256:{}'", ETAG.trim_matches('"'), "0".repeat(64)),
         last_transition_time: Time(now),
         observed_generation: Some(generation),
     }
@@ -91,8 +105,13 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     let now = Timestamp::now();
     let published = artifact(ns, name, &now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
 
-    let finalizer = json!({ "metadata": { "finalizers": ["source.flux.oddkin.co/finalizer"] } });
-    let es = sources.patch(name, &PatchParams::default(), &Patch::Merge(finalizer)).await?;
+    // As the controller adds it: a JSON patch that holds only if the list is still empty.
+    let finalizer: json_patch::Patch = serde_json::from_value(json!([
+        { "op": "test", "path": "/metadata/finalizers", "value": null },
+        { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
+    ]))
+    .map_err(kube::Error::SerdeError)?;
+    let es = sources.patch(name, &PatchParams::default(), &Patch::Json::<()>(finalizer)).await?;
     let generation = es.metadata.generation.unwrap_or(1);
 
     let mut ea = ExternalArtifact::new(
@@ -122,7 +141,7 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
         },
         action: Some("Reconciling".into()),
         reason: Some("NewArtifact".into()),
-        note: Some(format!("stored artifact for revision 'sha256:{}'", "0".repeat(64))),
+        note: Some(format!("stored artifact for revision '{}@sha256:{}'", ETAG.trim_matches('"'), "0".repeat(64))),
         type_: Some("Normal".into()),
         event_time: Some(MicroTime(now)),
         reporting_controller: Some("externalsource-controller".into()),
@@ -142,6 +161,7 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     let status = ExternalSourceStatus {
         conditions: vec![ready(now, generation)],
         published_paths: vec![published.path.clone()],
+        last_handled_e_tag: Some(ETAG.to_owned()),
         artifact: Some(published),
         artifact_generation: Some(generation),
         observed_generation: Some(generation),
