@@ -339,11 +339,7 @@ async fn run_controller(
         None => ctx,
     });
     tracing::info!(concurrency = config.controller.concurrency, "controller starting");
-    // A task of the runtime, not a future of this (the main) thread: every reconcile is polled
-    // inside it and waits on the API client's tasks, which run on the workers. From the main
-    // thread each answer was a wake-up across threads; on a worker it is mostly a local one.
-    let mut controller =
-        tokio::spawn(controller::run(ctx, config.controller.concurrency, shutdown.clone().cancelled_owned()));
+    let controller = controller::run(ctx, config.controller.concurrency, shutdown.clone().cancelled_owned());
     let lost = async {
         match &elector {
             Some(e) => e.hold().await,
@@ -351,17 +347,10 @@ async fn run_controller(
         }
     };
     let result = tokio::select! {
-        ended = &mut controller => match ended {
-            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-            _ => Ok(()),
-        },
+        _ = controller => Ok(()),
         _ = lost => {
             readiness.set(false);
             shutdown.cancel();
-            // Stopped before the lease is released: no reconcile of this replica may overlap
-            // the next leader's.
-            controller.abort();
-            let _ = controller.await;
             Err(AppError::LeadershipLost)
         }
     };
