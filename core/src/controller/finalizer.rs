@@ -61,8 +61,9 @@ pub async fn release(api: &Api<ExternalSource>, finalizer: &str, es: &ExternalSo
     }
 }
 
-/// Appends `finalizer` to the list `current`, if the list is still exactly that.
-fn add_patch(current: &[String], finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
+/// Appends `finalizer` to the list `current`, if the list is still exactly that (a JSON patch that
+/// tests the list first, so a concurrent edit fails it instead of being overwritten).
+pub fn add_patch(current: &[String], finalizer: &str) -> Result<json_patch::Patch, kube::Error> {
     let ops = if current.is_empty() {
         json!([
             {"op": "test", "path": "/metadata/finalizers", "value": Value::Null},

@@ -27,7 +27,10 @@ use externalsource_core::controller::api::{
     API_VERSION, Artifact, ExternalArtifact, ExternalArtifactSpec, ExternalArtifactStatus, ExternalSource,
     ExternalSourceStatus, SourceRef,
 };
+use externalsource_core::controller::finalizer::add_patch;
 use externalsource_core::controller::reconcile::{ETAG_METADATA, FINALIZER, SOURCE_METADATA};
+use externalsource_core::controller::revision::revision;
+use externalsource_core::digest::Digest;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -70,12 +73,13 @@ const ETAG: &str = "\"6b13bc30-57a9\"";
 /// The artifact as the controller publishes it for the bench's sources: revision `<etag>@<digest>`,
 /// the ETag and the redacted upstream URL in its metadata.
 fn artifact(ns: &str, name: &str, now: &str) -> Artifact {
-    let digest = format!("sha256:{}", "0".repeat(64));
+    let digest = zero_digest();
+    let hex = &digest.as_str()["sha256:".len()..];
     Artifact {
-        url: format!("http://127.0.0.1:9090/artifacts/{ns}/{name}/{}.tar.gz", "0".repeat(64)),
-        revision: format!("{}@{digest}", ETAG.trim_matches('"')),
-        digest,
-        path: format!("artifacts/{ns}/{name}/{}.tar.gz", "0".repeat(64)),
+        url: format!("http://127.0.0.1:9090/artifacts/{ns}/{name}/{hex}.tar.gz"),
+        revision: revision(Some(ETAG), &digest),
+        path: format!("artifacts/{ns}/{name}/{hex}.tar.gz"),
+        digest: digest.to_string(),
         size: 4096,
         last_update_time: now.to_owned(),
         metadata: [
@@ -86,12 +90,22 @@ fn artifact(ns: &str, name: &str, now: &str) -> Artifact {
     }
 }
 
+/// A digest of the right shape; nothing reads the bytes behind it.
+fn zero_digest() -> Digest {
+    Digest::of(b"")
+}
+
+/// The message of the controller's Ready condition and Event for the artifact.
+fn stored_message() -> String {
+    format!("stored artifact for revision '{}'", revision(Some(ETAG), &zero_digest()))
+}
+
 fn ready(now: Timestamp, generation: i64) -> Condition {
     Condition {
         type_: "Ready".into(),
         status: "True".into(),
         reason: "Succeeded".into(),
-        message: format!("stored artifact for revision '{}@sha256:{}'", ETAG.trim_matches('"'), "0".repeat(64)),
+        message: stored_message(),
         last_transition_time: Time(now),
         observed_generation: Some(generation),
     }
@@ -105,12 +119,8 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     let now = Timestamp::now();
     let published = artifact(ns, name, &now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
 
-    // As the controller adds it: a JSON patch that holds only if the list is still empty.
-    let finalizer: json_patch::Patch = serde_json::from_value(json!([
-        { "op": "test", "path": "/metadata/finalizers", "value": null },
-        { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
-    ]))
-    .map_err(kube::Error::SerdeError)?;
+    // The controller's own patch for a source without finalizers.
+    let finalizer = add_patch(&[], FINALIZER)?;
     let es = sources.patch(name, &PatchParams::default(), &Patch::Json::<()>(finalizer)).await?;
     let generation = es.metadata.generation.unwrap_or(1);
 
@@ -141,7 +151,7 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
         },
         action: Some("Reconciling".into()),
         reason: Some("NewArtifact".into()),
-        note: Some(format!("stored artifact for revision '{}@sha256:{}'", ETAG.trim_matches('"'), "0".repeat(64))),
+        note: Some(stored_message()),
         type_: Some("Normal".into()),
         event_time: Some(MicroTime(now)),
         reporting_controller: Some("externalsource-controller".into()),
