@@ -168,6 +168,11 @@ fn watch_endpoints(
 struct Downloads {
     ok: AtomicUsize,
     retried: AtomicUsize,
+    /// Bodies cut because the replica sending them was killed with SIGKILL (retried, as Flux
+    /// retries a failed fetch on its next reconcile): no server can finish those.
+    cut_by_kill: AtomicUsize,
+    /// The replica killed with SIGKILL (its server port) and when.
+    killed: Mutex<Option<(u16, Instant)>>,
     failures: Mutex<Vec<String>>,
     /// When each successful download ended.
     successes: Mutex<Vec<Instant>>,
@@ -180,6 +185,21 @@ impl Downloads {
 
     fn failures(&self) -> Vec<String> {
         self.failures.lock().unwrap().clone()
+    }
+
+    /// From now on, a body from `port` cut short is the kill's doing, not a failure.
+    fn killing(&self, port: u16) {
+        *self.killed.lock().unwrap() = Some((port, Instant::now()));
+    }
+
+    /// The killed replica runs again: a body it cuts from now on is a failure.
+    fn revived(&self) {
+        self.killed.lock().unwrap().take();
+    }
+
+    /// Whether a body from `port` cut short now was cut by a SIGKILL of its sender.
+    fn cut_by_kill_of(&self, port: u16) -> bool {
+        self.killed.lock().unwrap().is_some_and(|(killed, at)| killed == port && Instant::now() >= at)
     }
 
     /// The longest time without a successful download since `t` (downloads already under way
@@ -199,8 +219,9 @@ impl Downloads {
 }
 
 /// One Flux-like download of `path` through the Service: refused connections, resets before
-/// the status line and 503 are retried (up to `deadline`); a 404, another status, a truncated
-/// body or a digest mismatch is a failure. `read_delay` slows reading, to keep downloads in
+/// the status line and 503 are retried (up to `deadline`), and so is a body cut by a SIGKILL of
+/// the replica sending it; a 404, another status, any other truncated body or a digest mismatch
+/// is a failure. `read_delay` slows reading, to keep downloads in
 /// flight.
 async fn download(
     client: &reqwest::Client,
@@ -213,7 +234,7 @@ async fn download(
 ) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut attempt = n;
-    loop {
+    'attempt: loop {
         if Instant::now() > deadline {
             return downloads.fail(format!("{path}: no replica served it within 60 s"));
         }
@@ -247,6 +268,11 @@ async fn download(
             match response.chunk().await {
                 Ok(Some(c)) => body.extend_from_slice(&c),
                 Ok(None) => break,
+                Err(_) if downloads.cut_by_kill_of(port) => {
+                    downloads.cut_by_kill.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue 'attempt;
+                }
                 Err(e) => {
                     return downloads.fail(format!("{path} from :{port}: body cut after {} bytes: {e}", body.len()));
                 }
@@ -361,12 +387,14 @@ async fn memory_leader_killed_the_standby_restores_and_no_download_fails() {
         })
     };
     let killed = Instant::now();
+    downloads.killing(a.server_port);
     a.kill();
     b.wait_ready().await;
     let ready_after = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let window = downloads.longest_gap_since(killed).expect("downloads after the failover");
     // The old leader comes back as a standby: it must not turn Ready beside the leader.
+    downloads.revived();
     a.start();
     tokio::time::sleep(LEASE).await;
     assert!(!a.ready(&http).await, "a restarted replica stays standby while the leader holds the lease");
@@ -380,9 +408,10 @@ async fn memory_leader_killed_the_standby_restores_and_no_download_fails() {
 
     eprintln!(
         "memory failover: standby Ready {ready_after:?} after kill -9, clients resumed after {window:?}; \
-         {} downloads ok, {} retries",
+         {} downloads ok, {} retries, {} cut by the kill",
         downloads.ok.load(Ordering::Relaxed),
-        downloads.retried.load(Ordering::Relaxed)
+        downloads.retried.load(Ordering::Relaxed),
+        downloads.cut_by_kill.load(Ordering::Relaxed)
     );
     assert_eq!(downloads.failures(), Vec::<String>::new(), "no 404, no digest mismatch");
     assert_eq!(watch.both_ready_samples.load(Ordering::Relaxed), 0, "both replicas Ready at once");
@@ -429,7 +458,8 @@ async fn s3_rolling_restart_and_leader_kill_fail_no_download() {
 
 /// Two replicas over a shared store, both Ready: SIGTERM of each in turn during 200 slow
 /// downloads with new ones arriving (a rolling restart) fails none; then kill -9 of the leader
-/// loses nothing, and the new leader publishes a new revision.
+/// fails nothing but the bodies it was still sending (those are retried, as Flux retries a
+/// fetch), and the new leader publishes a new revision.
 async fn shared_store_rolling_restart_and_leader_kill(dir: &Path, storage: &str, what: &str) {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace(&format!("failover-{what}")).await;
@@ -477,6 +507,7 @@ async fn shared_store_rolling_restart_and_leader_kill(dir: &Path, storage: &str,
     let holder = leases.get("externalsource-controller-leader").await.unwrap().spec.unwrap().holder_identity.unwrap();
     let (leader, standby) = if holder == a.name { (&mut a, &mut b) } else { (&mut b, &mut a) };
     let killed = Instant::now();
+    downloads.killing(leader.server_port);
     leader.kill();
     let updated: Vec<u8> = payload.iter().map(|b| b.wrapping_add(1)).collect();
     upstream.set(Reply::ok(updated.clone()));
@@ -498,9 +529,11 @@ async fn shared_store_rolling_restart_and_leader_kill(dir: &Path, storage: &str,
     }
     watcher.await.unwrap();
     eprintln!(
-        "{what}: new revision published {took_over:?} after kill -9 of the leader; {} downloads ok, {} retries",
+        "{what}: new revision published {took_over:?} after kill -9 of the leader; {} downloads ok, {} retries, \
+         {} cut by the kill and retried",
         downloads.ok.load(Ordering::Relaxed),
-        downloads.retried.load(Ordering::Relaxed)
+        downloads.retried.load(Ordering::Relaxed),
+        downloads.cut_by_kill.load(Ordering::Relaxed)
     );
     assert_eq!(downloads.failures(), Vec::<String>::new());
     assert!(watch.both_ready_samples.load(Ordering::Relaxed) > 0, "a shared store makes every replica Ready");
