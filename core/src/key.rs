@@ -107,6 +107,14 @@ impl AsRef<str> for ObjectKey {
     }
 }
 
+/// Keys compare, order and hash as their text, so ordered indexes of keys can be searched by a
+/// `str` prefix.
+impl std::borrow::Borrow<str> for ObjectKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

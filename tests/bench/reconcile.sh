@@ -22,7 +22,7 @@
 #   same concurrency, and nothing else; the count's point is reported as a fraction of the
 #   sources/s that rate allows. Once before the curve, the floor at 4x the concurrency for
 #   RECONCILE_FLOOR_SOURCES (default 2,000) sources shows whether concurrency holds it back.
-#   Counts up to RECONCILE_REPEAT_MAX (default 5,000) are measured RECONCILE_REPEATS times (default
+#   Counts up to RECONCILE_REPEAT_MAX (default 10,000) are measured RECONCILE_REPEATS times (default
 #   3: a floor, then ours, and again), each side reported as its median: between two runs an hour
 #   apart the floor moved by 20 %, and a short run is the most exposed.
 #   RECONCILE_STEADY (seconds, default 0) measures the last point's steady state for that long
@@ -46,7 +46,7 @@ RECONCILE_TIMEOUT=${RECONCILE_TIMEOUT:-900}
 RECONCILE_CURVE=${RECONCILE_CURVE:-}
 RECONCILE_FLOOR_SOURCES=${RECONCILE_FLOOR_SOURCES:-2000}
 RECONCILE_REPEATS=${RECONCILE_REPEATS:-3}
-RECONCILE_REPEAT_MAX=${RECONCILE_REPEAT_MAX:-5000}
+RECONCILE_REPEAT_MAX=${RECONCILE_REPEAT_MAX:-10000}
 RECONCILE_STEADY=${RECONCILE_STEADY:-0}
 RECONCILE_PER_SOURCE_HISTOGRAMS=${RECONCILE_PER_SOURCE_HISTOGRAMS:-true}
 RECONCILE_PROFILE=${RECONCILE_PROFILE:-0}

@@ -3,6 +3,9 @@
 //! Objects are immutable [`Bytes`], so serving hands out cheap clones and slices; nothing is
 //! copied per request. A byte budget bounds what the process may hold.
 
+use std::collections::BTreeSet;
+use std::ops::Bound;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -34,13 +37,31 @@ impl Default for MemorySettings {
 /// Objects in a concurrent map, with a byte budget.
 pub struct MemoryStorage {
     objects: DashMap<ObjectKey, (Bytes, ObjectMeta)>,
+    /// The keys of `objects` in order, so listing a prefix (each reconcile's garbage collection)
+    /// reads only that prefix's keys, not every object held: with thousands of sources a scan per
+    /// reconcile made a backlog quadratic. Changed under the object's shard lock, so it never
+    /// disagrees with `objects` for long; read without holding any shard lock.
+    keys: RwLock<BTreeSet<ObjectKey>>,
     used: AtomicU64,
     max_bytes: u64,
 }
 
 impl MemoryStorage {
     pub fn new(max_bytes: u64) -> Self {
-        Self { objects: DashMap::new(), used: AtomicU64::new(0), max_bytes }
+        Self { objects: DashMap::new(), keys: RwLock::default(), used: AtomicU64::new(0), max_bytes }
+    }
+
+    /// The keys that start with `prefix`, in order.
+    fn keys_under(&self, prefix: &str) -> Vec<ObjectKey> {
+        let keys = self.keys.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        keys.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|k| k.as_str().starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    fn index(&self) -> std::sync::RwLockWriteGuard<'_, BTreeSet<ObjectKey>> {
+        self.keys.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Bytes currently held.
@@ -84,10 +105,13 @@ impl Backend for MemoryStorage {
         // account for exactly the object they replace.
         let slot = self.objects.entry(key.clone());
         let replaced = match &slot {
-            dashmap::Entry::Occupied(old) => old.get().1.size,
-            dashmap::Entry::Vacant(_) => 0,
+            dashmap::Entry::Occupied(old) => Some(old.get().1.size),
+            dashmap::Entry::Vacant(_) => None,
         };
-        self.reserve(key, size, replaced)?;
+        self.reserve(key, size, replaced.unwrap_or(0))?;
+        if replaced.is_none() {
+            self.index().insert(key.clone());
+        }
         slot.insert(entry);
         Ok(())
     }
@@ -103,17 +127,18 @@ impl Backend for MemoryStorage {
     }
 
     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> {
-        if let Some((_, (_, meta))) = self.objects.remove(key) {
+        if let dashmap::Entry::Occupied(slot) = self.objects.entry(key.clone()) {
+            self.index().remove(key);
+            let (_, meta) = slot.remove();
             self.used.fetch_sub(meta.size, Ordering::AcqRel);
         }
         Ok(())
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> {
-        let matching = self.objects.iter().filter(|e| e.key().as_str().starts_with(prefix));
-        let mut out: Vec<ObjectSummary> = matching.map(|e| e.1.clone().into()).collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        let keys = self.keys_under(prefix);
+        // A key deleted since the index was read is simply not listed.
+        Ok(keys.iter().filter_map(|k| self.objects.get(k).map(|e| e.1.clone().into())).collect())
     }
 
     /// Without the artifact server nothing can download the objects: the predecessor's form.

@@ -36,3 +36,41 @@ fn settings_parse_sizes_and_name_bad_values_and_their_source() {
     let err = parse("max_byte = 5", &[]).unwrap_err();
     assert!(err.contains("max_byte"), "{err}");
 }
+
+/// The ordered key index that `list` reads stays equal to the objects held while puts, deletes
+/// and refused puts race on the same keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_index_matches_the_objects_after_racing_puts_and_deletes() {
+    let storage = std::sync::Arc::new(MemoryStorage::new(4096));
+    let keys: Vec<ObjectKey> =
+        (0..6).map(|i| ObjectKey::parse(&format!("artifacts/ns/race-{i}/a.tar.gz")).unwrap()).collect();
+    let mut tasks = Vec::new();
+    for t in 0..4usize {
+        let (storage, keys) = (storage.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            for round in 0..500usize {
+                let key = &keys[(t * 7 + round) % keys.len()];
+                // Every fifth body is over the whole budget: refused, and never indexed.
+                let body = Bytes::from(vec![t as u8; if round % 5 == 0 { 5000 } else { 100 + round % 300 }]);
+                if (round + t) % 3 == 0 {
+                    storage.delete(key).await.unwrap();
+                } else {
+                    let _ = storage.put(key, body.clone(), &Digest::of(&body)).await;
+                }
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut held: Vec<String> = storage.objects.iter().map(|e| e.key().to_string()).collect();
+    held.sort();
+    let listed: Vec<String> =
+        storage.list("artifacts/").await.unwrap().into_iter().map(|o| o.key.to_string()).collect();
+    let indexed: Vec<String> = storage.keys.read().unwrap().iter().map(|k| k.to_string()).collect();
+    assert_eq!(listed, held);
+    assert_eq!(indexed, held);
+    let used: u64 = storage.objects.iter().map(|e| e.1.size).sum();
+    assert_eq!(storage.used_bytes(), used);
+}
