@@ -171,8 +171,8 @@ struct Downloads {
     /// Bodies cut because the replica sending them was killed with SIGKILL (retried, as Flux
     /// retries a failed fetch on its next reconcile): no server can finish those.
     cut_by_kill: AtomicUsize,
-    /// The replica killed with SIGKILL (its server port) and when.
-    killed: Mutex<Option<(u16, Instant)>>,
+    /// The server port of the replica killed with SIGKILL, until it runs again.
+    killed: Mutex<Option<u16>>,
     failures: Mutex<Vec<String>>,
     /// When each successful download ended.
     successes: Mutex<Vec<Instant>>,
@@ -189,7 +189,7 @@ impl Downloads {
 
     /// From now on, a body from `port` cut short is the kill's doing, not a failure.
     fn killing(&self, port: u16) {
-        *self.killed.lock().unwrap() = Some((port, Instant::now()));
+        *self.killed.lock().unwrap() = Some(port);
     }
 
     /// The killed replica runs again: a body it cuts from now on is a failure.
@@ -199,7 +199,7 @@ impl Downloads {
 
     /// Whether a body from `port` cut short now was cut by a SIGKILL of its sender.
     fn cut_by_kill_of(&self, port: u16) -> bool {
-        self.killed.lock().unwrap().is_some_and(|(killed, at)| killed == port && Instant::now() >= at)
+        *self.killed.lock().unwrap() == Some(port)
     }
 
     /// The longest time without a successful download since `t` (downloads already under way
@@ -217,6 +217,9 @@ impl Downloads {
         longest
     }
 }
+
+/// How long the Flux-like client waits before it tries a download again.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// One Flux-like download of `path` through the Service: refused connections, resets before
 /// the status line and 503 are retried (up to `deadline`), and so is a body cut by a SIGKILL of
@@ -240,7 +243,7 @@ async fn download(
         }
         attempt += 1;
         let Some(port) = endpoints.pick(attempt) else {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(RETRY_PAUSE).await;
             continue;
         };
         let response = match client.get(format!("http://127.0.0.1:{port}/{path}")).send().await {
@@ -248,7 +251,7 @@ async fn download(
             // Refused (the listener closed) or reset before a response: the client retries.
             Err(_) => {
                 downloads.retried.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
         };
@@ -256,7 +259,7 @@ async fn download(
             200 => {}
             503 => {
                 downloads.retried.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                tokio::time::sleep(RETRY_PAUSE).await;
                 continue;
             }
             other => return downloads.fail(format!("{path} from :{port}: HTTP {other}")),
@@ -270,7 +273,7 @@ async fn download(
                 Ok(None) => break,
                 Err(_) if downloads.cut_by_kill_of(port) => {
                     downloads.cut_by_kill.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                     continue 'attempt;
                 }
                 Err(e) => {
