@@ -19,21 +19,22 @@ pub const MAX_PATH_LEN: usize = 1024;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationPath(String);
 
-/// Why a destination path was refused. Messages name the rule so the status can quote them.
+/// Why a destination path was refused. Messages name the rule only: the caller, which knows the
+/// field, quotes the value once beside it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
     #[error("must not be empty")]
     Empty,
-    #[error("{0:?} is absolute; it must be relative to the artifact root")]
-    Absolute(String),
-    #[error("{0:?} contains a backslash; use '/' as the separator")]
-    Backslash(String),
-    #[error("{0:?} contains a '..' segment; it must stay inside the artifact")]
-    ParentSegment(String),
-    #[error("{0:?} contains a control character")]
-    ControlCharacter(String),
-    #[error("{0:?} names a directory; it must name a file")]
-    Directory(String),
+    #[error("is absolute; it must be relative to the artifact root")]
+    Absolute,
+    #[error("contains a backslash; use '/' as the separator")]
+    Backslash,
+    #[error("contains a '..' segment; it must stay inside the artifact")]
+    ParentSegment,
+    #[error("contains a control character")]
+    ControlCharacter,
+    #[error("names a directory; it must name a file")]
+    Directory,
     #[error("is {0} bytes long; the limit is {MAX_PATH_LEN}")]
     TooLong(usize),
 }
@@ -48,22 +49,22 @@ impl DestinationPath {
             return Err(PathError::TooLong(input.len()));
         }
         if input.contains('\\') {
-            return Err(PathError::Backslash(input.to_owned()));
+            return Err(PathError::Backslash);
         }
         if input.chars().any(char::is_control) {
-            return Err(PathError::ControlCharacter(input.to_owned()));
+            return Err(PathError::ControlCharacter);
         }
         if input.starts_with('/') {
-            return Err(PathError::Absolute(input.to_owned()));
+            return Err(PathError::Absolute);
         }
         if input.ends_with('/') || input.ends_with("/.") || input == "." {
-            return Err(PathError::Directory(input.to_owned()));
+            return Err(PathError::Directory);
         }
         let mut segments = Vec::new();
         for segment in input.split('/') {
             match segment {
                 "" | "." => {}
-                ".." => return Err(PathError::ParentSegment(input.to_owned())),
+                ".." => return Err(PathError::ParentSegment),
                 s => segments.push(s),
             }
         }
@@ -243,14 +244,14 @@ mod tests {
     fn path_rules() {
         assert_eq!(path("data").as_str(), "data");
         assert_eq!(path("./x/./y.json").as_str(), "x/y.json");
-        assert!(matches!(DestinationPath::parse("../x"), Err(PathError::ParentSegment(_))));
-        assert!(matches!(DestinationPath::parse("a/../../x"), Err(PathError::ParentSegment(_))));
-        assert!(matches!(DestinationPath::parse("/etc/passwd"), Err(PathError::Absolute(_))));
-        assert!(matches!(DestinationPath::parse("a\\b"), Err(PathError::Backslash(_))));
-        assert!(matches!(DestinationPath::parse("a/"), Err(PathError::Directory(_))));
+        assert!(matches!(DestinationPath::parse("../x"), Err(PathError::ParentSegment)));
+        assert!(matches!(DestinationPath::parse("a/../../x"), Err(PathError::ParentSegment)));
+        assert!(matches!(DestinationPath::parse("/etc/passwd"), Err(PathError::Absolute)));
+        assert!(matches!(DestinationPath::parse("a\\b"), Err(PathError::Backslash)));
+        assert!(matches!(DestinationPath::parse("a/"), Err(PathError::Directory)));
         assert!(matches!(DestinationPath::parse(""), Err(PathError::Empty)));
-        assert!(matches!(DestinationPath::parse("./"), Err(PathError::Directory(_))));
-        assert!(matches!(DestinationPath::parse("a\nb"), Err(PathError::ControlCharacter(_))));
+        assert!(matches!(DestinationPath::parse("./"), Err(PathError::Directory)));
+        assert!(matches!(DestinationPath::parse("a\nb"), Err(PathError::ControlCharacter)));
         assert!(matches!(DestinationPath::parse(&"a".repeat(2000)), Err(PathError::TooLong(2000))));
     }
 

@@ -303,6 +303,7 @@ mod tests {
     fn problems_name_the_field_and_value() {
         let e = Plan::from_spec(&spec("5m", Some("../etc/passwd"), "http://x.invalid/"), &defaults()).unwrap_err();
         assert!(e.message.starts_with("spec.destinationPath: \"../etc/passwd\""), "{}", e.message);
+        assert_eq!(e.message.matches("etc/passwd").count(), 1, "the value is quoted once: {}", e.message);
         let e = Plan::from_spec(&spec("often", None, "http://x.invalid/"), &defaults()).unwrap_err();
         assert!(e.message.starts_with("spec.interval: \"often\""), "{}", e.message);
         let e = Plan::from_spec(&spec("5m", None, "file:///etc/passwd"), &defaults()).unwrap_err();
