@@ -99,6 +99,10 @@ async fn secret_headers_never_follow_a_scheme_downgrade() {
     let (reason, message) = failure(&api, "down").await;
     assert_eq!(reason, "FetchFailed");
     assert!(message.contains("another origin"), "{message}");
+    assert!(
+        message.contains("headers from a Secret (headersSecretRef or secretRef)"),
+        "names what it protected: {message}"
+    );
     assert!(!message.contains("t0k"), "{message}");
     assert_eq!(tls.request_count(), 1, "only the first, encrypted hop carried the header");
     ctl.stop().await;

@@ -145,6 +145,17 @@ async fn a_client_certificate_from_cert_secret_ref_passes_mtls() {
     let seen = upstream.requests();
     assert!(!seen.is_empty() && seen.iter().all(|r| r.status == 200), "every request passed the mTLS handshake");
 
+    // A redirect to another origin is refused, naming what it protected: the client certificate.
+    let elsewhere = Fixture::start(Reply::ok("elsewhere")).await;
+    let moved = Reply::status(302).with_header("location", &elsewhere.url("/"));
+    let redirecting = Fixture::start_mtls(moved, &m.server_cert, &m.server_key, &m.ca).await;
+    let spec = http_spec(&redirecting.url("/"), json!({"certSecretRef": {"name": "client-tls"}}));
+    api.create(&PostParams::default(), &source("redirected", &redirecting.url("/"), spec)).await.unwrap();
+    let message = wait_failing(&api, "redirected", "FetchFailed").await;
+    assert!(message.contains("another origin"), "{message}");
+    assert!(message.contains("a client certificate (certSecretRef)"), "names what it protected: {message}");
+    assert_eq!(elsewhere.request_count(), 0, "the redirect was not followed");
+
     // Half an identity is a configuration problem naming the key.
     put_secret(&secrets, "client-tls", json!({"ca.crt": m.ca, "tls.crt": m.client_cert})).await;
     let message = wait_failing(&api, "mtls", "SecretNotFound").await;

@@ -140,7 +140,41 @@ struct ClientKey {
     tls: TlsSettings,
     proxy: Option<ProxySettings>,
     /// Clients that carry Secret headers or a client certificate refuse cross-host redirects.
-    confine_redirects: bool,
+    confine_redirects: Option<Credential>,
+}
+
+/// What a request carries that must not reach another origin: named in the refusal, so a user
+/// knows which of the source's Secrets the redirect would have exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Credential {
+    /// From `headersSecretRef` or `secretRef` (an Authorization header).
+    SecretHeaders,
+    /// From `certSecretRef` (mTLS).
+    ClientCertificate,
+    Both,
+}
+
+impl Credential {
+    fn of(headers: &HeaderMap, client_certificate: bool) -> Option<Self> {
+        match (!headers.is_empty(), client_certificate) {
+            (true, true) => Some(Self::Both),
+            (true, false) => Some(Self::SecretHeaders),
+            (false, true) => Some(Self::ClientCertificate),
+            (false, false) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::SecretHeaders => "headers from a Secret (headersSecretRef or secretRef)",
+            Self::ClientCertificate => "a client certificate (certSecretRef)",
+            Self::Both => {
+                "headers from a Secret (headersSecretRef or secretRef) and a client certificate (certSecretRef)"
+            }
+        })
+    }
 }
 
 /// Clients kept at most; past it the pool starts afresh (rotated Secrets leave old keys behind).
@@ -202,10 +236,10 @@ impl Fetcher {
             // http downgrade), same host, same port.
             let origin = |u: &Url| (u.scheme().to_owned(), u.host_str().map(str::to_owned), u.port_or_known_default());
             let first = attempt.previous().first().map(origin);
-            if confine && first.is_some_and(|f| f != origin(attempt.url())) {
-                return attempt.error(
-                    "redirect to another origin (scheme, host or port) refused: the request carries headers from a Secret",
-                );
+            if let Some(credential) = confine.filter(|_| first.is_some_and(|f| f != origin(attempt.url()))) {
+                return attempt.error(format!(
+                    "redirect to another origin (scheme, host or port) refused: the request carries {credential}"
+                ));
             }
             attempt.follow()
         });
@@ -261,7 +295,7 @@ impl Fetcher {
         let client = self.client(ClientKey {
             tls: req.tls.clone(),
             proxy: req.proxy.clone(),
-            confine_redirects: !req.headers.is_empty() || req.tls.client_identity.is_some(),
+            confine_redirects: Credential::of(&req.headers, req.tls.client_identity.is_some()),
         })?;
         let mut builder = client
             .request(req.method.clone(), req.url.clone())
