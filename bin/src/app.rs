@@ -259,6 +259,7 @@ async fn run_controller(
     restoring: Restoring,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    crate::legacy_env::warn_unread();
     let client = kube::Client::try_default().await.map_err(AppError::Kube)?;
     controller::check_crds(&client).await?;
     let shared = storage.capabilities().shared;

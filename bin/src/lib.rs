@@ -6,6 +6,7 @@ mod app;
 mod backends;
 mod cli;
 mod hook_executor;
+mod legacy_env;
 mod limits;
 mod telemetry;
 

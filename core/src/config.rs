@@ -247,7 +247,7 @@ pub fn default_deny_cidrs() -> Vec<IpNet> {
 }
 
 /// Environment variables the core reads, with the key each one sets. Backends read their own.
-const ENV_KEYS: &[(&str, &str)] = &[
+pub const ENV_KEYS: &[(&str, &str)] = &[
     ("ARTIFACT_SERVER_ENABLED", "server.enabled"),
     ("ARTIFACT_SERVER_PORT", "server.port"),
     ("ARTIFACT_SERVER_ADVERTISE_URL", "server.advertise_url"),
