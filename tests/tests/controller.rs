@@ -35,7 +35,7 @@ async fn source_becomes_ready_with_a_servable_artifact_and_no_churn() {
     let (code, bytes) = download(&ea_art.url).await;
     assert_eq!(code, 200);
     assert_eq!(sha256(&bytes), ea_art.digest, "digest is the sha256 of the served bytes");
-    assert_eq!(ea_art.size as usize, bytes.len());
+    assert_eq!(ea_art.size, Some(bytes.len() as i64));
     assert_eq!(ea_art.path, format!("artifacts/{ns}/app/{}.tar.gz", &ea_art.digest[7..]));
     assert_eq!(ea_art.revision, format!("v1@{}", ea_art.digest));
     assert_eq!(ea_art.metadata.get("etag").map(String::as_str), Some("\"v1\""));

@@ -234,14 +234,25 @@ pub struct ExternalSourceStatus {
 }
 
 /// An artifact, in Flux's shape (also used in `ExternalArtifact.status.artifact`).
+///
+/// Flux's schema requires only `url`, `revision`, `path` and `lastUpdateTime`, and the Go
+/// predecessor wrote ExternalSource artifacts with neither `digest`, `path` nor `size`: objects we
+/// did not write must still parse (one that does not would stop every list of its kind). An
+/// absent `digest` or `path` reads as empty, which names no stored artifact, so such a source is
+/// fetched and published again on its first reconcile. Every artifact this controller writes has
+/// all of them.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Artifact {
     pub url: String,
     pub revision: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub digest: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub path: String,
-    pub size: i64,
+    /// Bytes of the served `.tar.gz`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<i64>,
     pub last_update_time: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
@@ -262,12 +273,15 @@ pub struct ExternalArtifactSpec {
     pub source_ref: Option<SourceRef>,
 }
 
+/// Flux requires only `kind` and `name`; the others are optional there (we always write them).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceRef {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub api_version: String,
     pub kind: String,
     pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
 }
 

@@ -17,9 +17,11 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
 use kube::runtime::events::{Event, EventType};
 use serde_json::json;
+
+use super::writer;
 
 /// How long after its last occurrence an Event is still counted on rather than created anew
 /// (client-go's and kube-runtime's window is of this order).
@@ -76,7 +78,7 @@ impl EventRecorder {
         if let Some(series) = repeat {
             let patch =
                 json!({"series": EventSeries { count: series.count, last_observed_time: MicroTime(Timestamp::now()) }});
-            match api.patch(&series.name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api.patch(&series.name, &writer::patch(), &Patch::Merge(&patch)).await {
                 Ok(_) => {
                     self.remember(key, series);
                     return Ok(());
@@ -87,7 +89,7 @@ impl EventRecorder {
             }
         }
         let event = self.new_event(ev, regarding, &namespace);
-        let created = api.create(&PostParams::default(), &event).await?;
+        let created = api.create(&writer::post(), &event).await?;
         let name = created.metadata.name.unwrap_or_default();
         self.remember(key, Series { name, count: 1, last_seen: now });
         Ok(())

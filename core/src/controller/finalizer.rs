@@ -12,11 +12,12 @@
 
 use std::sync::Arc;
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use super::api::ExternalSource;
+use super::writer;
 
 /// What a reconcile of `es` is to do, given its finalizer and deletion state.
 #[derive(Debug)]
@@ -43,7 +44,7 @@ pub async fn step(api: &Api<ExternalSource>, finalizer: &str, es: Arc<ExternalSo
         (None, true) => Ok(Step::Done),
         (None, false) => {
             let patch = add_patch(es.finalizers(), finalizer)?;
-            let updated = api.patch(&es.name_any(), &PatchParams::default(), &Patch::Json::<()>(patch)).await?;
+            let updated = api.patch(&es.name_any(), &writer::patch(), &Patch::Json::<()>(patch)).await?;
             Ok(Step::Apply(Arc::new(updated)))
         }
     }
@@ -52,8 +53,7 @@ pub async fn step(api: &Api<ExternalSource>, finalizer: &str, es: Arc<ExternalSo
 /// Removes `finalizer` from `es` after its cleanup. An object already gone is released.
 pub async fn release(api: &Api<ExternalSource>, finalizer: &str, es: &ExternalSource) -> Result<(), kube::Error> {
     let Some(index) = position(es, finalizer) else { return Ok(()) };
-    match api.patch(&es.name_any(), &PatchParams::default(), &Patch::Json::<()>(remove_patch(index, finalizer)?)).await
-    {
+    match api.patch(&es.name_any(), &writer::patch(), &Patch::Json::<()>(remove_patch(index, finalizer)?)).await {
         Ok(_) => Ok(()),
         // A stale queue entry after the release: deletion is complete, not failed.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
@@ -22,7 +22,9 @@ use super::flux_events::{Notice, Severity};
 use super::metrics::ObjectLabels;
 use super::outcome::{self, Outcome, Retry, StatusInputs};
 use super::plan::ConfigProblem;
+use super::readable::Readable;
 use super::reconcile::{Context, Error, key_of};
+use super::writer;
 use crate::key::artifact_dir;
 
 /// What a finished reconcile tells the controller runtime and the metrics.
@@ -55,7 +57,7 @@ pub async fn finish(
 
     if let Outcome::Ready { artifact, new, .. } = &outcome {
         let labels = ObjectLabels { namespace: ns.clone(), name: name.clone() };
-        ctx.metrics.storage_bytes.get_or_create(&labels).set(artifact.size);
+        ctx.metrics.storage_bytes.get_or_create(&labels).set(artifact.size.unwrap_or_default());
         collect_garbage(ctx, &ns, &name, old, &status).await;
         // A put repeated after a lost status write is not news.
         if *new && previous.as_deref() != Some(artifact.path.as_str()) {
@@ -120,15 +122,44 @@ async fn publish(ctx: &Context, es: &ExternalSource, outcome: &Outcome) -> Resul
             written => return Ok(written?),
         }
     }
-    let existing = match api.get_opt(&name).await? {
+    let existing = match read_artifact(&api, es, &ns, &name).await? {
         Some(ea) if !owned_by(&ea, es) => {
             return Ok(if ready { Publication::Conflict(conflict(&ns, &name)) } else { Publication::Untouched });
         }
         Some(ea) => ea,
-        None if ready => api.create(&PostParams::default(), &new_artifact(es, &ns, &name)).await?,
+        None if ready => api.create(&writer::post(), &new_artifact(es, &ns, &name)).await?,
         None => return Ok(Publication::Untouched),
     };
     Ok(bring_in_line(ctx, &api, es, outcome, existing, Basis::Read).await?)
+}
+
+/// Reads the source's ExternalArtifact. One whose content does not parse (written under another
+/// schema) is read again as metadata only: someone else's is returned as it is, to be reported
+/// as a conflict and left untouched; ours gets its spec and status written afresh, since nothing
+/// in them can be trusted, so a reconcile never fails for ever on an object it owns.
+async fn read_artifact(
+    api: &Api<ExternalArtifact>,
+    es: &ExternalSource,
+    ns: &str,
+    name: &str,
+) -> Result<Option<ExternalArtifact>, kube::Error> {
+    let reason = match api.get_opt(name).await {
+        Err(kube::Error::SerdeError(reason)) => reason,
+        read => return read,
+    };
+    let Some(found) = api.get_metadata_opt(name).await? else { return Ok(None) };
+    let found = ExternalArtifact { metadata: found.metadata, spec: Default::default(), status: None };
+    if !owned_by(&found, es) {
+        return Ok(Some(found));
+    }
+    tracing::warn!(namespace = ns, name, %reason, "our ExternalArtifact does not parse; writing its spec and status afresh");
+    // Written through the lenient type: the API server answers with the whole object, whose
+    // other half may still not parse until both writes are done.
+    let lenient: Api<Readable<ExternalArtifact>> = Api::namespaced(api.clone().into_client(), ns);
+    lenient.patch_status(name, &writer::patch(), &Patch::Merge(json!({ "status": null }))).await?;
+    let spec = json!({ "spec": new_artifact(es, ns, name).spec });
+    lenient.patch(name, &writer::patch(), &Patch::Merge(spec)).await?;
+    api.get_opt(name).await
 }
 
 /// Where the ExternalArtifact a publication starts from came from.
@@ -155,7 +186,7 @@ async fn bring_in_line(
     let mut latest = existing;
     if let Some(patch) = metadata_patch(es, &latest) {
         let patch = with_precondition(patch, precondition.as_deref());
-        latest = api.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        latest = api.patch(&name, &writer::patch(), &Patch::Merge(patch)).await?;
     }
     let old = latest.status.clone().unwrap_or_default();
     let previous = old.artifact.as_ref().map(|a| a.path.clone());
@@ -197,7 +228,7 @@ async fn create(
     ns: &str,
     name: &str,
 ) -> Result<Option<ExternalArtifact>, kube::Error> {
-    match api.create(&PostParams::default(), &new_artifact(es, ns, name)).await {
+    match api.create(&writer::post(), &new_artifact(es, ns, name)).await {
         Ok(created) => Ok(Some(created)),
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(e),
@@ -354,7 +385,7 @@ where
         return Ok(None);
     }
     let patch = with_precondition(json!({ "status": clearing_merge_patch(old, new) }), version);
-    Ok(Some(api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch)).await?))
+    Ok(Some(api.patch_status(name, &writer::patch(), &Patch::Merge(patch)).await?))
 }
 
 /// `new` as a JSON merge patch over `old`: fields `old` had and `new` lacks become `null`, at
@@ -540,7 +571,7 @@ mod tests {
             revision: "r".into(),
             digest: "d".into(),
             path: "p".into(),
-            size: 1,
+            size: Some(1),
             last_update_time: "t".into(),
             metadata: Default::default(),
         };

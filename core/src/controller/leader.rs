@@ -21,8 +21,10 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 use tokio::time::Instant;
+
+use super::writer;
 
 /// Lease timings: client-go's defaults (15 s lease, 10 s renew deadline, 2 s retry).
 #[derive(Debug, Clone, Copy)]
@@ -152,7 +154,7 @@ impl LeaderElector {
                     ..Default::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match self.api.create(&writer::post(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                 Err(e) => Err(e),
@@ -177,7 +179,7 @@ impl LeaderElector {
         spec.holder_identity = Some(self.identity.clone());
         spec.lease_duration_seconds = Some(duration_secs);
         spec.renew_time = Some(MicroTime(now));
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self.api.replace(&self.name, &writer::post(), &lease).await {
             Ok(_) => Ok(true),
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
             Err(e) => Err(e),
@@ -239,7 +241,7 @@ impl LeaderElector {
             }
             spec.holder_identity = None;
             spec.renew_time = None;
-            if let Err(e) = self.api.replace(&self.name, &PostParams::default(), &lease).await {
+            if let Err(e) = self.api.replace(&self.name, &writer::post(), &lease).await {
                 tracing::warn!(lease = %self.name, error = %e, "releasing the lease failed");
             }
         };

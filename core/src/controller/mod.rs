@@ -18,11 +18,13 @@ pub mod memory;
 pub mod metrics;
 pub mod outcome;
 pub mod plan;
+pub mod readable;
 pub mod reconcile;
 pub mod redact;
 pub mod restore;
 pub mod revision;
 pub mod transform;
+pub mod writer;
 
 use std::future::Future;
 use std::hash::{Hash, Hasher};
@@ -40,10 +42,11 @@ use kube::runtime::{WatchStreamExt, watcher};
 use api::{ExternalArtifact, ExternalSource};
 use reconcile::{Context, FINALIZER, REQUESTED_AT, error_policy, reconcile};
 
-/// Failures that stop the controller from starting.
+/// Failures that stop the controller from starting. Each names what is missing: the CRD, or our
+/// permission to list it; never the content of an object.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("the {kind} CRD ({group}) is not installed or not readable: {source}; {hint}")]
+    #[error("the {kind} CRD ({group}) is not installed: {source}; {hint}")]
     MissingCrd {
         kind: &'static str,
         group: &'static str,
@@ -51,24 +54,60 @@ pub enum StartError {
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "this controller may not list {kind}s ({group}) in every namespace: {source}; grant it the ClusterRole \
+         shipped in deploy/base/rbac (or the chart's)"
+    )]
+    Forbidden {
+        kind: &'static str,
+        group: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("listing {kind}s ({group}) failed: {source}")]
+    List {
+        kind: &'static str,
+        group: &'static str,
+        #[source]
+        source: kube::Error,
+    },
 }
 
-/// Checks that both CRDs we use are served, so a missing install fails fast and clearly.
+/// One CRD [`check_crds`] looks for.
+struct Needed {
+    kind: &'static str,
+    group: &'static str,
+    hint: &'static str,
+}
+
+impl Needed {
+    /// Why listing failed, by the API server's answer.
+    fn failure(&self, source: kube::Error) -> StartError {
+        let Self { kind, group, hint } = *self;
+        match &source {
+            kube::Error::Api(status) if status.code == 404 => StartError::MissingCrd { kind, group, hint, source },
+            kube::Error::Api(status) if status.code == 403 => StartError::Forbidden { kind, group, source },
+            _ => StartError::List { kind, group, source },
+        }
+    }
+}
+
+/// Checks that both CRDs we use are served and listable by us, so a missing install or missing
+/// RBAC fails fast and clearly. It lists metadata only: the content of an object (which another
+/// producer may have written in a shape we do not expect) must never stop a start.
 pub async fn check_crds(client: &kube::Client) -> Result<(), StartError> {
-    let sources: Api<ExternalSource> = Api::all(client.clone());
-    sources.list(&ListParams::default().limit(1)).await.map_err(|source| StartError::MissingCrd {
+    let first = ListParams::default().limit(1);
+    let sources = Needed {
         kind: "ExternalSource",
         group: api::GROUP,
         hint: "install it with `kubectl apply -k deploy/default` or `externalsource-controller crd | kubectl apply -f -`",
-        source,
-    })?;
-    let artifacts: Api<ExternalArtifact> = Api::all(client.clone());
-    artifacts.list(&ListParams::default().limit(1)).await.map_err(|source| StartError::MissingCrd {
-        kind: "ExternalArtifact",
-        group: "source.toolkit.fluxcd.io",
-        hint: "it ships with Flux 2.7 or later",
-        source,
-    })?;
+    };
+    let listed = Api::<ExternalSource>::all(client.clone()).list_metadata(&first).await;
+    listed.map_err(|e| sources.failure(e))?;
+    let artifacts =
+        Needed { kind: "ExternalArtifact", group: "source.toolkit.fluxcd.io", hint: "it ships with Flux 2.7 or later" };
+    let listed = Api::<ExternalArtifact>::all(client.clone()).list_metadata(&first).await;
+    listed.map_err(|e| artifacts.failure(e))?;
     Ok(())
 }
 
@@ -153,8 +192,13 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
         Some(selector) => config.labels(selector),
         None => config,
     };
-    let sources = watcher(Api::<ExternalSource>::all(client.clone()), shard(watcher::Config::default().any_semantic()))
+    // Each source is parsed on its own (see `readable`): one that does not parse is reported and
+    // skipped instead of failing every list.
+    let unreadable = readable::Reported::default();
+    let listed = Api::<readable::Readable<ExternalSource>>::all(client.clone());
+    let sources = watcher(listed, shard(watcher::Config::default().any_semantic()))
         .default_backoff()
+        .filter_map(move |event| std::future::ready(event.map(|e| unreadable.filter(e)).transpose()))
         // The cache keeps every source for the controller's lifetime; managed fields are the
         // bulk of an object (parsed into JSON maps) and nothing here reads them.
         .modify(|es| es.managed_fields_mut().clear())

@@ -539,7 +539,7 @@ async fn store(
         revision: revision(etag, &meta.digest),
         digest: meta.digest.to_string(),
         path: key.to_string(),
-        size: meta.size as i64,
+        size: Some(meta.size as i64),
         last_update_time: now(),
         metadata,
     })

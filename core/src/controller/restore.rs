@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use super::api::ExternalSource;
+use super::readable::Readable;
 use crate::key::ARTIFACT_PREFIX;
 use crate::restore::Restoring;
 use crate::{ObjectKey, Storage, StorageError};
@@ -44,12 +45,18 @@ impl RestorePass {
             Some(s) => ListParams::default().labels(s),
             None => ListParams::default(),
         };
-        let sources = Api::<ExternalSource>::all(client.clone()).list(&params).await.map_err(RestoreError::List)?;
+        // Parsed one by one: a source that does not parse is skipped here as by the watch.
+        let listed = Api::<Readable<ExternalSource>>::all(client.clone()).list(&params).await;
+        let sources = listed.map_err(RestoreError::List)?;
         let stored: std::collections::HashSet<ObjectKey> =
             storage.list(ARTIFACT_PREFIX).await.map_err(RestoreError::Store)?.into_iter().map(|m| m.key).collect();
         let waiting: HashMap<(String, String), ObjectKey> = sources
             .items
             .iter()
+            .filter_map(|listed| match listed {
+                Readable::Parsed(es) => Some(es),
+                Readable::Unreadable { .. } => None,
+            })
             .filter_map(|es| {
                 let path = &es.status.as_ref()?.artifact.as_ref()?.path;
                 let key = ObjectKey::parse(path).ok().filter(|k| !stored.contains(k))?;

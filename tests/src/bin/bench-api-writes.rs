@@ -30,13 +30,14 @@ use externalsource_core::controller::api::{
 use externalsource_core::controller::finalizer::add_patch;
 use externalsource_core::controller::reconcile::{ETAG_METADATA, FINALIZER, SOURCE_METADATA};
 use externalsource_core::controller::revision::revision;
+use externalsource_core::controller::writer;
 use externalsource_core::digest::Digest;
 use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ObjectMeta, Patch};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -80,7 +81,7 @@ fn artifact(ns: &str, name: &str, now: &str) -> Artifact {
         revision: revision(Some(ETAG), &digest),
         path: format!("artifacts/{ns}/{name}/{hex}.tar.gz"),
         digest: digest.to_string(),
-        size: 4096,
+        size: Some(4096),
         last_update_time: now.to_owned(),
         metadata: [
             (ETAG_METADATA.to_owned(), ETAG.to_owned()),
@@ -121,7 +122,7 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
 
     // The controller's own patch for a source without finalizers.
     let finalizer = add_patch(&[], FINALIZER)?;
-    let es = sources.patch(name, &PatchParams::default(), &Patch::Json::<()>(finalizer)).await?;
+    let es = sources.patch(name, &writer::patch(), &Patch::Json::<()>(finalizer)).await?;
     let generation = es.metadata.generation.unwrap_or(1);
 
     let mut ea = ExternalArtifact::new(
@@ -138,9 +139,9 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
     ea.metadata.namespace = Some(ns.to_owned());
     ea.metadata.owner_references = es.controller_owner_ref(&()).map(|r| vec![r]);
     ea.metadata.labels = Some([("app.kubernetes.io/managed-by".into(), "externalsource-controller".into())].into());
-    artifacts.create(&PostParams::default(), &ea).await?;
+    artifacts.create(&writer::post(), &ea).await?;
     let ea_status = ExternalArtifactStatus { artifact: Some(published.clone()), conditions: vec![ready(now, 1)] };
-    artifacts.patch_status(name, &PatchParams::default(), &Patch::Merge(json!({ "status": ea_status }))).await?;
+    artifacts.patch_status(name, &writer::patch(), &Patch::Merge(json!({ "status": ea_status }))).await?;
 
     let event = Event {
         // Named as kube's Recorder names events: the object's name and a timestamp.
@@ -166,7 +167,7 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
         }),
         ..Default::default()
     };
-    events.create(&PostParams::default(), &event).await?;
+    events.create(&writer::post(), &event).await?;
 
     let status = ExternalSourceStatus {
         conditions: vec![ready(now, generation)],
@@ -177,7 +178,7 @@ async fn publish(client: &Client, ns: &str, name: &str) -> Result<(), kube::Erro
         observed_generation: Some(generation),
         ..Default::default()
     };
-    sources.patch_status(&es.name_any(), &PatchParams::default(), &Patch::Merge(json!({ "status": status }))).await?;
+    sources.patch_status(&es.name_any(), &writer::patch(), &Patch::Merge(json!({ "status": status }))).await?;
     Ok(())
 }
 

@@ -19,7 +19,7 @@ fn artifact(path: &str, etag: Option<&str>) -> Artifact {
         revision: format!("{}@sha256:{path}", etag.unwrap_or("latest")),
         digest: format!("sha256:{path}"),
         path: path.to_owned(),
-        size: 10,
+        size: Some(10),
         last_update_time: "2026-01-01T00:00:00Z".to_owned(),
         metadata,
     }
