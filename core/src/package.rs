@@ -152,7 +152,6 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-#[cfg(feature = "controller")]
 pub mod archive;
 mod gzip;
 
