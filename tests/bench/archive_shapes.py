@@ -50,6 +50,8 @@ class Zip:
         size = len(self.central) if size is None else size
         offset = self.f.tell()
         self.f.write(self.central)
+        # Past 65,535 records or 4 GiB only the zip64 end record can say it, as zip tools write.
+        zip64 = zip64 or count > 0xFFFF or size > 0xFFFFFFFF
         if zip64:
             at = self.f.tell()
             self.f.write(struct.pack("<4sQHHIIQQQQ", b"PK\x06\x06", 44, 45, 45, 0, 0, count, count, size, offset))

@@ -138,6 +138,7 @@ async fn archives_become_deterministic_trees_and_hostile_ones_are_refused() {
              z.stored(b'podinfo/Chart.yaml', b'name: x\\n')\n\
              z.finish(count=4000000000, zip64=True)\n\
              z = Zip('long-name.zip')\n\
+             for i in range(10): z.stored(b'podinfo/f%d' % i)\n\
              z.stored(b'a' * 60000)\n\
              z.finish()\n\
              z = Zip('deflate-bomb.zip')\n\

@@ -419,6 +419,13 @@ fn a_lying_count_or_directory_size_does_not_get_past_the_walk() {
     // A size that lies too: the walk stops at the 11th record.
     let err = repackage(&zip.finish(Some(10), Some(10 * 50), true), &Layout::default(), LIMITS).unwrap_err();
     assert!(matches!(err, ArchiveError::MoreRecordsThanDeclared { count: 10, .. }), "{err}");
+    // Even when the lying size ends exactly where the 10th record does.
+    let mut zip = RawZip::default();
+    for i in 0..1_000 {
+        zip.stored(format!("f{i:07}").as_bytes(), b"", None);
+    }
+    let err = repackage(&zip.finish(Some(10), Some(10 * 54), false), &Layout::default(), LIMITS).unwrap_err();
+    assert!(matches!(err, ArchiveError::MoreRecordsThanDeclared { count: 10, .. }), "{err}");
     // Fewer records than declared: the missing one is named by its number.
     let mut zip = RawZip::default();
     zip.stored(b"a.yaml", b"a", None);

@@ -128,7 +128,8 @@ impl<'a> Directory<'a> {
         for record in records.by_ref() {
             record?;
         }
-        if self.payload[records.at..self.end].starts_with(CENTRAL) {
+        // A record right after the declared ones, inside the declared size or past it.
+        if self.payload[records.at..].starts_with(CENTRAL) {
             return Err(ArchiveError::MoreRecordsThanDeclared { record: self.record, count: self.count });
         }
         if records.at != self.end {
@@ -274,7 +275,8 @@ impl Record<'_> {
 fn read_entry(payload: &[u8], record: &Record<'_>, tree: &mut Tree<'_>) -> Result<(), ArchiveError> {
     let name = std::str::from_utf8(record.name)
         .map_err(|_| ArchiveError::UnsafeEntry { entry: quote(record.name), rule: "is not UTF-8" })?;
-    let mode = record.unix_mode().map(|mode| mode & S_IFMT);
+    // File-type bits of 0 say nothing (Python's zipfile writes permissions alone): a file.
+    let mode = record.unix_mode().map(|mode| mode & S_IFMT).filter(|&kind| kind != 0);
     if mode == Some(S_IFLNK) {
         let mut target = String::new();
         // The target is the entry's contents; small, but capped like any read.
