@@ -153,7 +153,6 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h
 }
 
-#[cfg(feature = "controller")]
 pub mod archive;
 mod gzip;
 

@@ -8,6 +8,7 @@
 #   reconcile 1,000 to 10,000 ExternalSources against a local kube-apiserver, as a fraction of the
 #             control plane's own write rate, and 10,000 in steady state (tests/bench/reconcile.sh)
 #   fetchmem  peak RSS of `concurrency` max-size fetches vs fetch.memory_budget (tests/bench/fetchmem.sh)
+#   archivemem  peak RSS of each hostile archive shape vs its admission reservation (tests/bench/archivemem.sh)
 #   startup   `serve` over filesystem stores of 0 to 20,000 artifacts: /healthz, /readyz and background
 #             verification times; peer: nginx's first 200 over the same directory (tests/bench/startup.sh)
 #
@@ -15,8 +16,8 @@
 #        SMOKE=1 bash tests/bench/run.sh   tiny sizes and 1 s runs; what CI runs so the harness does not rot
 #
 # Environment:
-#   BENCH_SECTIONS   sections to run (default "size serve memory connections package reconcile fetchmem startup";
-#                    SMOKE drops reconcile and fetchmem)
+#   BENCH_SECTIONS   sections to run (default "size serve memory connections package reconcile fetchmem archivemem startup";
+#                    SMOKE drops reconcile, fetchmem and archivemem)
 #   STARTUP_STORES   artifact counts of the startup section (default "0 5000 20000", SMOKE "0 500")
 #   IDLE_CONNECTIONS / DOWNLOADS   shape of the connections section (default 10000 / 21; SMOKE 300 / 3)
 #   BENCH_DURATION   seconds per wrk run (default 20, SMOKE 1)
@@ -50,7 +51,7 @@ if [[ $SMOKE == 1 ]]; then
   IDLE_CONNECTIONS=${IDLE_CONNECTIONS:-300}
   DOWNLOADS=${DOWNLOADS:-3}
 else
-  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package reconcile fetchmem startup}
+  BENCH_SECTIONS=${BENCH_SECTIONS:-size serve memory connections package reconcile fetchmem archivemem startup}
   STARTUP_STORES=${STARTUP_STORES:-0 5000 20000}
   BENCH_DURATION=${BENCH_DURATION:-20}
   BENCH_WARMUP=${BENCH_WARMUP:-2}
@@ -533,6 +534,12 @@ section_fetchmem() {
   BIN=$BIN RUN=$RUN bash "$HERE/fetchmem.sh" || die "fetch memory benchmark failed; see $RUN/fetchmem"
 }
 
+section_archivemem() {
+  log "== peak RSS of hostile archive shapes vs their admission reservation (tests/bench/archivemem.sh)"
+  build_servers
+  BIN=$BIN RUN=$RUN bash "$HERE/archivemem.sh" || die "archive memory benchmark failed; see $RUN/archivemem"
+}
+
 section_startup() {
   log "== start-up time vs store size (tests/bench/startup.sh)"
   build_servers
@@ -542,7 +549,7 @@ section_startup() {
 ensure_tools curl python3 nginx wrk hyperfine
 cd "$REPO"
 log "mode: $([[ $SMOKE == 1 ]] && echo smoke || echo full); sections: $BENCH_SECTIONS; output: $BENCH_OUT"
-for s in size serve memory connections package reconcile fetchmem startup; do
+for s in size serve memory connections package reconcile fetchmem archivemem startup; do
   if has_section "$s"; then "section_$s"; fi
 done
 FINISHED=1

@@ -1,7 +1,8 @@
 //! `format: archive` against the real controller: archives made by real tools (GNU tar, Python's
 //! tarfile and zipfile) served on loopback become deterministic trees; hostile ones (zip-slip, a
-//! symlink out of the tree, a 1 GiB gzip bomb) are refused naming the entry and the rule, and
-//! the last good artifact stays published.
+//! symlink out of the tree, a 1 GiB gzip bomb, zips whose end records declare or hide too many
+//! entries, over-long names and long-name records) are refused naming the entry or record, the
+//! value and the limit, and the last good artifact stays published.
 
 use std::path::Path;
 use std::process::Command;
@@ -116,10 +117,59 @@ async fn archives_become_deterministic_trees_and_hostile_ones_are_refused() {
          \x20   info = tarfile.TarInfo('podinfo/zeros'); info.size = 1 << 30\n\
          \x20   t.addfile(info, io.BufferedReader(Zeros(), 1 << 20))\n",
     );
+    // Shapes that cost memory in proportion to what they declare, written record by record by
+    // the memory benchmark's generator (tests/bench/archive_shapes.py).
+    python(
+        dir,
+        &format!(
+            "import sys\n\
+             sys.path.insert(0, {bench:?})\n\
+             from archive_shapes import Zip, TarGz, deflated_zeros, MiB\n\
+             z = Zip('many.zip')\n\
+             for i in range(20000): z.stored(b'f%07d' % i)\n\
+             z.finish()\n\
+             z = Zip('hidden.zip')\n\
+             for i in range(20000): z.stored(b'f%07d' % i)\n\
+             z.finish(count=10)\n\
+             z = Zip('hidden-size.zip')\n\
+             for i in range(20000): z.stored(b'f%07d' % i)\n\
+             z.finish(count=10, size=10 * 54)\n\
+             z = Zip('zip64.zip')\n\
+             z.stored(b'podinfo/Chart.yaml', b'name: x\\n')\n\
+             z.finish(count=4000000000, zip64=True)\n\
+             z = Zip('long-name.zip')\n\
+             for i in range(10): z.stored(b'podinfo/f%d' % i)\n\
+             z.stored(b'a' * 60000)\n\
+             z.finish()\n\
+             z = Zip('deflate-bomb.zip')\n\
+             z.entry(b'podinfo/zeros', deflated_zeros(256 * MiB), 8, None, 10, 0)\n\
+             z.finish()\n\
+             t = TarGz('long-name.tgz')\n\
+             t.zeros(b'././@LongLink', 64 * MiB, b'L')\n\
+             t.record(b'fine', b'x')\n\
+             t.finish()\n",
+            bench = concat!(env!("CARGO_MANIFEST_DIR"), "/bench"),
+        ),
+    );
+    let a64 = "a".repeat(64);
     let cases = [
-        ("slip.zip", "\"../../etc/cron.d/evil\" contains a '..' segment"),
-        ("symlink.tgz", "\"podinfo/passwd\" is a link (to \"/etc/passwd\")"),
-        ("bomb.tgz", "unpacks to more than 8388608 bytes"),
+        ("slip.zip", "\"../../etc/cron.d/evil\" contains a '..' segment".to_owned()),
+        ("symlink.tgz", "\"podinfo/passwd\" is a link (to \"/etc/passwd\")".to_owned()),
+        ("bomb.tgz", "unpacks to more than 8388608 bytes".to_owned()),
+        ("many.zip", "its end of central directory record declares 20000 entries; the limit is 10000".to_owned()),
+        ("hidden.zip", "declares a central directory of 1080000 bytes; 10 entries take at most 92620".to_owned()),
+        (
+            "hidden-size.zip",
+            "its central directory holds more than the 10 records its end of central directory record declares"
+                .to_owned(),
+        ),
+        (
+            "zip64.zip",
+            "its zip64 end of central directory record declares 4000000000 entries; the limit is 10000".to_owned(),
+        ),
+        ("long-name.zip", format!("the name of entry \"{a64}…\" is 60000 bytes; the limit is 1024")),
+        ("deflate-bomb.zip", "unpacks to more than 8388608 bytes".to_owned()),
+        ("long-name.tgz", format!("the GNU long-name record of entry \"{a64}…\" is 67108864 bytes; the limit is 1025")),
     ];
     for (file, expected) in cases {
         let payload = std::fs::read(dir.join(file)).unwrap();
@@ -128,7 +178,7 @@ async fn archives_become_deterministic_trees_and_hostile_ones_are_refused() {
         }
         upstream.set(Reply::ok(payload));
         let message = wait_refused(&api, "chart", file).await;
-        assert!(message.contains(expected), "{file}: {message}");
+        assert!(message.contains(&expected), "{file}: {message}");
         let es = api.get("chart").await.unwrap();
         assert_eq!(artifact(&es).digest, first.digest, "{file}: the last good artifact is kept");
         let (code, served) = download(&artifact(&es).url).await;

@@ -6,11 +6,21 @@
 //! the tree (no absolute paths, no `..`), links and device files are refused rather than
 //! followed, and the bytes unpacked and the entries read are capped, so a small bomb costs no
 //! more than its caps.
+//!
+//! The caps apply before anything grows with the input: a zip's declared entry count and its
+//! central directory are checked, and every record walked, before a single entry is read
+//! ([`zip_reader`]); a tar's long-name and PAX records are measured by their headers before they
+//! are read ([`tar_reader`]); and the tree held meanwhile costs its entries' names and contents,
+//! both charged to the same byte cap, so nothing here is proportional to what the payload merely
+//! claims.
 
 use std::collections::BTreeMap;
-use std::io::{Cursor, Read};
+use std::io::Read;
 
 use super::{DestinationPath, MAX_PATH_LEN, Package, TreeWriter};
+
+mod tar_reader;
+mod zip_reader;
 
 /// Most entries (files and directories) an archive may hold.
 pub const MAX_ENTRIES: usize = 10_000;
@@ -34,7 +44,8 @@ pub struct Layout {
 /// Caps on what unpacking may cost.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Bytes of file contents, all entries together.
+    /// Bytes of file contents and entry names, all entries together: what the tree held in
+    /// memory costs, whatever the archive declares.
     pub max_bytes: u64,
     pub max_entries: usize,
 }
@@ -46,12 +57,26 @@ pub enum ArchiveError {
     UnknownFormat(String),
     #[error("cannot be read: {0}")]
     Corrupt(String),
-    #[error("holds more than {limit} entries")]
-    TooManyEntries { limit: usize },
-    #[error("unpacks to more than {limit} bytes")]
+    #[error("holds more than {limit} entries (entry {entry:?} is one too many)")]
+    TooManyEntries { entry: String, limit: usize },
+    #[error("implies more than {limit} directories its entries do not name (directory {entry:?} is one too many)")]
+    TooManyDirectories { entry: String, limit: usize },
+    #[error("its {record} declares {count} entries; the limit is {limit}")]
+    DeclaredTooMany { record: &'static str, count: u64, limit: usize },
+    #[error("its {record} declares a central directory of {size} bytes; {count} entries take at most {limit}")]
+    DirectoryTooLarge { record: &'static str, size: u64, count: u64, limit: u64 },
+    #[error("its central directory holds more than the {count} records its {record} declares")]
+    MoreRecordsThanDeclared { record: &'static str, count: u64 },
+    #[error("the {record} of entry {entry:?} is {size} bytes; the limit is {limit}")]
+    RecordTooLarge { record: &'static str, entry: String, size: u64, limit: u64 },
+    #[error("unpacks to more than {limit} bytes (file contents and entry names)")]
     TooLarge { limit: u64 },
     #[error("entry {entry:?} {rule}")]
     UnsafeEntry { entry: String, rule: &'static str },
+    #[error("entry {entry:?} cannot be read: {reason}")]
+    CorruptEntry { entry: String, reason: String },
+    #[error("entry {entry:?} {what}; only stored and deflated, unencrypted zip entries are read")]
+    Unsupported { entry: String, what: String },
     #[error("entry {entry:?} is a link (to {target:?}); archives may hold only regular files and directories")]
     Link { entry: String, target: String },
     #[error("entry {entry:?} is a {kind}; archives may hold only regular files and directories")]
@@ -77,10 +102,10 @@ pub fn repackage(payload: &[u8], layout: &Layout, limits: Limits) -> Result<Pack
         Some(Kind::Gzip) => {
             let stream_cap = limits.max_bytes.saturating_add(TAR_OVERHEAD_PER_ENTRY * (limits.max_entries as u64 + 2));
             let gz = flate2::read::GzDecoder::new(payload);
-            read_tar(Capped { inner: gz, left: stream_cap, limit: limits.max_bytes }, &mut tree)?;
+            tar_reader::read(Capped { inner: gz, left: stream_cap, limit: limits.max_bytes }, &mut tree)?;
         }
-        Some(Kind::Tar) => read_tar(payload, &mut tree)?,
-        Some(Kind::Zip) => read_zip(payload, &mut tree)?,
+        Some(Kind::Tar) => tar_reader::read(payload, &mut tree)?,
+        Some(Kind::Zip) => zip_reader::read(payload, &mut tree)?,
         None => return Err(ArchiveError::UnknownFormat(leading_bytes(payload))),
     }
     tree.write()
@@ -140,80 +165,36 @@ fn io_error(e: std::io::Error) -> ArchiveError {
     }
 }
 
-fn read_tar(stream: impl Read, tree: &mut Tree<'_>) -> Result<(), ArchiveError> {
-    let mut archive = tar::Archive::new(stream);
-    for entry in archive.entries().map_err(io_error)? {
-        let mut entry = entry.map_err(io_error)?;
-        let name = String::from_utf8(entry.path_bytes().into_owned()).map_err(|e| ArchiveError::UnsafeEntry {
-            entry: String::from_utf8_lossy(e.as_bytes()).into_owned(),
-            rule: "is not UTF-8",
-        })?;
-        let kind = entry.header().entry_type();
-        let parsed = match kind {
-            tar::EntryType::XGlobalHeader => continue,
-            tar::EntryType::Directory => Entry::Directory,
-            tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let declared = entry.header().size().map_err(io_error)?;
-                Entry::File(tree.read_contents(&mut entry, declared)?)
-            }
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                let target =
-                    entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned()).unwrap_or_default();
-                return Err(ArchiveError::Link { entry: name, target });
-            }
-            other => return Err(ArchiveError::Special { entry: name, kind: format!("{other:?}").to_lowercase() }),
-        };
-        tree.add(&name, parsed)?;
-    }
-    Ok(())
-}
+/// Joins the segments of a key in [`Tree::entries`]. Lower than any character a segment may hold
+/// (control characters are refused), so keys sort as their segment lists would: a directory
+/// right before its contents, and a file right before anything that would use it as a directory.
+const SEP: char = '\0';
 
-/// File-type bits of a Unix mode, as zip tools record them.
-const S_IFMT: u32 = 0o170000;
-const S_IFDIR: u32 = 0o040000;
-const S_IFREG: u32 = 0o100000;
-
-fn read_zip(payload: &[u8], tree: &mut Tree<'_>) -> Result<(), ArchiveError> {
-    let mut archive = zip::ZipArchive::new(Cursor::new(payload)).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-    if archive.len() > tree.limits.max_entries {
-        return Err(ArchiveError::TooManyEntries { limit: tree.limits.max_entries });
-    }
-    for index in 0..archive.len() {
-        let mut file = archive.by_index(index).map_err(|e| ArchiveError::Corrupt(e.to_string()))?;
-        let name = file.name().to_owned();
-        let parsed = if file.is_symlink() {
-            let mut target = String::new();
-            // The target is the entry's contents; small, but capped like any read.
-            let _ = (&mut file).take(MAX_PATH_LEN as u64).read_to_string(&mut target);
-            return Err(ArchiveError::Link { entry: name, target });
-        } else if file.is_dir() || file.unix_mode().is_some_and(|mode| mode & S_IFMT == S_IFDIR) {
-            Entry::Directory
-        } else if file.unix_mode().is_some_and(|mode| mode & S_IFMT != 0 && mode & S_IFMT != S_IFREG) {
-            return Err(ArchiveError::Special { entry: name, kind: "special file".into() });
-        } else {
-            let declared = file.size();
-            Entry::File(tree.read_contents(&mut file, declared)?)
-        };
-        tree.add(&name, parsed)?;
-    }
-    Ok(())
-}
-
-/// The tree being assembled: selected, normalised paths and their contents.
+/// The tree being assembled: the selected entries by normalised path, and their contents.
+///
+/// Only the entries the archive names are held: the directories their paths imply are written
+/// out in [`Tree::write`], not stored, so a deep path costs its length once rather than once per
+/// parent.
 struct Tree<'a> {
     layout: &'a Layout,
     limits: Limits,
-    /// Keyed by segments, so a directory sorts right before its contents.
-    entries: BTreeMap<Vec<String>, Entry>,
+    /// Keyed by the placed segments joined with [`SEP`].
+    entries: BTreeMap<String, Entry>,
+    /// Contents and key bytes held, against `limits.max_bytes`.
     bytes: u64,
     seen: usize,
 }
 
 impl Tree<'_> {
+    /// Bytes of the budget not spent yet.
+    fn left(&self) -> u64 {
+        self.limits.max_bytes.saturating_sub(self.bytes)
+    }
+
     /// Reads one file's contents against the archive-wide byte budget. The declared size is
     /// checked first but not trusted: the read itself is capped too.
     fn read_contents(&mut self, reader: &mut impl Read, declared: u64) -> Result<Vec<u8>, ArchiveError> {
-        let left = self.limits.max_bytes - self.bytes;
+        let left = self.left();
         if declared > left {
             return Err(ArchiveError::TooLarge { limit: self.limits.max_bytes });
         }
@@ -226,33 +207,36 @@ impl Tree<'_> {
         Ok(contents)
     }
 
-    fn add(&mut self, name: &str, entry: Entry) -> Result<(), ArchiveError> {
+    /// Counts an entry the archive holds, kept or not, against the entry cap.
+    fn count(&mut self, name: &str) -> Result<(), ArchiveError> {
         self.seen += 1;
         if self.seen > self.limits.max_entries {
-            return Err(ArchiveError::TooManyEntries { limit: self.limits.max_entries });
+            return Err(ArchiveError::TooManyEntries { entry: name.to_owned(), limit: self.limits.max_entries });
         }
+        Ok(())
+    }
+
+    fn add(&mut self, name: &str, entry: Entry) -> Result<(), ArchiveError> {
+        self.count(name)?;
         let Some(segments) = self.place(name)? else { return Ok(()) };
-        for depth in 1..segments.len() {
-            match self.entries.get(&segments[..depth]) {
-                Some(Entry::File(_)) => return Err(ArchiveError::Duplicate { entry: segments[..depth].join("/") }),
-                Some(Entry::Directory) => {}
-                None => {
-                    self.entries.insert(segments[..depth].to_vec(), Entry::Directory);
-                }
-            }
-        }
-        match (self.entries.get(&segments), &entry) {
+        let key = segments.join(&SEP.to_string());
+        match (self.entries.get(&key), &entry) {
             (None, _) => {}
             (Some(Entry::Directory), Entry::Directory) => return Ok(()),
             _ => return Err(ArchiveError::Duplicate { entry: name.to_owned() }),
         }
-        self.entries.insert(segments, entry);
+        // The name is held as long as the contents are: it is charged to the same budget.
+        if key.len() as u64 > self.left() {
+            return Err(ArchiveError::TooLarge { limit: self.limits.max_bytes });
+        }
+        self.bytes += key.len() as u64;
+        self.entries.insert(key, entry);
         Ok(())
     }
 
     /// Where an entry goes: its confined, normalised segments after `stripComponents`, `path`
     /// and the prefix; `None` when the layout leaves it out.
-    fn place(&self, name: &str) -> Result<Option<Vec<String>>, ArchiveError> {
+    fn place<'n>(&'n self, name: &'n str) -> Result<Option<Vec<&'n str>>, ArchiveError> {
         let unsafe_entry = |rule| ArchiveError::UnsafeEntry { entry: name.to_owned(), rule };
         if name.starts_with('/') {
             return Err(unsafe_entry("is an absolute path"));
@@ -289,9 +273,16 @@ impl Tree<'_> {
             return Ok(None);
         }
         let prefix = self.layout.prefix.iter().flat_map(|p| p.segments());
-        Ok(Some(prefix.chain(kept.iter().copied()).map(str::to_owned).collect()))
+        Ok(Some(prefix.chain(kept.iter().copied()).collect()))
     }
 
+    /// Writes the tree in key order, each entry preceded by the directories its path implies
+    /// that were not written yet. A file that another entry would put a path under is refused
+    /// here: in key order that entry comes right after the file.
+    ///
+    /// Implied directories are entries of the artifact too: at most `max_entries` of them, their
+    /// paths charged to the byte cap, so deep paths cannot make the artifact (and whoever
+    /// unpacks it) pay per parent.
     fn write(self) -> Result<Package, ArchiveError> {
         if !self.entries.values().any(|e| matches!(e, Entry::File(_))) {
             let why = match (&self.layout.path, self.layout.strip_components) {
@@ -302,14 +293,47 @@ impl Tree<'_> {
             return Err(ArchiveError::Empty(why));
         }
         let mut tree = TreeWriter::new(self.bytes as usize / 4 + 1024)?;
-        for (segments, entry) in &self.entries {
+        // The directories written last, outermost first: the common prefix with the next path
+        // is written already.
+        let mut open: Vec<&str> = Vec::new();
+        let mut last_file: Option<&str> = None;
+        let (mut implied, mut bytes) = (0, self.bytes);
+        for (key, entry) in &self.entries {
+            if let Some(file) = last_file.take()
+                && key.strip_prefix(file).is_some_and(|rest| rest.starts_with(SEP))
+            {
+                return Err(ArchiveError::Duplicate { entry: file.replace(SEP, "/") });
+            }
+            let segments: Vec<&str> = key.split(SEP).collect();
             let path = segments.join("/");
             if path.len() > MAX_PATH_LEN {
                 return Err(ArchiveError::UnsafeEntry { entry: path, rule: "is longer than 1024 bytes once placed" });
             }
+            let parents = &segments[..segments.len() - 1];
+            let shared = open.iter().zip(parents).take_while(|(a, b)| a == b).count();
+            for depth in shared..parents.len() {
+                let directory = parents[..=depth].join("/");
+                implied += 1;
+                if implied > self.limits.max_entries {
+                    return Err(ArchiveError::TooManyDirectories { entry: directory, limit: self.limits.max_entries });
+                }
+                bytes = bytes.saturating_add(directory.len() as u64);
+                if bytes > self.limits.max_bytes {
+                    return Err(ArchiveError::TooLarge { limit: self.limits.max_bytes });
+                }
+                tree.directory(&format!("{directory}/"))?;
+            }
+            open.clear();
+            open.extend_from_slice(parents);
             match entry {
-                Entry::Directory => tree.directory(&format!("{path}/"))?,
-                Entry::File(contents) => tree.file(&path, contents)?,
+                Entry::Directory => {
+                    tree.directory(&format!("{path}/"))?;
+                    open.push(segments[segments.len() - 1]);
+                }
+                Entry::File(contents) => {
+                    tree.file(&path, contents)?;
+                    last_file = Some(key);
+                }
             }
         }
         Ok(tree.finish()?)
