@@ -46,7 +46,27 @@ path = "/usr/bin/yes"
 
 [[command]]
 path = "/usr/bin/env"
+args = ['-u', 'HOME|TMPDIR']
+env = ["ONLY"]
+
+# Debian's yq is a Python script: PYTHON* variables would make it run any code.
+[[command]]
+path = "/usr/bin/yq"
+args = ['\.']
+
+# TEST ONLY, never in a real whitelist: an interpreter taking its code as an argument, to play
+# the hostile program the limits have to contain.
+[[command]]
+path = "/usr/bin/python3"
+args = ['-c', '(?s).*']
 "#;
+
+/// The executor's settings in these tests: small limits a hostile hook hits quickly.
+const LIMITS: &str =
+    "concurrency = 2\nnamespace_concurrency = 1\nmax_cpu = \"3s\"\nmax_memory = \"256MiB\"\nmax_processes = 48\n";
+
+/// The executor's user when the tests run as root (the deployment's).
+const EXECUTOR_UID: u32 = 65532;
 
 /// The executor process and its socket.
 struct Executor {
