@@ -112,7 +112,8 @@ impl EnvPolicy {
             };
             // An empty stem (`*` alone) is a prefix of everything; it is refused below as
             // covering every reserved name.
-            if !(name.is_empty() && prefix) && !is_variable_name(name) {
+            let whole = name.is_empty() && prefix;
+            if !whole && !is_variable_name(name) {
                 return Err((i, EnvEntryError::Syntax));
             }
             let rule = if prefix { Rule::Prefix(name.to_owned()) } else { Rule::Name(name.to_owned()) };

@@ -189,7 +189,7 @@ mod tests {
         let locked = a.path().join("locked");
         std::fs::create_dir(&locked).unwrap();
         std::fs::write(locked.join("f"), b"x").unwrap();
-        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0)).unwrap();
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
         let (pa, pb) = (a.path().to_owned(), b.path().to_owned());
         a.remove().await;
         assert!(!pa.exists());
