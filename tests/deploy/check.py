@@ -1059,6 +1059,21 @@ def check_examples(r: Report, scope: str) -> None:
                 ok = (data is not None and (not alternatives or any(set(a) <= keys for a in alternatives))
                       and ("key" not in ref or ref["key"] in keys))
                 r.check(scope, f"{f.name}: {name_of(es)}.{field} names a Secret (and key) of the example", ok, f"{ref}")
+            # Hooks of an example run under the shipped whitelist: command listed, every argument
+            # matching one of its (anchored) patterns, every env name listed by the entry.
+            shipped = {c["path"]: c for c in tomllib.loads((DEPLOY / "components" / "hooks" / "whitelist.toml").read_text())
+                       .get("command", [])}
+            hooks = es.get("spec", {}).get("hooks") or {}
+            for hook in (hooks.get("preRequest") or []) + (hooks.get("postRequest") or []):
+                entry = shipped.get(hook.get("command"))
+                allowed_env = (entry or {}).get("env", [])
+                ok = (entry is not None
+                      and all(any(re.fullmatch(p, a) for p in entry.get("args", [])) for a in hook.get("args") or [])
+                      and all(e.get("name") in allowed_env
+                              or any(v.endswith("*") and e.get("name", "").startswith(v[:-1]) for v in allowed_env)
+                              for e in hook.get("env") or []))
+                r.check(scope, f"{f.name}: hook {hook.get('name')} runs under components/hooks/whitelist.toml", ok,
+                        f"{hook}")
 
 
 # --------------------------------------------------------------------------- dry run

@@ -108,8 +108,9 @@ impl Admission {
         map.entry(namespace.to_owned()).or_insert_with(|| Arc::new(Semaphore::new(self.per_namespace))).clone()
     }
 
-    /// Namespaces with hooks in flight (for tests).
-    pub fn tracked(&self) -> usize {
+    /// Namespaces with hooks in flight.
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.namespaces.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
