@@ -2,14 +2,17 @@
 //!
 //! It holds no Kubernetes credentials (its container mounts no token), reads only its whitelist
 //! and listens only on a Unix socket in a volume shared with the controller container, so the
-//! only thing that can ask it to run anything is a process in the same pod.
+//! only thing that can ask it to run anything is a process in the same pod. Each run is
+//! confined by `controller::hooks::sandbox` and admitted by `controller::hooks::admission`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use externalsource_core::config::Config;
+use externalsource_core::controller::hooks::admission::Admission;
 use externalsource_core::controller::hooks::protocol;
 use externalsource_core::controller::hooks::run::Limits;
+use externalsource_core::controller::hooks::sandbox::{self, RunLimits};
 use externalsource_core::controller::hooks::whitelist::{LiveWhitelist, WhitelistError};
 use tokio::net::UnixListener;
 
@@ -23,6 +26,12 @@ pub enum ExecutorError {
     NoSocket,
     #[error(transparent)]
     Whitelist(#[from] WhitelistError),
+    #[error("cannot prepare hooks.run_dir = {path} (created mode 0700 if missing): {source}")]
+    RunDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen on hooks.socket = {path}: {source}")]
     Bind {
         path: String,
@@ -46,17 +55,31 @@ pub async fn run(config: &Config) -> Result<(), ExecutorError> {
     let listener = UnixListener::bind(socket).map_err(bind_error)?;
     // Owner and group only: the controller container runs as the same user.
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(bind_error)?;
-    let limits = Limits { max_output: config.fetch.max_size as usize, max_timeout: hooks.max_timeout };
+    sandbox::prepare_base(&hooks.run_dir)
+        .map_err(|source| ExecutorError::RunDir { path: hooks.run_dir.display().to_string(), source })?;
+    let limits = Limits {
+        max_output: config.fetch.max_size as usize,
+        max_timeout: hooks.max_timeout,
+        run: RunLimits {
+            cpu: hooks.max_cpu,
+            memory: hooks.max_memory,
+            open_files: hooks.max_open_files,
+            processes: hooks.max_processes,
+        },
+        run_dir: hooks.run_dir.clone(),
+    };
+    let admission = Admission::new(hooks.concurrency, hooks.namespace_concurrency, protocol::MAX_QUEUE_WAIT);
     // A ConfigMap update reaches the mounted file within a minute or so; no restart needed.
     let watcher = tokio::spawn(whitelist.clone().watch(WHITELIST_RELOAD));
     tracing::info!(socket = %socket.display(), whitelist = %path, commands = whitelist.current().len(),
-        concurrency = hooks.concurrency, "hook executor listening");
+        concurrency = hooks.concurrency, namespace_concurrency = hooks.namespace_concurrency,
+        run_dir = %hooks.run_dir.display(), "hook executor listening");
     protocol::serve(
         listener,
         whitelist,
         limits,
         config.fetch.max_size as usize,
-        hooks.concurrency,
+        admission,
         crate::app::termination_signal(),
     )
     .await;

@@ -180,10 +180,26 @@ pub struct HooksConfig {
     pub max_timeout: Duration,
     /// Hooks the executor runs at once.
     pub concurrency: usize,
+    /// Hooks of one namespace the executor runs at once (at most `concurrency`).
+    pub namespace_concurrency: usize,
+    /// Where the executor makes each run's private directory.
+    pub run_dir: PathBuf,
+    /// CPU time of each process of a hook (`RLIMIT_CPU`).
+    pub max_cpu: Duration,
+    /// Address space of each process of a hook (`RLIMIT_AS`), bytes.
+    pub max_memory: u64,
+    /// Open files of each process of a hook (`RLIMIT_NOFILE`).
+    pub max_open_files: u64,
+    /// Processes and threads of the executor's user while a hook runs (`RLIMIT_NPROC`, counted
+    /// per user ID by the kernel, not per hook).
+    pub max_processes: u64,
 }
 
 /// Where `hook-executor` reads its whitelist by default.
 pub const DEFAULT_HOOK_WHITELIST: &str = "/etc/externalsource/hooks/whitelist.toml";
+
+/// Where `hook-executor` makes each run's private directory by default.
+pub const DEFAULT_HOOK_RUN_DIR: &str = "/tmp/externalsource-hooks";
 
 /// The default `fetch.memory_budget` unless twice `fetch.max_size` is more.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 256 << 20;
@@ -478,6 +494,22 @@ impl ConfigLoader {
             default_timeout: r.duration("hooks.default_timeout", "30s", Duration::from_secs(1))?,
             max_timeout: r.duration("hooks.max_timeout", "5m", Duration::from_secs(1))?,
             concurrency: r.int_in("hooks.concurrency", 2, 1, 64)? as usize,
+            namespace_concurrency: 0,
+            run_dir: r.absolute_path("hooks.run_dir", DEFAULT_HOOK_RUN_DIR)?,
+            max_cpu: r.duration("hooks.max_cpu", "30s", Duration::from_secs(1))?,
+            max_memory: r.size("hooks.max_memory", "512MiB", 16 << 20)?,
+            max_open_files: r.int_in("hooks.max_open_files", 64, 8, 65_536)? as u64,
+            max_processes: r.int_in("hooks.max_processes", 256, 1, 4_194_304)? as u64,
+        };
+        // Half the executor's slots by default: one namespace leaves the other half to the rest.
+        let hooks = HooksConfig {
+            namespace_concurrency: r.int_in(
+                "hooks.namespace_concurrency",
+                (hooks.concurrency as i64 / 2).max(1),
+                1,
+                hooks.concurrency as i64,
+            )? as usize,
+            ..hooks
         };
         if hooks.default_timeout > hooks.max_timeout {
             let text = format_duration(hooks.default_timeout);
@@ -908,6 +940,12 @@ impl Config {
         hooks.insert("default_timeout".into(), s(&format_duration(h.default_timeout)));
         hooks.insert("max_timeout".into(), s(&format_duration(h.max_timeout)));
         hooks.insert("concurrency".into(), V::Integer(h.concurrency as i64));
+        hooks.insert("namespace_concurrency".into(), V::Integer(h.namespace_concurrency as i64));
+        hooks.insert("run_dir".into(), s(&h.run_dir.display().to_string()));
+        hooks.insert("max_cpu".into(), s(&format_duration(h.max_cpu)));
+        hooks.insert("max_memory".into(), s(&format_size(h.max_memory)));
+        hooks.insert("max_open_files".into(), V::Integer(h.max_open_files as i64));
+        hooks.insert("max_processes".into(), V::Integer(h.max_processes as i64));
         let mut log = toml::Table::new();
         log.insert("format".into(), s(if self.log.format == LogFormat::Json { "json" } else { "text" }));
         log.insert("level".into(), s(&self.log.level));

@@ -96,7 +96,10 @@ KNOWN_KEYS: dict[str, set[str]] = {
     },
     "fetch": {"timeout", "max_timeout", "max_size", "user_agent", "deny_cidrs", "allow_cidrs"},
     "transform": {"max_cpu", "max_memory", "timeout", "max_depth", "concurrency"},
-    "hooks": {"socket", "whitelist", "default_timeout", "max_timeout", "concurrency"},
+    "hooks": {
+        "socket", "whitelist", "default_timeout", "max_timeout", "concurrency", "namespace_concurrency", "run_dir",
+        "max_cpu", "max_memory", "max_open_files", "max_processes",
+    },
     "log": {"format", "level"},
 }
 KNOWN_BACKEND_KEYS: dict[str, set[str]] = {
@@ -799,6 +802,15 @@ def check_hooks(r: Report, scope: str, ren: Render) -> None:
             shared = set(mounts_at(ex, d)) & set(mounts_at(mgr, d))
             r.check(scope, f"{wname}: the socket directory {d} is one emptyDir both containers mount",
                     any("emptyDir" in (vols.get(n) or {}) for n in shared), f"shared mounts {shared}")
+        # Hook runs' private directories are made under hooks.run_dir (default below): an emptyDir
+        # of the executor alone, never one the manager mounts.
+        run_dir = "/tmp/externalsource-hooks"
+        under = [m for m in ex.get("volumeMounts") or []
+                 if (run_dir + "/").startswith(m.get("mountPath", "").rstrip("/") + "/")]
+        deepest = max(under, key=lambda m: len(m.get("mountPath", "")), default={}).get("name")
+        r.check(scope, f"{wname}: {run_dir} (hooks.run_dir) is on an emptyDir only the executor mounts",
+                "emptyDir" in (vols.get(deepest) or {})
+                and deepest not in {m.get("name") for m in mgr.get("volumeMounts") or []}, f"{deepest}")
         wl_path = env_value(ex, "HOOK_WHITELIST") or "/etc/externalsource/hooks/whitelist.toml"
         d, fname = str(Path(wl_path).parent), Path(wl_path).name
         cms = [(vols.get(n) or {}).get("configMap", {}).get("name") for n in mounts_at(ex, d)]
@@ -1047,6 +1059,21 @@ def check_examples(r: Report, scope: str) -> None:
                 ok = (data is not None and (not alternatives or any(set(a) <= keys for a in alternatives))
                       and ("key" not in ref or ref["key"] in keys))
                 r.check(scope, f"{f.name}: {name_of(es)}.{field} names a Secret (and key) of the example", ok, f"{ref}")
+            # Hooks of an example run under the shipped whitelist: command listed, every argument
+            # matching one of its (anchored) patterns, every env name listed by the entry.
+            shipped = {c["path"]: c for c in tomllib.loads((DEPLOY / "components" / "hooks" / "whitelist.toml").read_text())
+                       .get("command", [])}
+            hooks = es.get("spec", {}).get("hooks") or {}
+            for hook in (hooks.get("preRequest") or []) + (hooks.get("postRequest") or []):
+                entry = shipped.get(hook.get("command"))
+                allowed_env = (entry or {}).get("env", [])
+                ok = (entry is not None
+                      and all(any(re.fullmatch(p, a) for p in entry.get("args", [])) for a in hook.get("args") or [])
+                      and all(e.get("name") in allowed_env
+                              or any(v.endswith("*") and e.get("name", "").startswith(v[:-1]) for v in allowed_env)
+                              for e in hook.get("env") or []))
+                r.check(scope, f"{f.name}: hook {hook.get('name')} runs under components/hooks/whitelist.toml", ok,
+                        f"{hook}")
 
 
 # --------------------------------------------------------------------------- dry run

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod artifact_cache;
+mod child;
 mod cleanup;
 pub mod conditions;
 pub mod credentials;

@@ -185,15 +185,21 @@ pub fn after_store(stored: Stored, etag: Option<&str>) -> Outcome {
     }
 }
 
-/// A failed hook: `HookFailed` naming it; the last good artifact stays. A whitelist refusal
-/// fails again on every try, so it waits for the interval; anything else backs off.
-pub fn hook_failure(e: &super::hooks::chain::HookFailure) -> Failure {
-    Failure {
+/// A failed hook: `HookFailed` naming it; the last good artifact stays. A whitelist refusal (of
+/// the command, an argument or an environment variable) is a spec problem: `Stalled`, checked
+/// again at the interval too, since a whitelist change can also resolve it. A bad request fails
+/// again on every try, so it waits for the interval; anything else backs off.
+pub fn hook_failure(e: &super::hooks::chain::HookFailure) -> Outcome {
+    if e.is_refusal() {
+        let problem = ConfigProblem { reason: Reason::HookFailed, message: e.to_string() };
+        return Outcome::Stalled { problem, recheck_at_interval: true };
+    }
+    Outcome::Failed(Failure {
         reason: Reason::HookFailed,
         kind: "hook",
         message: e.to_string(),
         retry: if e.is_permanent() { Retry::AtInterval } else { Retry::Backoff { after: None } },
-    }
+    })
 }
 
 /// Pre-request hooks printed something that is not headers (the same output next time).

@@ -33,6 +33,7 @@ impl ConfigProblem {
             Reason::SecretNotFound => "secret_not_found",
             Reason::ArtifactConflict => "artifact_conflict",
             Reason::Unsupported => "unsupported",
+            Reason::HookFailed => "hook_refused",
             _ => "invalid_spec",
         }
     }

@@ -375,7 +375,7 @@ async fn fetch_and_store(
         .await
         {
             Ok(output) => output,
-            Err(e) => return Outcome::Failed(outcome::hook_failure(&e)),
+            Err(e) => return outcome::hook_failure(&e),
         };
         match chain::parse_headers(&output) {
             // Hook headers win over the headers Secret's: they are the fresher credential.
@@ -438,7 +438,7 @@ async fn fetch_and_store(
     } else {
         match run_hooks(ctx, &ns, &name, Phase::PostRequest, &plan.hooks.post_request, body, &mut retries_left).await {
             Ok(body) => body,
-            Err(e) => return Outcome::Failed(outcome::hook_failure(&e)),
+            Err(e) => return outcome::hook_failure(&e),
         }
     };
     let stored = store(ctx, es, plan, old, body, etag.as_deref(), current).await;
@@ -466,7 +466,7 @@ async fn run_hooks(
     };
     let call = |invocation: super::hooks::run::Invocation| {
         let client = client.clone();
-        async move { client.call(&invocation).await }
+        async move { client.call(namespace, &invocation).await }
     };
     let record = |a: chain::Attempt<'_>| ctx.metrics.hook_attempt(namespace, name, &a);
     chain::run_chain(hooks, phase, input, retries_left, call, record).await

@@ -52,6 +52,11 @@ impl HookFailure {
     pub fn is_permanent(&self) -> bool {
         self.error.is_permanent()
     }
+
+    /// The executor's whitelist refused the command, an argument or an environment variable.
+    pub fn is_refusal(&self) -> bool {
+        self.error.is_refusal()
+    }
 }
 
 /// One finished attempt, for metrics.

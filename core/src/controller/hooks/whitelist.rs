@@ -3,19 +3,24 @@
 //! The predecessor matched a command by its base name (so `/tmp/evil/jq` passed as `jq`),
 //! matched argument patterns unanchored, and allowed any argument when no pattern was given.
 //! Here a command is its absolute path, compared exactly; every pattern must match a whole
-//! argument; and a command without patterns takes no arguments.
+//! argument; a command without patterns takes no arguments; and a command is given only the
+//! environment variables its `env` allows (none by default; see [`super::env`]).
 //!
 //! ```toml
 //! [[command]]
 //! path = "/usr/bin/jq"
 //! args = ['-[cr]+', '\.[A-Za-z0-9_.\[\]]*']
 //! max_args = 4
+//! env = ["JQ_COLORS"]
 //! ```
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use regex::Regex;
+
+use super::env::{EnvEntryError, EnvPolicy, EnvRefusal};
 
 /// Most arguments a whitelist entry may allow when it does not say.
 pub const DEFAULT_MAX_ARGS: usize = 16;
@@ -50,6 +55,15 @@ pub enum WhitelistError {
     },
     #[error("hook whitelist {file}: command[{index}].path = {path:?} is listed twice")]
     Duplicate { file: String, index: usize, path: String },
+    #[error("hook whitelist {file}: command[{index}].env[{entry}] = {name:?} {source}")]
+    Env {
+        file: String,
+        index: usize,
+        entry: usize,
+        name: String,
+        #[source]
+        source: EnvEntryError,
+    },
 }
 
 /// Why a hook may not run.
@@ -61,6 +75,9 @@ pub enum Refusal {
     TooManyArgs { command: String, max: usize, given: usize },
     #[error("argument {index} ({arg:?}) of {command:?} matches none of the whitelisted patterns")]
     ArgumentRefused { command: String, index: usize, arg: String },
+    /// Never quotes the value: it may hold a credential.
+    #[error("environment variable {name:?} of {command:?} {rule}")]
+    EnvRefused { command: String, name: String, rule: EnvRefusal },
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -77,6 +94,8 @@ struct RawCommand {
     #[serde(default)]
     args: Vec<String>,
     max_args: Option<usize>,
+    #[serde(default)]
+    env: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -84,6 +103,7 @@ struct Allowed {
     path: PathBuf,
     patterns: Vec<Regex>,
     max_args: usize,
+    env: EnvPolicy,
 }
 
 /// A parsed whitelist.
@@ -120,13 +140,20 @@ impl Whitelist {
                 patterns.push(anchored);
             }
             let max_args = if patterns.is_empty() { 0 } else { c.max_args.unwrap_or(DEFAULT_MAX_ARGS) };
-            commands.push(Allowed { path, patterns, max_args });
+            let env = EnvPolicy::parse(&c.env).map_err(|(entry, source)| WhitelistError::Env {
+                file: file.to_owned(),
+                index,
+                entry,
+                name: c.env[entry].clone(),
+                source,
+            })?;
+            commands.push(Allowed { path, patterns, max_args, env });
         }
         Ok(Self { commands })
     }
 
-    /// Whether `command` may run with `args`.
-    pub fn check(&self, command: &str, args: &[String]) -> Result<(), Refusal> {
+    /// Whether `command` may run with `args` and the environment `env`.
+    pub fn check(&self, command: &str, args: &[String], env: &BTreeMap<String, String>) -> Result<(), Refusal> {
         let Some(allowed) = self.commands.iter().find(|a| a.path == Path::new(command)) else {
             return Err(Refusal::NotListed(command.to_owned()));
         };
@@ -138,7 +165,11 @@ impl Whitelist {
                 return Err(Refusal::ArgumentRefused { command: command.to_owned(), index, arg: arg.clone() });
             }
         }
-        Ok(())
+        allowed.env.check(env).map_err(|(name, rule)| Refusal::EnvRefused {
+            command: command.to_owned(),
+            name: name.to_owned(),
+            rule,
+        })
     }
 
     /// How many commands are listed.
@@ -207,6 +238,11 @@ fn read(path: &Path) -> Result<String, WhitelistError> {
 mod tests {
     use super::*;
 
+    /// Checks a command and arguments with no environment.
+    fn check(w: &Whitelist, command: &str, args: &[String]) -> Result<(), Refusal> {
+        w.check(command, args, &BTreeMap::new())
+    }
+
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| (*s).to_owned()).collect()
     }
@@ -225,9 +261,9 @@ path = "/usr/bin/date"
     fn commands_are_exact_absolute_paths() {
         let w = Whitelist::parse("w.toml", LIST).unwrap();
         assert_eq!(w.len(), 2);
-        assert!(w.check("/usr/bin/jq", &args(&["-c", ".items"])).is_ok());
+        assert!(check(&w, "/usr/bin/jq", &args(&["-c", ".items"])).is_ok());
         for other in ["jq", "/tmp/evil/jq", "/usr/bin/../bin/jq", "/usr/bin/jq2"] {
-            assert_eq!(w.check(other, &[]), Err(Refusal::NotListed(other.into())), "{other}");
+            assert_eq!(check(&w, other, &[]), Err(Refusal::NotListed(other.into())), "{other}");
         }
     }
 
@@ -236,21 +272,43 @@ path = "/usr/bin/date"
         let w = Whitelist::parse("w.toml", LIST).unwrap();
         // Unanchored, `\.[A-Za-z0-9_.]*` would accept these.
         for bad in [".a; rm -rf /", "x.items", ".items\n.evil", "-c -r"] {
-            let refused = w.check("/usr/bin/jq", &args(&[bad]));
+            let refused = check(&w, "/usr/bin/jq", &args(&[bad]));
             assert!(matches!(refused, Err(Refusal::ArgumentRefused { index: 0, .. })), "{bad:?}: {refused:?}");
         }
         assert!(matches!(
-            w.check("/usr/bin/jq", &args(&["-c", "-r", ".a", ".b"])),
+            check(&w, "/usr/bin/jq", &args(&["-c", "-r", ".a", ".b"])),
             Err(Refusal::TooManyArgs { max: 3, given: 4, .. })
         ));
     }
 
     #[test]
+    fn a_command_gets_only_the_variables_its_entry_allows() {
+        let w = Whitelist::parse(
+            "w.toml",
+            "[[command]]\npath = \"/usr/bin/get-token\"\nenv = [\"AUDIENCE\"]\n[[command]]\npath = \"/usr/bin/date\"\n",
+        )
+        .unwrap();
+        let env = |name: &str| BTreeMap::from([(name.to_owned(), "secret-value".to_owned())]);
+        assert!(w.check("/usr/bin/get-token", &[], &env("AUDIENCE")).is_ok());
+        let refused = w.check("/usr/bin/date", &[], &env("AUDIENCE")).unwrap_err();
+        assert!(matches!(&refused, Refusal::EnvRefused { name, .. } if name == "AUDIENCE"), "{refused}");
+        let message = refused.to_string();
+        assert!(
+            message.contains("\"AUDIENCE\" of \"/usr/bin/date\"")
+                && message.contains("allows no environment variables"),
+            "{message}"
+        );
+        assert!(!message.contains("secret-value"), "the value is never quoted: {message}");
+        let refused = w.check("/usr/bin/get-token", &[], &env("LD_PRELOAD")).unwrap_err();
+        assert!(refused.to_string().contains("\"LD_PRELOAD\" of \"/usr/bin/get-token\" is reserved"), "{refused}");
+    }
+
+    #[test]
     fn a_command_without_patterns_takes_no_arguments() {
         let w = Whitelist::parse("w.toml", LIST).unwrap();
-        assert!(w.check("/usr/bin/date", &[]).is_ok());
+        assert!(check(&w, "/usr/bin/date", &[]).is_ok());
         assert!(matches!(
-            w.check("/usr/bin/date", &args(&["-s", "2020-01-01"])),
+            check(&w, "/usr/bin/date", &args(&["-s", "2020-01-01"])),
             Err(Refusal::TooManyArgs { max: 0, .. })
         ));
     }
@@ -260,12 +318,13 @@ path = "/usr/bin/date"
     fn the_shipped_whitelist_parses_and_refuses_file_reading_options() {
         let text = include_str!("../../../../deploy/components/hooks/whitelist.toml");
         let w = Whitelist::parse("deploy/components/hooks/whitelist.toml", text).unwrap();
-        assert!(w.check("/usr/bin/jq", &args(&["-c", ".items | map(.name)"])).is_ok());
-        assert!(w.check("/usr/bin/yq", &args(&["-o", "json"])).is_ok());
+        assert!(check(&w, "/usr/bin/jq", &args(&["-c", ".items | map(.name)"])).is_ok());
+        assert!(check(&w, "/usr/bin/yq", &[]).is_err(), "yq (a Python program in Debian) is not shipped");
         for bad in [&["--rawfile", "x", "/etc/passwd"][..], &["-f", "/etc/passwd"], &["-c", "--slurpfile"]] {
-            assert!(w.check("/usr/bin/jq", &args(bad)).is_err(), "{bad:?}");
+            assert!(check(&w, "/usr/bin/jq", &args(bad)).is_err(), "{bad:?}");
         }
-        assert!(w.check("/usr/bin/yq", &args(&["load(\"/etc/passwd\")"])).is_err());
+        let env = BTreeMap::from([("LD_PRELOAD".to_owned(), "/tmp/x.so".to_owned())]);
+        assert!(matches!(w.check("/usr/bin/jq", &args(&["-c", "."]), &env), Err(Refusal::EnvRefused { .. })));
     }
 
     #[test]
@@ -274,16 +333,16 @@ path = "/usr/bin/date"
         let path = dir.path().join("whitelist.toml");
         std::fs::write(&path, "[[command]]\npath = \"/usr/bin/date\"\n").unwrap();
         let live = LiveWhitelist::load(&path).unwrap();
-        assert!(live.current().check("/usr/bin/date", &[]).is_ok());
+        assert!(check(&live.current(), "/usr/bin/date", &[]).is_ok());
         assert!(!live.reload().unwrap(), "unchanged");
         std::fs::write(&path, "[[command]]\npath = \"/usr/bin/id\"\n").unwrap();
         assert!(live.reload().unwrap());
         assert!(
-            live.current().check("/usr/bin/date", &[]).is_err() && live.current().check("/usr/bin/id", &[]).is_ok()
+            check(&live.current(), "/usr/bin/date", &[]).is_err() && check(&live.current(), "/usr/bin/id", &[]).is_ok()
         );
         std::fs::write(&path, "[[command]]\npath = \"relative\"\n").unwrap();
         assert!(matches!(live.reload(), Err(WhitelistError::RelativePath { .. })));
-        assert!(live.current().check("/usr/bin/id", &[]).is_ok(), "the previous list stays");
+        assert!(check(&live.current(), "/usr/bin/id", &[]).is_ok(), "the previous list stays");
     }
 
     #[test]
@@ -297,6 +356,11 @@ path = "/usr/bin/date"
             ),
             ("[[command]]\npath = \"/a\"\n[[command]]\npath = \"/a\"\n", "command[1].path = \"/a\" is listed twice"),
             ("[[command]]\npath = \"/a\"\nshell = true\n", "unknown field `shell`"),
+            (
+                "[[command]]\npath = \"/a\"\nenv = [\"TOKEN\", \"LD_PRELOAD\"]\n",
+                "command[0].env[1] = \"LD_PRELOAD\" can never be allowed: it covers LD_*",
+            ),
+            ("[[command]]\npath = \"/a\"\nenv = [\"A-B\"]\n", "command[0].env[0] = \"A-B\" is not a variable name"),
         ];
         for (text, expect) in cases {
             let err = Whitelist::parse("w.toml", text).unwrap_err().to_string();

@@ -361,3 +361,23 @@ fn garbage_keeps_what_was_published_not_what_is_newest() {
         "legacy: the newest other object (here the unpublished one) is kept"
     );
 }
+
+#[test]
+fn a_whitelist_refusal_stalls_while_a_busy_executor_backs_off() {
+    use crate::controller::hooks::chain::{HookFailure, Phase};
+    use crate::controller::hooks::protocol::{CallError, FailureKind};
+    let failure = |kind| HookFailure {
+        hook: "h".into(),
+        phase: Phase::PostRequest,
+        attempts: 1,
+        error: CallError::Failed { kind, message: "environment variable \"LD_PRELOAD\" of \"/usr/bin/jq\" ...".into() },
+    };
+    let Outcome::Stalled { problem, recheck_at_interval } = hook_failure(&failure(FailureKind::Refused)) else {
+        panic!("a refusal is a spec problem")
+    };
+    assert_eq!(problem.reason, Reason::HookFailed);
+    assert!(problem.message.contains("LD_PRELOAD"), "{}", problem.message);
+    assert!(recheck_at_interval, "a whitelist change can resolve it without a spec change");
+    let Outcome::Failed(f) = hook_failure(&failure(FailureKind::Busy)) else { panic!("busy is transient") };
+    assert_eq!((f.reason, f.retry), (Reason::HookFailed, Retry::Backoff { after: None }));
+}

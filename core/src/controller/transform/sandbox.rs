@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
+use super::super::child::{die_first, set_rlimit};
 use super::TransformError;
 use super::worker::{MAX_MESSAGE, Request, exit};
 use crate::config::TransformConfig as Limits;
@@ -80,27 +81,13 @@ impl Sandbox {
 
 /// Applied in the child between fork and exec.
 fn confine(cpu_secs: u64, memory: u64) -> std::io::Result<()> {
-    let limit = |resource, soft: u64, hard: u64| {
-        let value = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-        // SAFETY: setrlimit reads the struct it is given.
-        if unsafe { libc::setrlimit(resource, &value) } == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-    };
     // SIGXCPU at the soft limit; SIGKILL one second later should the worker survive it.
-    limit(libc::RLIMIT_CPU, cpu_secs, cpu_secs + 1)?;
-    limit(libc::RLIMIT_AS, memory, memory)?;
+    set_rlimit!(libc::RLIMIT_CPU, cpu_secs, cpu_secs + 1)?;
+    set_rlimit!(libc::RLIMIT_AS, memory, memory)?;
     // SIGXCPU and SIGABRT would otherwise dump core into the controller's working directory.
-    limit(libc::RLIMIT_CORE, 0, 0)?;
-    limit(libc::RLIMIT_NOFILE, 16, 16)?;
-    // SAFETY: prctl with integer arguments only; open/write/close on a static C string and a
-    // static buffer. Failures are ignored: both are hardening, not limits.
-    unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-        let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-        if fd >= 0 {
-            libc::write(fd, b"1000".as_ptr().cast(), 4);
-            libc::close(fd);
-        }
-    }
+    set_rlimit!(libc::RLIMIT_CORE, 0, 0)?;
+    set_rlimit!(libc::RLIMIT_NOFILE, 16, 16)?;
+    die_first();
     Ok(())
 }
 
