@@ -63,22 +63,7 @@ while read -r file max_size expected; do
   ops=$(free_port)
   store=$DIR/store-$i
   mkdir -p "$store"
-  cat >"$DIR/controller-$i.toml" <<TOML
-[server]
-port = $port
-bind_address = "127.0.0.1"
-advertise_url = "http://127.0.0.1:$port"
-
-[ops]
-port = $ops
-bind_address = "127.0.0.1"
-
-[storage]
-backend = "filesystem"
-
-[storage.filesystem]
-root = "$store"
-
+  bench_controller_config "$DIR/controller-$i.toml" "$port" "$ops" "$store" <<TOML
 [controller]
 leader_election = false
 pod_name = "bench"

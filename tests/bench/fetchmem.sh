@@ -70,22 +70,7 @@ for budget in $FETCHMEM_BUDGETS; do
   ops=$(free_port)
   store=$DIR/store-$budget
   mkdir -p "$store"
-  cat >"$DIR/controller-$budget.toml" <<TOML
-[server]
-port = $port
-bind_address = "127.0.0.1"
-advertise_url = "http://127.0.0.1:$port"
-
-[ops]
-port = $ops
-bind_address = "127.0.0.1"
-
-[storage]
-backend = "filesystem"
-
-[storage.filesystem]
-root = "$store"
-
+  bench_controller_config "$DIR/controller-$budget.toml" "$port" "$ops" "$store" <<TOML
 [controller]
 concurrency = $FETCHMEM_SOURCES
 namespace_concurrency = $FETCHMEM_SOURCES

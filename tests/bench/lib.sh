@@ -59,6 +59,30 @@ wait_http() {
   die "$url did not answer 200 within ${limit}s"
 }
 
+# Writes controller config FILE for a bench run on loopback (artifact server on PORT, ops on
+# OPS, a filesystem store at STORE); the tables read from stdin follow it.
+bench_controller_config() {
+  local file=$1 port=$2 ops=$3 store=$4
+  cat >"$file" <<TOML
+[server]
+port = $port
+bind_address = "127.0.0.1"
+advertise_url = "http://127.0.0.1:$port"
+
+[ops]
+port = $ops
+bind_address = "127.0.0.1"
+
+[storage]
+backend = "filesystem"
+
+[storage.filesystem]
+root = "$store"
+
+TOML
+  cat >>"$file"
+}
+
 # RSS of one pid in KiB (VmRSS; VmHWM for the peak with `rss_kib PID VmHWM`).
 rss_kib() {
   awk -v f="${2:-VmRSS}:" '$1 == f { print $2 }' "/proc/$1/status"
