@@ -7,7 +7,8 @@
 # etcd, as one `format: archive` source. The controller is started afresh for each shape, over a
 # filesystem store, so its peak RSS (VmHWM) over its RSS just before the source was created is
 # that shape's growth. It is compared with what the fetch reserved for it: 2 × the body (nginx
-# declares its length) + maxSize for what it unpacks (core/src/controller/memory.rs).
+# declares its length) + maxSize for what it unpacks + 2 MiB of unpacking workspace
+# (core/src/controller/memory.rs).
 #
 # Usage: bash tests/bench/archivemem.sh    (tests/bench/run.sh calls it in full mode)
 # Environment: BIN (controller binary; built when unset), RUN (log dir), BENCH_RESULTS (TSV rows),
@@ -58,7 +59,7 @@ while read -r file max_size expected; do
   name=shape-$i
   size=$(stat -c %s "$DIR/fixture-root/$file")
   max_bytes=$(python3 -c "import sys; u={'KiB':1<<10,'MiB':1<<20,'GiB':1<<30}; s=sys.argv[1]; print(int(s[:-3]) * u[s[-3:]])" "$max_size")
-  reserved=$((2 * (size < max_bytes ? size : max_bytes) + max_bytes))
+  reserved=$((2 * (size < max_bytes ? size : max_bytes) + max_bytes + (2 << 20)))
   port=$(free_port)
   ops=$(free_port)
   store=$DIR/store-$i

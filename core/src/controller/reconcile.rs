@@ -27,7 +27,7 @@ use super::finish::{Report, finish, owned_by, write_status};
 use super::flux_events::FluxEvents;
 use super::hooks::chain::{self, HookFailure, Phase};
 use super::hooks::protocol::ExecutorClient;
-use super::memory::MemoryBudget;
+use super::memory::{MemoryBudget, UNPACK_WORKSPACE};
 use super::metrics::{Metrics, ReconcileLabels, ResultLabels};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{Defaults, Packaging, Plan};
@@ -407,7 +407,11 @@ async fn fetch_and_store(
     };
 
     // Held until the body and its copies are gone, at the end of this function.
-    let unpacked = if matches!(plan.packaging, Packaging::Archive(_)) { plan.max_size } else { 0 };
+    let unpacked = if matches!(plan.packaging, Packaging::Archive(_)) {
+        plan.max_size.saturating_add(UNPACK_WORKSPACE)
+    } else {
+        0
+    };
     let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
     let fetched = ctx.fetcher.fetch(&request, &mut memory).await;

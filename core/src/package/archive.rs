@@ -29,6 +29,16 @@ pub const MAX_ENTRIES: usize = 10_000;
 /// PAX or GNU long-name records, padding to 512. Caps the decompressed stream, not the files.
 const TAR_OVERHEAD_PER_ENTRY: u64 = 4096;
 
+/// Bytes of a hostile name quoted when it is refused: enough to recognise it, never the whole of
+/// a name that may be kilobytes long.
+const QUOTED: usize = 64;
+
+/// A name for messages: the first [`QUOTED`] bytes of a possibly long, possibly non-UTF-8 one.
+fn quote(name: &[u8]) -> String {
+    let head = String::from_utf8_lossy(&name[..name.len().min(QUOTED)]).into_owned();
+    if name.len() > QUOTED { format!("{head}…") } else { head }
+}
+
 /// Which part of the archive becomes the artifact, and where it goes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Layout {
@@ -307,7 +317,8 @@ impl Tree<'_> {
             let segments: Vec<&str> = key.split(SEP).collect();
             let path = segments.join("/");
             if path.len() > MAX_PATH_LEN {
-                return Err(ArchiveError::UnsafeEntry { entry: path, rule: "is longer than 1024 bytes once placed" });
+                let entry = quote(path.as_bytes());
+                return Err(ArchiveError::UnsafeEntry { entry, rule: "is longer than 1024 bytes once placed" });
             }
             let parents = &segments[..segments.len() - 1];
             let shared = open.iter().zip(parents).take_while(|(a, b)| a == b).count();
@@ -315,7 +326,8 @@ impl Tree<'_> {
                 let directory = parents[..=depth].join("/");
                 implied += 1;
                 if implied > self.limits.max_entries {
-                    return Err(ArchiveError::TooManyDirectories { entry: directory, limit: self.limits.max_entries });
+                    let entry = quote(directory.as_bytes());
+                    return Err(ArchiveError::TooManyDirectories { entry, limit: self.limits.max_entries });
                 }
                 bytes = bytes.saturating_add(directory.len() as u64);
                 if bytes > self.limits.max_bytes {

@@ -5,14 +5,11 @@
 
 use std::io::Read;
 
-use super::{ArchiveError, Entry, MAX_PATH_LEN, Tree, io_error};
+use super::{ArchiveError, Entry, MAX_PATH_LEN, QUOTED, Tree, io_error, quote};
 
 /// Largest PAX extended header read for one entry. Real ones carry a path, a link target, times,
 /// owner names and a few extended attributes: well under this.
 const MAX_PAX_HEADER: u64 = 16 << 10;
-
-/// Bytes of a hostile record quoted when it is refused, to name it without holding it.
-const QUOTED: u64 = 64;
 
 /// What the records read so far say about the next entry.
 #[derive(Default)]
@@ -100,8 +97,9 @@ fn read_record<R: Read>(
     let size = entry.size();
     if size > limit {
         let mut head = Vec::new();
-        entry.take(QUOTED).read_to_end(&mut head).map_err(io_error)?;
-        let quoted = format!("{}…", String::from_utf8_lossy(trim_nul(&head)));
+        // One byte more than is quoted, so `quote` marks the cut.
+        entry.take(QUOTED as u64 + 1).read_to_end(&mut head).map_err(io_error)?;
+        let quoted = quote(trim_nul(&head));
         return Err(ArchiveError::RecordTooLarge { record, entry: quoted, size, limit });
     }
     let mut data = Vec::with_capacity(size as usize);

@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use super::{ArchiveError, Entry, MAX_PATH_LEN, Tree};
+use super::{ArchiveError, Entry, MAX_PATH_LEN, QUOTED, Tree, quote};
 
 /// End of central directory record: signature, fixed part length.
 const EOCD: &[u8] = b"PK\x05\x06";
@@ -32,9 +32,6 @@ const LOCAL_LEN: usize = 30;
 const MAX_EXTRA_AND_COMMENT: usize = 8 << 10;
 /// The longest central directory record accepted, so the largest directory `n` entries may have.
 const MAX_RECORD: u64 = (CENTRAL_LEN + MAX_PATH_LEN + MAX_EXTRA_AND_COMMENT) as u64;
-
-/// Bytes of a hostile name quoted when it is refused, to name it without holding it.
-const QUOTED: usize = 64;
 
 /// Compression methods read: stored and deflated (what zip tools write by default).
 const STORED: u16 = 0;
@@ -338,10 +335,4 @@ fn contents<'a>(payload: &'a [u8], name: &str, record: &Record<'_>) -> Result<Bo
 fn le(bytes: &[u8], at: usize, n: usize) -> Option<u64> {
     let field = bytes.get(at..at.checked_add(n)?)?;
     Some(field.iter().rev().fold(0, |value, &b| value << 8 | u64::from(b)))
-}
-
-/// A name for messages: the first bytes of a possibly huge, possibly non-UTF-8 one.
-fn quote(name: &[u8]) -> String {
-    let head = String::from_utf8_lossy(&name[..name.len().min(QUOTED)]).into_owned();
-    if name.len() > QUOTED { format!("{head}…") } else { head }
 }
