@@ -5,10 +5,11 @@
 #   localhost/coredns:<version>               CoreDNS from tests/testenv.sh
 #   localhost/busybox:cluster                 Debian's busybox-static: the upstream fixture (httpd),
 #                                             the consumer loops and the checks run inside pods
-#   localhost/jq:cluster                      busybox plus Debian's jq and its libraries (the hook executor)
 #   localhost/{kustomize,helm,notification}-controller:<version>   Flux's controllers
 #   localhost/seaweedfs:<version>             SeaweedFS' static `weed`
 #   localhost/externalsource-controller:cluster   ours, by deploy/image/build.sh --binary
+#   localhost/externalsource-hook-executor:cluster  the hook executor as deploy/README.md "Hooks"
+#                                             describes it: our binary and the whitelisted jq, no shell
 # Third-party images are cached as archives under the cache directory, keyed by their binaries'
 # digests; ours is rebuilt on every start from $EXTERNALSOURCE_CONTROLLER_BIN (default
 # target/debug/externalsource-controller, built with every backend).
@@ -48,8 +49,12 @@ digest() { cat "$@" | sha256sum | cut -c1-16; }
 # cached NAME KEY BUILDER...: builds the archive once per KEY, imports it.
 cached() {
   local name=$1 key=$2; shift 2
-  local archive="$CACHE/$(echo "$name" | tr '/:' '__')-$key.tar"
+  local stem
+  stem=$(echo "$name" | tr '/:' '__')
+  local archive="$CACHE/$stem-$key.tar"
   if [ ! -s "$archive" ]; then
+    # Archives of older builds of this image go.
+    rm -f "$CACHE/$stem"-*.tar
     local root
     root=$(mktemp -d)
     "$@" "$root" "$archive"
@@ -92,15 +97,12 @@ busybox_root() { # ROOT
 }
 build_busybox() { busybox_root "$1"; scratch_image localhost/busybox:cluster "$2" "$1" '["/bin/sh"]'; }
 
-# jq with the shared libraries it links, plus busybox for a shell: the hook executor's tools
-# (deploy/components/hooks whitelists jq and yq) beside our binary, added by hook_image below.
-build_jq() {
-  busybox_root "$1"
-  install -D -m 0755 /usr/bin/jq "$1/usr/bin/jq"
-  ldd /usr/bin/jq | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
-    install -D -m 0755 "$(readlink -f "$lib")" "$1$lib"
+# install_with_libs BINARY ROOT DEST: the binary and the shared libraries (and loader) it links.
+install_with_libs() {
+  install -D -m 0755 "$1" "$2$3"
+  ldd "$1" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | while read -r lib; do
+    install -D -m 0755 "$(readlink -f "$lib")" "$2$lib"
   done
-  scratch_image localhost/jq:cluster "$2" "$1" '["/usr/bin/jq"]'
 }
 
 start=$(now_ms)
@@ -114,12 +116,10 @@ for c in kustomize-controller helm-controller notification-controller; do
       build_binary_image "localhost/$c:cluster" "$BIN/$c" "[\"/$c\"]" 65534:65534
   fi
 done
-if [ -n "${WEED_BIN:-}" ] && [ -x "$WEED_BIN" ]; then
+WEED_BIN=${WEED_BIN:-$(bash "$REPO_DIR/tests/s3/seaweedfs.sh")}
+if [ -x "$WEED_BIN" ]; then
   cached localhost/seaweedfs:cluster "$(digest "$WEED_BIN")" \
     build_binary_image localhost/seaweedfs:cluster "$WEED_BIN" '["/weed"]' 65532:65532
-fi
-if command -v jq >/dev/null; then
-  cached localhost/jq:cluster "$(digest /usr/bin/jq /usr/bin/busybox)" build_jq
 fi
 
 # Ours: exactly the script users run, from the given binary (every backend linked).
@@ -137,6 +137,16 @@ bh push --quiet "$image" "docker-archive:$archive:$image"
 bh rmi "$image" >/dev/null 2>&1 || true
 import "$archive"
 rm -f "$archive"
+# The hook executor: our binary and Debian's jq (with their libraries), nothing else.
+hroot=$(mktemp -d)
+chmod 0755 "$hroot"
+install_with_libs "$binary" "$hroot" /usr/local/bin/externalsource-controller
+install_with_libs /usr/bin/jq "$hroot" /usr/bin/jq
+scratch_image localhost/externalsource-hook-executor:cluster "$CLUSTER_STATE/hook-executor.tar" "$hroot" \
+  '["/usr/local/bin/externalsource-controller"]'
+rm -rf "$hroot"
+import "$CLUSTER_STATE/hook-executor.tar"
+rm -f "$CLUSTER_STATE/hook-executor.tar"
 # A second tag of the same image, for the upgrade scenarios (a new tag, as a release would be).
 ctr -a "$sock" -n k8s.io images tag "$image" "${image%:*}:cluster-next" >/dev/null
 clog "images built and imported in $(( $(now_ms) - start ))ms"

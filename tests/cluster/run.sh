@@ -46,6 +46,7 @@ if [ -z "${EXTERNALSOURCE_CONTROLLER_BIN:-}" ]; then
 fi
 
 trap 'bash "$CLUSTER_DIR/down.sh"' EXIT
+trap 'exit 130' INT TERM
 t=$(now_ms)
 if ! bash "$CLUSTER_DIR/up.sh" >&2; then
   echo "FAIL cluster: did not start (logs: $CLUSTER_STATE.logs)"
