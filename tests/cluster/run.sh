@@ -12,7 +12,7 @@
 set -euo pipefail
 # shellcheck source=tests/cluster/lib.sh
 source "$(dirname "$0")/lib.sh"
-ALL_SCENARIOS="kustomize rbac helm"
+ALL_SCENARIOS="kustomize rbac helm helm-controller hooks notification ha"
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || read -r -a scenarios <<<"$ALL_SCENARIOS"
 for s in "${scenarios[@]}"; do

@@ -14,11 +14,14 @@ LEASE_DURATION=15 BOUND=30
 ensure_flux
 ensure_upstream
 step "SeaweedFS and the s3-proxy overlay"
+cleanup kc delete -f "$CLUSTER_DIR/manifests/seaweedfs.yaml" --ignore-not-found --wait=false
 kc apply -f "$CLUSTER_DIR/manifests/seaweedfs.yaml" >/dev/null
 kc -n fixtures wait --for=condition=Available deploy/seaweedfs --timeout=120s >/dev/null || fail "SeaweedFS not Available"
+cleanup kc -n $NS delete secret externalsource-s3-credentials --ignore-not-found
 kc -n $NS create secret generic externalsource-s3-credentials --from-literal=access-key-id=CLUSTERKEY \
   --from-literal=secret-access-key=CLUSTERSECRET123 --dry-run=client -o yaml | kc apply -f - >/dev/null
 kc -n fixtures exec deploy/upstream -- sh -c 'echo revision-1 >/data/current'
+cleanup kc delete -k "$CLUSTER_DIR/overlays/ha" --ignore-not-found --wait=true --timeout=120s
 kc apply -k "$CLUSTER_DIR/overlays/ha" >/dev/null
 for d in externalsource-controller externalsource-artifact-server; do
   kc -n $NS rollout status deploy/$d --timeout=180s >/dev/null ||
@@ -26,6 +29,7 @@ for d in externalsource-controller externalsource-artifact-server; do
 done
 kc -n $NS get pdb -o name | grep -q . || fail "no PodDisruptionBudget installed"
 
+cleanup kc -n $NS delete externalsource ha-src --ignore-not-found --wait=true --timeout=60s
 kc apply -f - >/dev/null <<YAML
 apiVersion: source.flux.oddkin.co/v1alpha1
 kind: ExternalSource
@@ -44,6 +48,7 @@ revision1=$(kc -n $NS get externalartifacts.source.toolkit.fluxcd.io ha-src -o j
 
 step "a consumer downloading $url in a loop"
 kc -n fixtures delete pod consumer --ignore-not-found --wait >/dev/null
+cleanup kc -n fixtures delete pod consumer --ignore-not-found --wait=false
 kc -n fixtures run consumer --image localhost/busybox:cluster --image-pull-policy Never --restart Never --command -- sh -c "
   ok=0 retried=0 failed=0
   get() { timeout 10 wget -q -O /tmp/a '$url' && [ \"sha256:\$(sha256sum /tmp/a | cut -c1-64)\" = '$digest' ]; }
@@ -70,8 +75,15 @@ read -r ok1 retried1 failed1 < <(counts)
 
 step "delete the leader with grace period 0"
 holder() { kc -n $NS get lease $LEASE -o jsonpath='{.spec.holderIdentity}'; }
+# The old leader released the Lease when it stopped; one of the new pods takes it.
+held_by_new_pod() {
+  local h
+  h=$(holder)
+  [ -n "$h" ] && [ -z "$(kc -n $NS get pod "$h" -o jsonpath='{.metadata.deletionTimestamp}')" ]
+}
+wait_until $((LEASE_DURATION + 15)) "a new pod holding the Lease" held_by_new_pod ||
+  fail "after the rollout restart no running pod holds the Lease (holder '$(holder)')"
 leader=$(holder)
-kc -n $NS get pod "$leader" >/dev/null 2>&1 || fail "lease holder '$leader' is not a pod"
 kc -n $NS delete pod "$leader" --grace-period=0 --force >/dev/null 2>&1
 killed=$(now_ms)
 kc -n fixtures exec deploy/upstream -- sh -c 'echo revision-2 >/data/current'
@@ -94,9 +106,4 @@ kc -n fixtures logs consumer 2>/dev/null | head -5 >&2 || true
 [ "$ok" -gt "$ok1" ] || fail "the consumer made no progress after the kill"
 assert_no_forbidden $NS
 
-kc -n fixtures delete pod consumer --wait=false >/dev/null
-kc -n $NS delete externalsource ha-src --wait=true --timeout=60s >/dev/null
-kc delete -k "$CLUSTER_DIR/overlays/ha" --wait=true --timeout=120s >/dev/null
-kc -n $NS delete secret externalsource-s3-credentials >/dev/null
-kc delete -f "$CLUSTER_DIR/manifests/seaweedfs.yaml" --wait=false >/dev/null
 echo "$ok downloads ok, $retried retried (cut by a stopped or killed pod), 0 failed through rollout restart and leader kill; new leader $newleader published the new revision ${published_ms}ms after the kill (bound ${LEASE_DURATION}s + ${BOUND}s)"

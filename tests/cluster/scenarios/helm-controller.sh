@@ -11,7 +11,7 @@ ensure_flux
 ensure_upstream
 step "a chart served by the upstream"
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+cleanup rm -rf "$work"
 mkdir -p "$work/cluster-chart/templates"
 cat >"$work/cluster-chart/Chart.yaml" <<YAML
 apiVersion: v2
@@ -28,15 +28,19 @@ data:
   greeting: {{ .Values.greeting | quote }}
 YAML
 "$HELM" package "$work/cluster-chart" -d "$work" >/dev/null
+cleanup kc -n fixtures delete configmap upstream-charts --ignore-not-found
 kc -n fixtures create configmap upstream-charts --from-file=cluster-chart.tgz="$work/cluster-chart-0.1.0.tgz" \
   --dry-run=client -o yaml | kc apply -f - >/dev/null
 kc -n fixtures rollout restart deploy/upstream >/dev/null
 kc -n fixtures rollout status deploy/upstream --timeout=60s >/dev/null || fail "upstream did not restart"
 
 step "kubectl apply -k overlays/kustomize"
+cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
 kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
 kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
   fail "Deployment not Available"
+cleanup kc -n $NS delete externalsource cluster-chart --ignore-not-found --wait=true --timeout=60s
+cleanup kc -n $NS delete helmrelease cluster-chart --ignore-not-found --wait=true --timeout=90s
 kc apply -f - >/dev/null <<YAML
 apiVersion: source.flux.oddkin.co/v1alpha1
 kind: ExternalSource
@@ -65,8 +69,4 @@ greeting=$(kc -n default get configmap chart-made -o jsonpath='{.data.greeting}'
 [ "$greeting" = from-helmrelease ] || fail "ConfigMap default/chart-made has greeting '$greeting'"
 assert_no_forbidden $NS
 
-kc -n $NS delete helmrelease cluster-chart --wait=true --timeout=90s >/dev/null
-kc -n $NS delete externalsource cluster-chart --wait=true --timeout=60s >/dev/null
-kc delete -k "$CLUSTER_DIR/overlays/kustomize" --wait=true --timeout=90s >/dev/null
-kc -n fixtures delete configmap upstream-charts >/dev/null
 echo "HelmRelease from $url installed chart-made (greeting $greeting)"

@@ -16,6 +16,7 @@ SOURCES="helm-a helm-b helm-c"
 ensure_flux
 ensure_upstream
 step "helm install"
+cleanup helm uninstall $RELEASE -n $NS --wait --timeout 2m
 helm install $RELEASE "$CHART" -n $NS --set image.repository=localhost/externalsource-controller \
   --set image.tag=cluster --wait --timeout 3m >/dev/null 2>"$CLUSTER_STATE/logs/helm-install.err" ||
   fail "helm install: $(tail -3 "$CLUSTER_STATE/logs/helm-install.err")"
@@ -23,6 +24,8 @@ kc -n $NS wait --for=condition=Available deploy/$RELEASE --timeout=60s >/dev/nul
 pod=$(kc -n $NS get pods -l $CONTROLLER_LABEL -o jsonpath='{.items[0].metadata.name}')
 [ "$(kc -n $NS get pod "$pod" -o jsonpath='{.status.containerStatuses[0].restartCount}')" = 0 ] || fail "the pod restarted"
 
+cleanup kc -n $NS delete externalsource $SOURCES --ignore-not-found --wait=true --timeout=60s
+cleanup kc -n $NS delete kustomization helm-a --ignore-not-found --wait=true --timeout=60s
 for s in $SOURCES; do
   kc apply -f - >/dev/null <<YAML
 apiVersion: source.flux.oddkin.co/v1alpha1
@@ -67,7 +70,7 @@ watch_log="$CLUSTER_STATE/logs/helm-ready-watch"
   done
 ) &
 watcher=$!
-trap 'kill $watcher 2>/dev/null || true' EXIT
+cleanup kill $watcher
 helm upgrade $RELEASE "$CHART" -n $NS --reuse-values --set image.tag=cluster-next --wait --timeout 3m >/dev/null \
   2>"$CLUSTER_STATE/logs/helm-upgrade.err" || fail "helm upgrade: $(tail -3 "$CLUSTER_STATE/logs/helm-upgrade.err")"
 newpod=$(kc -n $NS get pods -l $CONTROLLER_LABEL --field-selector status.phase=Running -o jsonpath='{.items[0].metadata.name}')
@@ -85,7 +88,6 @@ while [ "sha256:${got%% *}" != "$digest" ]; do
 done
 sleep 2
 kill $watcher 2>/dev/null || true
-trap - EXIT
 observations=$(wc -l <"$watch_log")
 notready=$(tr ' ' '\n' <"$watch_log" | grep -v '=True$' | grep -c . || true)
 [ "$observations" -gt 5 ] || fail "only $observations observations of the sources during the upgrade"

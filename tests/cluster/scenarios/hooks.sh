@@ -9,6 +9,7 @@ NS=flux-system TOKEN_DIR=/var/run/secrets/kubernetes.io/serviceaccount
 ensure_flux
 ensure_upstream
 step "kubectl apply -k overlays/hooks"
+cleanup kc delete -k "$CLUSTER_DIR/overlays/hooks" --ignore-not-found --wait=true --timeout=120s
 kc apply -k "$CLUSTER_DIR/overlays/hooks" >/dev/null
 kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
   fail "Deployment not Available: $(kc -n $NS get pods -l $CONTROLLER_LABEL --no-headers 2>&1)"
@@ -26,6 +27,7 @@ exec_uid=$(awk '/^Uid:/ {print $2}' "/proc/$exec_pid/status")
 [ "$exec_uid" = 65532 ] || fail "hook-executor runs as uid $exec_uid"
 
 step "a jq hook shapes an artifact"
+cleanup kc -n $NS delete externalsource hooked --ignore-not-found --wait=true --timeout=60s
 kc apply -f - >/dev/null <<YAML
 apiVersion: source.flux.oddkin.co/v1alpha1
 kind: ExternalSource
@@ -49,6 +51,4 @@ content=$(in_pod fixtures unpack "wget -q -O - '$url' | tar -xzO release/latest.
 [ "$content" = '{"tag":"v1.2.3","assets":1}' ] || fail "artifact holds '$content', want the jq output"
 assert_no_forbidden $NS
 
-kc -n $NS delete externalsource hooked --wait=true --timeout=60s >/dev/null
-kc delete -k "$CLUSTER_DIR/overlays/hooks" --wait=true --timeout=90s >/dev/null
 echo "hook-executor has no token (manager has), jq hook output $content served in the artifact"

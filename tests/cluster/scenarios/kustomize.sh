@@ -13,6 +13,7 @@ ensure_flux
 ensure_upstream
 
 step "kubectl apply -k overlays/kustomize"
+cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
 kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
 kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
   fail "Deployment not Available: $(kc -n $NS get pods -l $CONTROLLER_LABEL --no-headers 2>&1)"
@@ -41,6 +42,8 @@ unhealthy=$(kc -n $NS get events --field-selector "involvedObject.name=$pod,reas
 [ -z "$unhealthy" ] || fail "probe failures: $unhealthy"
 
 step "an ExternalSource fetching the in-cluster upstream"
+cleanup kc -n $NS delete externalsource cluster-app --ignore-not-found --wait=true --timeout=60s
+cleanup kc -n $NS delete kustomization cluster-app --ignore-not-found --wait=true --timeout=60s
 kc apply -f - >/dev/null <<YAML
 apiVersion: source.flux.oddkin.co/v1alpha1
 kind: ExternalSource
@@ -81,8 +84,4 @@ served=$(kc -n default get configmap from-upstream -o jsonpath='{.data.served-by
 
 assert_no_forbidden $NS
 
-step "clean up"
-kc -n $NS delete kustomization cluster-app --wait=true --timeout=60s >/dev/null
-kc -n $NS delete externalsource cluster-app --wait=true --timeout=60s >/dev/null
-kc delete -k "$CLUSTER_DIR/overlays/kustomize" --wait=true --timeout=90s >/dev/null
 echo "Available as 65532 with a read-only root and no capabilities, probes passing; $url served sha256 ${digest#sha256:} to another namespace; kustomize-controller applied it"

@@ -9,6 +9,17 @@ CONTROLLER_LABEL=app.kubernetes.io/component=controller
 ARTIFACT_SERVICE=flux-externalsource-controller-artifacts
 
 fail() { echo "$*"; echo "FAIL: $*" >&2; exit 1; }
+
+# cleanup COMMAND: run at exit, pass or fail, the last registered first (so the sources a
+# scenario created go before the controller that holds their finalizers), leaving the cluster
+# as the next scenario expects it.
+CLEANUP=()
+cleanup() { CLEANUP+=("$*"); }
+run_cleanup() {
+  local i
+  for ((i = ${#CLEANUP[@]} - 1; i >= 0; i--)); do eval "${CLEANUP[i]}" >/dev/null 2>&1 || true; done
+}
+trap run_cleanup EXIT
 step() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
 
 # Flux's CRDs and controllers (kustomize-, helm-, notification-controller), Ready.
@@ -18,7 +29,8 @@ ensure_flux() {
     kc apply --server-side --force-conflicts -f "$f" >/dev/null
   done
   kc apply -k "$CLUSTER_DIR/manifests/flux" >/dev/null
-  kc -n flux-system wait --for=condition=Available deploy --all --timeout=180s >/dev/null ||
+  kc -n flux-system wait --for=condition=Available deploy/kustomize-controller deploy/helm-controller \
+    deploy/notification-controller --timeout=180s >/dev/null ||
     fail "Flux controllers not Available: $(kc -n flux-system get pods --no-headers 2>&1 | tr '\n' ';')"
 }
 

@@ -8,12 +8,16 @@ NS=flux-system
 
 ensure_flux
 ensure_upstream
+cleanup kc delete -f "$CLUSTER_DIR/manifests/receiver.yaml" --ignore-not-found --wait=false
 kc apply -f "$CLUSTER_DIR/manifests/receiver.yaml" >/dev/null
 kc -n fixtures wait --for=condition=Available deploy/receiver --timeout=60s >/dev/null || fail "receiver not Available"
 step "kubectl apply -k overlays/kustomize"
+cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
 kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
 kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
   fail "Deployment not Available"
+cleanup kc -n $NS delete alert external-sources --ignore-not-found
+cleanup kc -n $NS delete provider receiver --ignore-not-found
 kc apply -f - >/dev/null <<YAML
 apiVersion: notification.toolkit.fluxcd.io/v1beta3
 kind: Provider
@@ -32,6 +36,7 @@ spec:
     - {kind: ExternalArtifact, name: "*"}
 YAML
 kc -n $NS wait --for=condition=Ready alert/external-sources provider/receiver --timeout=60s >/dev/null 2>&1 || true
+cleanup kc -n $NS delete externalsource notify-src notify-broken --ignore-not-found --wait=true --timeout=60s
 kc apply -f - >/dev/null <<YAML
 apiVersion: source.flux.oddkin.co/v1alpha1
 kind: ExternalSource
@@ -65,9 +70,4 @@ reason=$(events | jq -r -s 'map(select(.involvedObject.name == "notify-broken" a
 revision=$(events | jq -r -s 'map(select(.involvedObject.name == "notify-src" and .reason == "NewArtifact"))[0].metadata.revision // ""')
 assert_no_forbidden $NS
 
-kc -n $NS delete externalsource notify-src notify-broken --wait=true --timeout=60s >/dev/null
-kc -n $NS delete alert external-sources >/dev/null
-kc -n $NS delete provider receiver >/dev/null
-kc delete -k "$CLUSTER_DIR/overlays/kustomize" --wait=true --timeout=90s >/dev/null
-kc delete -f "$CLUSTER_DIR/manifests/receiver.yaml" --wait=false >/dev/null
 echo "the receiver got NewArtifact (info, revision ${revision:-?}) and $reason (error) through an Alert on ExternalArtifact"

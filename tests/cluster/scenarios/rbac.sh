@@ -11,11 +11,13 @@ as_user() { local u=$1; shift; in_ns kubectl --kubeconfig "$CLUSTER_STATE/$u.kub
 ensure_flux
 ensure_upstream
 step "kubectl apply -k overlays/kustomize"
+cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
 kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
 kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
   fail "Deployment not Available"
 
 step "users bound to edit and view in $TEAM"
+cleanup kc delete namespace $TEAM --ignore-not-found --wait=true --timeout=60s
 kc create namespace $TEAM --dry-run=client -o yaml | kc apply -f - >/dev/null
 kc -n $TEAM create rolebinding edit-user --clusterrole edit --user edit-user --dry-run=client -o yaml | kc apply -f - >/dev/null
 kc -n $TEAM create rolebinding view-user --clusterrole view --user view-user --dry-run=client -o yaml | kc apply -f - >/dev/null
@@ -58,6 +60,4 @@ wait_until 30 "the ExternalArtifact removed by the finalizer" sh -c \
   fail "ExternalArtifact left after the source was deleted"
 assert_no_forbidden $NS
 
-kc delete namespace $TEAM --wait=true --timeout=60s >/dev/null
-kc delete -k "$CLUSTER_DIR/overlays/kustomize" --wait=true --timeout=90s >/dev/null
 echo "edit-user created and deleted a source (Ready, artifact $url), view-user read it and was Forbidden to create; no 403 in the controller's log"
