@@ -2,7 +2,10 @@
 # Builds the real components the tests run against, once, into a cache outside the checkout:
 #   etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
 #   the helm CLI (for the chart's install test), and the CRDs those need (Flux's,
-#   prometheus-operator's for the monitoring objects).
+#   prometheus-operator's for the monitoring objects); for the single-node cluster of
+#   tests/cluster, kubelet, kube-proxy, kube-scheduler and kube-controller-manager (built with
+#   kube-apiserver) and CoreDNS.
+#   tests/testenv.sh [all|flux|cluster|base]   (all: everything; base: etcd and Kubernetes only)
 # Go is used here only to build these third-party binaries; the product contains no Go.
 # Prints the cache directory on its last line. Re-runs are no-ops once everything is built.
 set -euo pipefail

@@ -3,10 +3,11 @@
 # PodDisruptionBudget) over an in-cluster SeaweedFS. A consumer pod downloads the current
 # artifact through the artifact Service in a loop, checking its digest and retrying a failed
 # download as Flux does (up to 4 more tries, 1 s apart). Through `kubectl rollout restart` and
-# then the deletion of the leader pod with grace period 0: no download fails after its retries
+# then the deletion of the leader pod with grace period 0, then SIGKILL of the new leader's
+# process on the node (a crash: the Lease is not released): no download fails after its retries
 # (the ones that needed a retry are counted apart: bodies cut by the killed pod), and a new
-# upstream revision published after the kill is published by the new leader within the lease
-# duration (15 s) plus 30 s.
+# upstream revision published after each kill is published within the lease duration (15 s)
+# plus 30 s, after the deletion by another pod than the deleted one.
 source "$(dirname "$0")/lib.sh"
 NS=flux-system LEASE=externalsource-controller-leader
 LEASE_DURATION=15 BOUND=30
@@ -51,11 +52,14 @@ kc -n fixtures delete pod consumer --ignore-not-found --wait >/dev/null
 cleanup kc -n fixtures delete pod consumer --ignore-not-found --wait=false
 kc -n fixtures run consumer --image localhost/busybox:cluster --image-pull-policy Never --restart Never --command -- sh -c "
   ok=0 retried=0 failed=0
-  get() { timeout 10 wget -q -O /tmp/a '$url' && [ \"sha256:\$(sha256sum /tmp/a | cut -c1-64)\" = '$digest' ]; }
+  echo '$url $digest' >/tmp/target
+  get() { timeout 10 wget -q -O /tmp/a \"\$1\" && [ \"sha256:\$(sha256sum /tmp/a | cut -c1-64)\" = \"\$2\" ]; }
   while [ ! -f /tmp/stop ]; do
-    if get; then ok=\$((ok + 1)); else
+    read -r u d </tmp/target
+    set -- \$u \$d
+    if get \"\$1\" \"\$2\"; then ok=\$((ok + 1)); else
       n=0 done=no
-      while [ \$n -lt 4 ]; do n=\$((n + 1)); sleep 1; if get; then done=yes; break; fi; done
+      while [ \$n -lt 4 ]; do n=\$((n + 1)); sleep 1; if get \"\$1\" \"\$2\"; then done=yes; break; fi; done
       if [ \$done = yes ]; then retried=\$((retried + 1)); else failed=\$((failed + 1)); echo \"failed at \$(date +%T)\"; fi
     fi
     echo \"\$ok \$retried \$failed\" >/tmp/count.new && mv /tmp/count.new /tmp/count
@@ -87,6 +91,14 @@ leader=$(holder)
 kc -n $NS delete pod "$leader" --grace-period=0 --force >/dev/null 2>&1
 killed=$(now_ms)
 kc -n fixtures exec deploy/upstream -- sh -c 'echo revision-2 >/data/current'
+# Like Flux, the consumer follows the ExternalArtifact: the scenario hands it each new URL
+# (older revisions beyond `retention` are deleted).
+follow() {
+  local u d
+  u=$(kc -n $NS get externalartifacts.source.toolkit.fluxcd.io ha-src -o jsonpath='{.status.artifact.url}')
+  d=$(kc -n $NS get externalartifacts.source.toolkit.fluxcd.io ha-src -o jsonpath='{.status.artifact.digest}')
+  kc -n fixtures exec consumer -- sh -c "echo '$u $d' >/tmp/target.new && mv /tmp/target.new /tmp/target"
+}
 new_revision() {
   local r
   r=$(kc -n $NS get externalartifacts.source.toolkit.fluxcd.io ha-src -o jsonpath='{.status.artifact.revision}')
@@ -95,8 +107,26 @@ new_revision() {
 wait_until $((LEASE_DURATION + BOUND)) "a new revision from the new leader" new_revision ||
   fail "no new revision within ${LEASE_DURATION}s + ${BOUND}s of killing the leader $leader (holder now $(holder))"
 published_ms=$(( $(now_ms) - killed ))
+follow
 newleader=$(holder)
 [ -n "$newleader" ] && [ "$newleader" != "$leader" ] || fail "lease still held by the killed pod $leader"
+
+# kubectl's deletion with grace period 0 still lets the kubelet send SIGTERM first, and the
+# leader releases the Lease on SIGTERM: the standby takes it at once. A crash cannot release it:
+# SIGKILL the new leader's process on the node, so the Lease must expire (lease_duration).
+step "SIGKILL the new leader's process on the node"
+crash_pid=$(container_pid $NS "$newleader" manager)
+[ -n "$crash_pid" ] || fail "no process for the manager of $newleader"
+revision1=$(kc -n $NS get externalartifacts.source.toolkit.fluxcd.io ha-src -o jsonpath='{.status.artifact.revision}')
+kill -KILL "$crash_pid"
+crashed=$(now_ms)
+kc -n fixtures exec deploy/upstream -- sh -c 'echo revision-3 >/data/current'
+wait_until $((LEASE_DURATION + BOUND)) "a new revision after the crash" new_revision ||
+  fail "no new revision within ${LEASE_DURATION}s + ${BOUND}s of SIGKILL of $newleader (holder now $(holder))"
+crash_published_ms=$(( $(now_ms) - crashed ))
+crash_holder=$(holder)
+crash_restarts=$(kc -n $NS get pod "$newleader" -o jsonpath='{.status.containerStatuses[?(@.name=="manager")].restartCount}' 2>/dev/null || true)
+follow
 sleep 5
 kc -n fixtures exec consumer -- touch /tmp/stop
 sleep 2
@@ -106,4 +136,4 @@ kc -n fixtures logs consumer 2>/dev/null | head -5 >&2 || true
 [ "$ok" -gt "$ok1" ] || fail "the consumer made no progress after the kill"
 assert_no_forbidden $NS
 
-echo "$ok downloads ok, $retried retried (cut by a stopped or killed pod), 0 failed through rollout restart and leader kill; new leader $newleader published the new revision ${published_ms}ms after the kill (bound ${LEASE_DURATION}s + ${BOUND}s)"
+echo "$ok downloads ok, $retried retried (cut by a stopped or killed pod), 0 failed through rollout restart and leader kill; new leader $newleader published the new revision ${published_ms}ms after the deletion; after SIGKILL of its process the next revision came ${crash_published_ms}ms later from $crash_holder (the killed pod's manager restarts: ${crash_restarts:-?}) (bound ${LEASE_DURATION}s + ${BOUND}s)"
