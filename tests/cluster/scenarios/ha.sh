@@ -125,8 +125,10 @@ wait_until $((LEASE_DURATION + BOUND)) "a new revision after the crash" new_revi
   fail "no new revision within ${LEASE_DURATION}s + ${BOUND}s of SIGKILL of $newleader (holder now $(holder))"
 crash_published_ms=$(( $(now_ms) - crashed ))
 crash_holder=$(holder)
-crash_restarts=$(kc -n $NS get pod "$newleader" -o jsonpath='{.status.containerStatuses[?(@.name=="manager")].restartCount}' 2>/dev/null || true)
 follow
+sleep 3
+crash_restarts=$(kc -n $NS get pod "$newleader" -o jsonpath='{.status.containerStatuses[?(@.name=="manager")].restartCount}' 2>/dev/null || true)
+[ "${crash_restarts:-0}" -ge 1 ] || fail "the SIGKILLed manager of $newleader did not restart (restarts ${crash_restarts:-?})"
 sleep 5
 kc -n fixtures exec consumer -- touch /tmp/stop
 sleep 2
@@ -136,4 +138,4 @@ kc -n fixtures logs consumer 2>/dev/null | head -5 >&2 || true
 [ "$ok" -gt "$ok1" ] || fail "the consumer made no progress after the kill"
 assert_no_forbidden $NS
 
-echo "$ok downloads ok, $retried retried (cut by a stopped or killed pod), 0 failed through rollout restart and leader kill; new leader $newleader published the new revision ${published_ms}ms after the deletion; after SIGKILL of its process the next revision came ${crash_published_ms}ms later from $crash_holder (the killed pod's manager restarts: ${crash_restarts:-?}) (bound ${LEASE_DURATION}s + ${BOUND}s)"
+echo "$ok downloads ok, $retried retried (cut by a stopped or killed pod), 0 failed through rollout restart and leader kill; new leader $newleader published the new revision ${published_ms}ms after the deletion; after SIGKILL of its process the next revision came ${crash_published_ms}ms later from $crash_holder (its manager restarted ${crash_restarts} time(s) and, as the same pod, holds the Lease again) (bound ${LEASE_DURATION}s + ${BOUND}s)"
