@@ -36,6 +36,7 @@ ip netns add "$CLUSTER_NETNS"
 in_ns ip link set lo up
 in_ns ip addr add "$NODE_IP/32" dev lo
 in_ns sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null
+[ -d /proc/sys/net/bridge ] || modprobe br_netfilter 2>/dev/null || true
 in_ns sysctl -q -w net.bridge.bridge-nf-call-iptables=1 >/dev/null 2>&1 ||
   cdie "net.bridge.bridge-nf-call-iptables is not available (modprobe br_netfilter)"
 check_isolation() {
