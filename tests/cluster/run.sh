@@ -28,7 +28,8 @@ command -v iptables-restore >/dev/null || need+=(iptables)
 command -v buildah >/dev/null || need+=(buildah)
 [ -x /usr/bin/busybox ] && /usr/bin/busybox --list | grep -qx httpd || need+=(busybox-static)
 command -v jq >/dev/null || need+=(jq)
-command -v gcc >/dev/null || need+=(gcc libc6-dev)
+# gcc -static builds the pause binary: it needs the static C library too.
+command -v gcc >/dev/null && dpkg -s libc6-dev >/dev/null 2>&1 || need+=(gcc libc6-dev)
 command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   clog "installing ${need[*]}"
