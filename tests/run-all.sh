@@ -3,7 +3,9 @@
 # (etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
 # helm, SeaweedFS) into $HOME/.cache/externalsource, then lints and tests the workspace, checks
 # the deployment (kustomize overlays and the Helm chart, including a helm
-# install/upgrade/uninstall), builds and runs slim images, and smoke-runs the benchmarks.
+# install/upgrade/uninstall), builds and runs slim images, smoke-runs the benchmarks, and runs
+# the scenarios on a real single-node cluster (tests/cluster/run.sh: our images installed by
+# kustomize and Helm, consumed by Flux in the cluster, in a network namespace with no uplink).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -72,5 +74,8 @@ kill $testenv_pid 2>/dev/null || true
 step "benchmark smoke run (debug binaries, tiny sizes: keeps the harness from rotting, measures nothing)"
 SMOKE=1 BENCH_SECTIONS="serve memory connections package startup" BIN=target/debug/externalsource-controller \
   SERVEBIN=target/debug/bench-serve bash tests/bench/run.sh
+
+step "real single-node cluster (kubelet, containerd, kube-proxy, CoreDNS; no uplink): kustomize and Helm installs, in-cluster Flux"
+bash tests/cluster/run.sh
 
 step "done"

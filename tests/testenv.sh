@@ -2,7 +2,10 @@
 # Builds the real components the tests run against, once, into a cache outside the checkout:
 #   etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
 #   the helm CLI (for the chart's install test), and the CRDs those need (Flux's,
-#   prometheus-operator's for the monitoring objects).
+#   prometheus-operator's for the monitoring objects); for the single-node cluster of
+#   tests/cluster, kubelet, kube-proxy, kube-scheduler and kube-controller-manager (built with
+#   kube-apiserver) and CoreDNS.
+#   tests/testenv.sh [all|flux|cluster|base]   (all: everything; base: etcd and Kubernetes only)
 # Go is used here only to build these third-party binaries; the product contains no Go.
 # Prints the cache directory on its last line. Re-runs are no-ops once everything is built.
 set -euo pipefail
@@ -19,6 +22,8 @@ NOTIFICATION_CONTROLLER_VERSION=1.9.0
 HELM_VERSION=4.2.2
 # Only its CRD files are used (ServiceMonitor, PrometheusRule); nothing is built.
 PROMETHEUS_OPERATOR_VERSION=0.85.0
+# The cluster DNS of the single-node cluster (tests/cluster), built with only the plugins it uses.
+COREDNS_VERSION=1.15.0
 
 CACHE="${EXTERNALSOURCE_CACHE:-$HOME/.cache/externalsource}/testenv/k8s-${K8S_VERSION}-etcd-${ETCD_VERSION}-kc-${KUSTOMIZE_CONTROLLER_VERSION}"
 BIN="$CACHE/bin"
@@ -26,6 +31,9 @@ CRDS="$CACHE/crds"
 # Names the versions the Flux binaries in $BIN were built at (older caches hold other ones).
 FLUX_MARKER="$BIN/.flux-kc${KUSTOMIZE_CONTROLLER_VERSION}-hc${HELM_CONTROLLER_VERSION}-helm${HELM_VERSION}"
 NOTIFICATION_MARKER="$BIN/.flux-nc${NOTIFICATION_CONTROLLER_VERSION}"
+# The Kubernetes binaries built together by build_kubernetes (one `go build`).
+K8S_COMMANDS="kube-apiserver kubelet kube-proxy kube-scheduler kube-controller-manager"
+COREDNS_MARKER="$BIN/.coredns${COREDNS_VERSION}"
 mkdir -p "$BIN" "$CRDS"
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -48,8 +56,12 @@ build_etcd() {
   mv "$BIN/etcd.tmp" "$BIN/etcd"
 }
 
-build_kube_apiserver() {
-  local dir="$CACHE/build/kube-apiserver"
+# kube-apiserver (every test against a real API server) and the node's binaries (the
+# single-node cluster of tests/cluster: kubelet, kube-proxy, kube-scheduler,
+# kube-controller-manager), from one wrapper module and one `go build`: they share almost every
+# package, so the node's binaries cost little more than kube-apiserver alone.
+build_kubernetes() {
+  local dir="$CACHE/build/kubernetes"
   rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
   local gomod
   gomod=$(go mod download -json "k8s.io/kubernetes@v${K8S_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
@@ -65,20 +77,62 @@ build_kube_apiserver() {
       while read -r m; do echo "	$m => $m v0.${K8S_VERSION#1.}"; done
     echo ")"
   } > go.mod
-  cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import _ "k8s.io/kubernetes/cmd/kube-apiserver"
-GO
+  local packages="" c
+  for c in $K8S_COMMANDS; do packages="$packages k8s.io/kubernetes/cmd/$c"; done
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in $packages; do printf '\t_ "%s"\n' "$c"; done
+    printf ')\n'
+  } > tools.go
   go mod tidy >&2
   local minor=${K8S_VERSION#1.}; minor=${minor%%.*}
+  mkdir -p out
+  # shellcheck disable=SC2086 # the package list is split on purpose
   go build -trimpath -ldflags "-s -w \
     -X k8s.io/component-base/version.gitVersion=v${K8S_VERSION} \
     -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor}" \
-    -o "$BIN/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-  mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
+    -o out/ $packages
+  for c in $K8S_COMMANDS; do mv "out/$c" "$BIN/$c"; done
+}
+
+# CoreDNS, the cluster DNS of tests/cluster, from a wrapper module of its own (it uses a newer
+# client-go than Kubernetes v${K8S_VERSION}): a main package that links only the plugins the
+# cluster's Corefile names, in CoreDNS's plugin order, instead of its several dozen.
+build_coredns() {
+  local dir="$CACHE/build/coredns"
+  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  cat > go.mod <<GOMOD
+module example.invalid/coredns-build
+
+go 1.26.0
+
+require github.com/coredns/coredns v${COREDNS_VERSION}
+GOMOD
+  cat > main.go <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	dnsserver.Directives = []string{"ready", "health", "errors", "log", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+  go mod tidy >&2
+  go build -trimpath -ldflags "-s -w" -o "$BIN/coredns.tmp" .
+  mv "$BIN/coredns.tmp" "$BIN/coredns"
+  touch "$COREDNS_MARKER"
 }
 
 # Flux's kustomize-controller and helm-controller (the consumers in the end-to-end tests) and the
@@ -200,8 +254,13 @@ want="${1:-all}"
 [ -x "$BIN/etcd" ] || timed etcd build_etcd
 [ -f "$CRDS/.monitoring-done" ] || timed monitoring-crds fetch_monitoring_crds
 [ -f "$CRDS/.helmrelease-done" ] || timed helmrelease-crd fetch_helmrelease_crd
-[ -x "$BIN/kube-apiserver" ] || timed kube-apiserver build_kube_apiserver
-if [ "$want" = all ] || [ "$want" = flux ]; then
+k8s_missing=""
+for c in $K8S_COMMANDS; do [ -x "$BIN/$c" ] || k8s_missing=yes; done
+[ -z "$k8s_missing" ] || timed "kubernetes ($K8S_COMMANDS)" build_kubernetes
+if [ "$want" = all ] || [ "$want" = cluster ]; then
+  [ -f "$COREDNS_MARKER" ] || timed coredns build_coredns
+fi
+if [ "$want" = all ] || [ "$want" = flux ] || [ "$want" = cluster ]; then
   [ -f "$FLUX_MARKER" ] || timed flux-controllers+helm build_flux
   [ -f "$NOTIFICATION_MARKER" ] || timed notification-controller build_notification
 fi
