@@ -34,11 +34,7 @@ kc -n fixtures create configmap upstream-charts --from-file=cluster-chart.tgz="$
 kc -n fixtures rollout restart deploy/upstream >/dev/null
 kc -n fixtures rollout status deploy/upstream --timeout=60s >/dev/null || fail "upstream did not restart"
 
-step "kubectl apply -k overlays/kustomize"
-cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
-kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
-kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
-  fail "Deployment not Available"
+install_overlay kustomize
 cleanup kc -n $NS delete externalsource cluster-chart --ignore-not-found --wait=true --timeout=60s
 cleanup kc -n $NS delete helmrelease cluster-chart --ignore-not-found --wait=true --timeout=90s
 kc apply -f - >/dev/null <<YAML

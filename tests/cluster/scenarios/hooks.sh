@@ -8,12 +8,7 @@ NS=flux-system TOKEN_DIR=/var/run/secrets/kubernetes.io/serviceaccount
 
 ensure_flux
 ensure_upstream
-step "kubectl apply -k overlays/hooks"
-cleanup kc delete -k "$CLUSTER_DIR/overlays/hooks" --ignore-not-found --wait=true --timeout=120s
-kc apply -k "$CLUSTER_DIR/overlays/hooks" >/dev/null
-kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
-  fail "Deployment not Available: $(kc -n $NS get pods -l $CONTROLLER_LABEL --no-headers 2>&1)"
-pod=$(kc -n $NS get pods -l $CONTROLLER_LABEL -o jsonpath='{.items[0].metadata.name}')
+install_overlay hooks
 
 step "credentials in each container ($pod)"
 exec_pid=$(container_pid $NS "$pod" hook-executor)

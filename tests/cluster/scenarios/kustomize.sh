@@ -12,12 +12,7 @@ step "Flux and the upstream"
 ensure_flux
 ensure_upstream
 
-step "kubectl apply -k overlays/kustomize"
-cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
-kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
-kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
-  fail "Deployment not Available: $(kc -n $NS get pods -l $CONTROLLER_LABEL --no-headers 2>&1)"
-pod=$(kc -n $NS get pods -l $CONTROLLER_LABEL -o jsonpath='{.items[0].metadata.name}')
+install_overlay kustomize
 
 step "the pod as runc runs it ($pod)"
 pid=$(container_pid $NS "$pod" manager)

@@ -43,6 +43,17 @@ ensure_upstream() {
 }
 
 # The controller's pods' logs (every container, previous instances included) on stdout.
+install_overlay() { # NAME: kubectl apply -k overlays/NAME, removed when the scenario ends; waits
+  # for the Deployment to be Available and sets `pod` to the controller's pod.
+  local overlay=$CLUSTER_DIR/overlays/$1
+  step "kubectl apply -k overlays/$1"
+  cleanup kc delete -k "$overlay" --ignore-not-found --wait=true --timeout=120s
+  kc apply -k "$overlay" >/dev/null
+  kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
+    fail "Deployment not Available: $(kc -n $NS get pods -l $CONTROLLER_LABEL --no-headers 2>&1)"
+  pod=$(kc -n $NS get pods -l $CONTROLLER_LABEL -o jsonpath='{.items[0].metadata.name}')
+}
+
 controller_logs() { # NAMESPACE
   local p
   for p in $(kc -n "$1" get pods -l "$CONTROLLER_LABEL" -o name); do

@@ -11,11 +11,7 @@ ensure_upstream
 cleanup kc delete -f "$CLUSTER_DIR/manifests/receiver.yaml" --ignore-not-found --wait=false
 kc apply -f "$CLUSTER_DIR/manifests/receiver.yaml" >/dev/null
 kc -n fixtures wait --for=condition=Available deploy/receiver --timeout=60s >/dev/null || fail "receiver not Available"
-step "kubectl apply -k overlays/kustomize"
-cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
-kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
-kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
-  fail "Deployment not Available"
+install_overlay kustomize
 cleanup kc -n $NS delete alert external-sources --ignore-not-found
 cleanup kc -n $NS delete provider receiver --ignore-not-found
 kc apply -f - >/dev/null <<YAML

@@ -10,11 +10,7 @@ as_user() { local u=$1; shift; in_ns kubectl --kubeconfig "$CLUSTER_STATE/$u.kub
 
 ensure_flux
 ensure_upstream
-step "kubectl apply -k overlays/kustomize"
-cleanup kc delete -k "$CLUSTER_DIR/overlays/kustomize" --ignore-not-found --wait=true --timeout=120s
-kc apply -k "$CLUSTER_DIR/overlays/kustomize" >/dev/null
-kc -n $NS wait --for=condition=Available deploy/externalsource-controller --timeout=120s >/dev/null ||
-  fail "Deployment not Available"
+install_overlay kustomize
 
 step "users bound to edit and view in $TEAM"
 cleanup kc delete namespace $TEAM --ignore-not-found --wait=true --timeout=60s
