@@ -21,15 +21,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$HERE/lib.sh"
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-RUN=${RUN:-$TARGET_DIR/bench/run-archivemem}
-DIR=$RUN/archivemem
-BENCH_RESULTS=${BENCH_RESULTS:-$DIR/results.tsv}
-rm -rf "$DIR"
-mkdir -p "$DIR"
-trap cleanup_pids EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_section archivemem
 
 for t in kubectl jq nginx curl python3; do command -v "$t" >/dev/null || die "archive memory benchmark needs $t"; done
 cd "$REPO"

@@ -21,15 +21,7 @@ source "$HERE/lib.sh"
 FETCHMEM_SOURCES=${FETCHMEM_SOURCES:-4}
 FETCHMEM_SIZE=${FETCHMEM_SIZE:-32}
 FETCHMEM_BUDGETS=${FETCHMEM_BUDGETS:-256MiB 128MiB}
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-RUN=${RUN:-$TARGET_DIR/bench/run-fetchmem}
-DIR=$RUN/fetchmem
-BENCH_RESULTS=${BENCH_RESULTS:-$DIR/results.tsv}
-rm -rf "$DIR"
-mkdir -p "$DIR"
-trap cleanup_pids EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_section fetchmem
 
 for t in kubectl jq nginx curl python3; do command -v "$t" >/dev/null || die "fetch memory benchmark needs $t"; done
 cd "$REPO"

@@ -59,6 +59,21 @@ wait_http() {
   die "$url did not answer 200 within ${limit}s"
 }
 
+# Sets up section NAME: TARGET_DIR, RUN (standalone, a directory of the section's own, so it
+# cannot collide with a run.sh in progress), DIR (emptied) and BENCH_RESULTS; background
+# processes are stopped on exit.
+bench_section() {
+  TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+  RUN=${RUN:-$TARGET_DIR/bench/run-$1}
+  DIR=$RUN/$1
+  BENCH_RESULTS=${BENCH_RESULTS:-$DIR/results.tsv}
+  rm -rf "$DIR"
+  mkdir -p "$DIR"
+  trap cleanup_pids EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
 # Writes controller config FILE for a bench run on loopback (artifact server on PORT, ops on
 # OPS, a filesystem store at STORE); the tables read from stdin follow it.
 bench_controller_config() {

@@ -50,16 +50,7 @@ RECONCILE_REPEAT_MAX=${RECONCILE_REPEAT_MAX:-10000}
 RECONCILE_STEADY=${RECONCILE_STEADY:-0}
 RECONCILE_PER_SOURCE_HISTOGRAMS=${RECONCILE_PER_SOURCE_HISTOGRAMS:-true}
 RECONCILE_PROFILE=${RECONCILE_PROFILE:-0}
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-# Standalone, it keeps its own directory so it cannot collide with a run.sh in progress.
-RUN=${RUN:-$TARGET_DIR/bench/run-reconcile}
-DIR=$RUN/reconcile
-BENCH_RESULTS=${BENCH_RESULTS:-$DIR/results.tsv}
-rm -rf "$DIR"
-mkdir -p "$DIR"
-trap cleanup_pids EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_section reconcile
 
 for t in kubectl jq nginx curl python3; do command -v "$t" >/dev/null || die "reconcile benchmark needs $t"; done
 cd "$REPO"

@@ -17,15 +17,7 @@ REPO=$(cd "$HERE/../.." && pwd)
 source "$HERE/lib.sh"
 
 STARTUP_STORES=${STARTUP_STORES:-0 5000 20000}
-TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
-RUN=${RUN:-$TARGET_DIR/bench/run-startup}
-DIR=$RUN/startup
-BENCH_RESULTS=${BENCH_RESULTS:-$DIR/results.tsv}
-rm -rf "$DIR"
-mkdir -p "$DIR"
-trap cleanup_pids EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_section startup
 
 for t in nginx curl python3; do command -v "$t" >/dev/null || die "start-up benchmark needs $t"; done
 cd "$REPO"
