@@ -14,8 +14,8 @@ use std::sync::{Mutex, PoisonError};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::watcher;
+use serde::Deserialize;
 use serde::de::{DeserializeOwned, Deserializer, Error as _};
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// One listed or watched object.
@@ -60,16 +60,6 @@ impl<'de, K: DeserializeOwned> Deserialize<'de> for Readable<K> {
                 let metadata = serde_json::from_str::<MetadataOnly>(raw.get()).map_err(D::Error::custom)?.metadata;
                 Ok(Self::Unreadable { metadata: Box::new(metadata), reason: e.to_string() })
             }
-        }
-    }
-}
-
-/// Only written by tests and tools: the controller never writes an object it could not read.
-impl<K: Serialize> Serialize for Readable<K> {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Self::Parsed(k) => k.serialize(serializer),
-            Self::Unreadable { metadata, .. } => serde_json::json!({ "metadata": metadata }).serialize(serializer),
         }
     }
 }
@@ -190,12 +180,9 @@ impl Reported {
     }
 
     /// How many unreadable objects are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.versions.lock().unwrap_or_else(PoisonError::into_inner).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -265,7 +252,7 @@ mod tests {
         let fixed = parse(source("old", "3", good_spec()));
         let Some(Event::Apply(es)) = reported.filter(Event::Apply(fixed)) else { panic!("a fixed object passes") };
         assert_eq!(es.metadata.name.as_deref(), Some("old"));
-        assert!(reported.is_empty(), "and is forgotten");
+        assert_eq!(reported.len(), 0, "and is forgotten");
         assert!(matches!(reported.filter::<ExternalSource>(Event::InitDone), Some(Event::InitDone)));
     }
 
