@@ -1,5 +1,5 @@
 //! Value types for a backend's serde settings: each one parses with the shared parsers of
-//! [`units`](crate::units), so a size, a duration or a URL reads the same in every backend's
+//! [`units`], so a size, a duration or a URL reads the same in every backend's
 //! table, in its environment variables and in the core configuration; and [`Secret`] keeps its
 //! value out of logs, `--print-config` and error messages.
 

@@ -9,8 +9,8 @@
 //!
 //! The caps apply before anything grows with the input: a zip's declared entry count and its
 //! central directory are checked, and every record walked, before a single entry is read
-//! ([`zip_reader`]); a tar's long-name and PAX records are measured by their headers before they
-//! are read ([`tar_reader`]); and the tree held meanwhile costs its entries' names and contents,
+//! (`zip_reader`); a tar's long-name and PAX records are measured by their headers before they
+//! are read (`tar_reader`); and the tree held meanwhile costs its entries' names and contents,
 //! both charged to the same byte cap, so nothing here is proportional to what the payload merely
 //! claims.
 
