@@ -78,7 +78,7 @@ pub enum Command {
     /// it as a sidecar without a service account token.
     HookExecutor,
     /// Internal: run one `spec.transform` filter read from stdin (the controller starts these
-    /// in a sandbox; see the README's Security section).
+    /// in a sandbox; see docs/security.md, Transforms).
     #[command(name = "transform-worker", hide = true)]
     TransformWorker,
 }

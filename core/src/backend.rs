@@ -13,6 +13,140 @@
 //! - records a put's metadata from the digest packaging already computed, so no backend hashes
 //!   the bytes again;
 //! - turns the backend into the dynamic [`Storage`] the controller and the server call.
+//!
+//! # Writing a backend
+//!
+//! A backend is one crate: a type implementing [`Backend`] and one line registering it.
+//! `examples/nginx-backend` in this repository is a complete one, written the way a third party
+//! would, against the public SDK only (146 lines of code): artifacts on an nginx file server,
+//! written with WebDAV `PUT`/`DELETE`, listed with nginx's JSON autoindex, and downloaded by Flux
+//! straight from nginx. No change to core, the server or the other backends is needed. Walking
+//! through it:
+//!
+//! ## 1. Depend on core, nothing heavy
+//!
+//! `externalsource-core`'s default features are empty: no kube, no fetcher, no jq in your build.
+//! Core re-exports [`Bytes`], so `[dependencies]` is core, your client (here
+//! `reqwest`), `serde`, and `externalsource-controller` only for the distribution binary.
+//!
+//! ## 2. Declare the settings once, with serde
+//!
+//! `[storage.nginx]` is a plain struct; core reads it from the file, lays the environment
+//! variables you list over it, and names the key, the value, where it came from and the rule
+//! when one is wrong. Field types from this module parse like every other setting of the
+//! controller ([`ByteSize`] `64MiB`, [`TimeSpan`] `30s`, [`HttpUrl`]), and a [`Secret`] prints as
+//! `<redacted>` in `--print-config`, logs and errors:
+//!
+//! ```
+//! use externalsource_core::backend::{HttpUrl, Secret, TimeSpan};
+//!
+//! #[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+//! #[serde(deny_unknown_fields)]
+//! pub struct NginxSettings {
+//!     pub url: HttpUrl, // required: no default
+//!     pub public_url: Option<HttpUrl>,
+//!     pub username: Option<String>,
+//!     pub password: Option<Secret>,
+//!     pub timeout: Option<TimeSpan>,
+//! }
+//!
+//! let table = r#"url = "http://nginx.example/artifacts"
+//! password = "hunter2""#;
+//! let settings: NginxSettings = toml::from_str(table).unwrap();
+//! assert!(!format!("{settings:?}").contains("hunter2"), "a Secret never prints its value");
+//! assert!(toml::from_str::<NginxSettings>(r#"urll = "http://x""#).is_err(), "unknown keys are refused");
+//! ```
+//!
+//! ## 3. Implement `Backend`
+//!
+//! Name, capabilities and environment variables are constants, [`Backend::open`] builds the store
+//! from the settings, and the five storage operations are plain `async fn`s (no `async_trait`).
+//! A sketch; the bodies are in `examples/nginx-backend/src/lib.rs`:
+//!
+//! ```ignore
+//! impl Backend for Nginx {
+//!     const NAME: &'static str = "nginx";
+//!     const CAPABILITIES: Capabilities = Capabilities { serves_http: false, shared: true };
+//!     const ENV: &'static [EnvVar] = &[EnvVar::text("NGINX_URL", "url"), /* … */];
+//!     type Settings = NginxSettings;
+//!
+//!     async fn open(settings: &NginxSettings, ctx: &OpenContext) -> Result<Self, BuildError> { /* … */ }
+//!     async fn put(&self, key: &ObjectKey, body: Bytes, digest: &Digest) -> Result<(), StorageError> { /* … */ }
+//!     async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<ObjectBody, StorageError> { /* … */ }
+//!     async fn stat(&self, key: &ObjectKey) -> Result<ObjectMeta, StorageError> { /* … */ }
+//!     async fn delete(&self, key: &ObjectKey) -> Result<(), StorageError> { /* … */ }
+//!     async fn list(&self, prefix: &str) -> Result<Vec<ObjectSummary>, StorageError> { /* … */ }
+//!     fn direct_url(&self, key: &ObjectKey) -> String { /* … */ }
+//! }
+//! externalsource_core::register_backend!(Nginx);
+//! ```
+//!
+//! What core does so you don't: [`Backend::put`] receives the sha256 packaging computed (never
+//! hash again); [`Backend::list`] returns keys, sizes and times, all that garbage collection and
+//! quotas need; the URL of an object the controller serves is built by core from the server's
+//! route, so only a backend that does not serve says where its objects are
+//! ([`Backend::direct_url`]); an object held in memory becomes a ranged body with
+//! [`ObjectBody::from_bytes`].
+//!
+//! Optional items: [`Backend::check`] (rules across fields), [`Backend::resident_memory`]
+//! (memory the store holds and the key bounding it, for the start-up limit check),
+//! [`Backend::capabilities`] when they depend on settings, [`Backend::NOTE`] for
+//! `--list-backends`. `open` returns [`BuildError::Config`] for settings that conflict with the
+//! rest of the configuration (exit 2, like any configuration error) and [`BuildError::Storage`]
+//! when the store cannot be opened. Errors are typed [`StorageError`]s: `NotFound`,
+//! `AccessDenied`, `Unavailable`, `NoSpace`… drive the reconciler's retry policy.
+//!
+//! ## 4. Run the behaviour suite
+//!
+//! The suite (put/get/range/stat/list/delete/overwrite/concurrency/path safety/URLs, and the
+//! byte budget if you have one) runs against the real thing. The example starts a real nginx on
+//! loopback per case (`examples/nginx-backend/tests/behaviour.rs`):
+//!
+//! ```ignore
+//! async fn fixture() -> Fixture {
+//!     let server = nginx("PUT DELETE");
+//!     let storage = open(&server.url).await; // Hosted::new(Nginx::open(…), None)
+//!     Fixture::new(Arc::new(storage)).with_url_base(format!("{}/", server.url)).with_guard(server)
+//! }
+//! externalsource_core::behaviour_suite!(fixture);
+//! ```
+//!
+//! `Fixture` and `behaviour_suite!` come with `externalsource-core = { …, features = ["testing"] }`
+//! as a dev-dependency. A backend the controller serves uses `Fixture::hosted(backend, Some(base))`
+//! and needs no URL base.
+//!
+//! ## 5. Ship a distribution
+//!
+//! rustc drops crates nothing references, and their registration with them, so the binary
+//! references yours (`examples/nginx-backend/src/main.rs`):
+//!
+//! ```ignore
+//! use nginx_backend as _;
+//! fn main() -> std::process::ExitCode { externalsource_controller::main() }
+//! ```
+//!
+//! ```text
+//! $ externalsource-controller-nginx --list-backends
+//! memory serves_http [externalsource-backend-memory]
+//! nginx shared [example-nginx-backend]
+//! ```
+//!
+//! The bracket names the crate; a name two linked crates register stops start-up (exit 2)
+//! naming both (`tests/tests/registry.rs`). `bash tests/run-all.sh` builds the example, runs its
+//! suite against nginx and checks its binary (`examples/nginx-backend/tests/distribution.rs`).
+//!
+//! The nginx side of the example, for a try-out:
+//!
+//! ```text
+//! location /artifacts/ {
+//!     dav_methods PUT DELETE;        # the controller writes
+//!     create_full_put_path on;
+//!     dav_access user:rw group:r all:r;
+//!     autoindex on;                  # the controller lists
+//!     autoindex_format json;
+//!     client_max_body_size 0;
+//! }
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt;

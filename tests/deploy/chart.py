@@ -408,7 +408,7 @@ def run_lifecycle(ck: ModuleType, r, helm: str, kubectl: str, kubeconfig: str) -
     uid = before["metadata"]["uid"]
 
     # The test control plane installs the CRD itself; --take-ownership adopts it, as it would
-    # an install made with kustomize (deploy/README.md, "Moving from kustomize to Helm").
+    # an install made with kustomize (docs/usage.md, "Installing": moving a kustomize install to Helm).
     steps = [
         ("install", ["install", RELEASE, chart_dir, "-n", ns, "--take-ownership"], "memory"),
         ("upgrade to s3 (proxy, serve-only replicas)",
