@@ -62,3 +62,19 @@ impl ControllerProcess {
         response.text().await.unwrap_or_else(|e| panic!("GET {url}: body: {e}"))
     }
 }
+
+/// Path of the `kubectl-externalsource` plugin built by `cargo build -p kubectl-externalsource`,
+/// or `KUBECTL_EXTERNALSOURCE_BIN`. Panics with the build command when it is missing (cargo does
+/// not build another package's binary for this test crate).
+pub fn plugin_binary() -> std::path::PathBuf {
+    let path = std::env::var_os("KUBECTL_EXTERNALSOURCE_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| crate::process::target_dir().join("debug").join("kubectl-externalsource"));
+    assert!(
+        path.is_file(),
+        "{} not found: build it first with `cargo build -p kubectl-externalsource` \
+         (or point KUBECTL_EXTERNALSOURCE_BIN at a binary)",
+        path.display()
+    );
+    path
+}
