@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod commands;
+mod complete;
 mod error;
 mod status;
 mod table;
@@ -17,6 +18,19 @@ use error::PluginError;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // kubectl's plugin completion runs `kubectl_complete-externalsource` (a link to this binary).
+    let args: Vec<String> = std::env::args().collect();
+    let called = args.first().map(|a| a.rsplit('/').next().unwrap_or(a).to_owned()).unwrap_or_default();
+    let words = match args.get(1).map(String::as_str) {
+        _ if called == complete::LINK_NAME => Some(&args[1..]),
+        Some("__complete") => Some(&args[2..]),
+        _ => None,
+    };
+    if let Some(words) = words {
+        let (candidates, directive) = complete::complete(words).await;
+        complete::print(&candidates, directive);
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,

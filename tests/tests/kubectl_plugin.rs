@@ -161,26 +161,59 @@ async fn get_reconcile_suspend_resume_against_the_running_controller() {
     assert!(started.elapsed() < Duration::from_secs(15), "the timeout is honoured: {:?}", started.elapsed());
 }
 
-/// kubectl runs the plugin by its name from PATH, passing the arguments after it.
+/// kubectl runs the plugin by its name from PATH, passing the arguments after it, and completes
+/// `kubectl externalsource ...` through `kubectl_complete-externalsource` (a link to the plugin).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_finds_the_plugin_on_path() {
+async fn kubectl_runs_and_completes_the_plugin_from_path() {
     let kubectl = std::env::var_os("KUBECTL").unwrap_or_else(|| "kubectl".into());
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("plugin-kubectl").await;
     let sources: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
-    sources.create(&PostParams::default(), &source("seen", "http://127.0.0.1:9/x", json!({}))).await.expect("create");
+    for name in ["seen", "second"] {
+        let es = source(name, "http://127.0.0.1:9/x", json!({}));
+        sources.create(&PostParams::default(), &es).await.expect("create");
+    }
+    let links = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(plugin_binary(), links.path().join("kubectl_complete-externalsource")).expect("link");
     let bin_dir = plugin_binary().parent().expect("dir").to_owned();
     let path = std::env::join_paths(
-        std::iter::once(bin_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+        [links.path().to_owned(), bin_dir]
+            .into_iter()
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
     )
     .expect("PATH");
-    let mut cmd = Command::new(&kubectl);
-    cmd.args(["externalsource", "get", "-n", &ns]).env("PATH", path).env("KUBECONFIG", cp.kubeconfig_path());
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join");
-    let out = out.unwrap_or_else(|e| panic!("{kubectl:?}: {e} (tests/run-all.sh installs kubectl; or set KUBECTL)"));
-    let table = rows(&ok("kubectl externalsource get", out));
-    assert_eq!(table[1][0], "seen", "{table:?}");
+    let kubeconfig = cp.kubeconfig_path();
+    let run = |args: Vec<String>| {
+        let mut cmd = Command::new(&kubectl);
+        cmd.args(&args).env("PATH", &path).env("KUBECONFIG", &kubeconfig);
+        let kubectl = kubectl.clone();
+        async move {
+            let out = tokio::task::spawn_blocking(move || cmd.output()).await.expect("join");
+            out.unwrap_or_else(|e| panic!("{kubectl:?}: {e} (tests/run-all.sh installs kubectl; or set KUBECTL)"))
+        }
+    };
+    let args = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+
+    let table = rows(&ok("kubectl externalsource get", run(args(&format!("externalsource get -n {ns}"))).await));
+    assert_eq!(table[1..].iter().map(|r| r[0].as_str()).collect::<Vec<_>>(), ["second", "seen"], "{table:?}");
     assert_eq!(table[1][1], "Unknown", "no controller here: not reconciled yet");
+
+    // `kubectl __complete ...` is what kubectl's shell completion scripts run on <TAB>.
+    let candidates = |out: Output| {
+        let text = ok("kubectl __complete", out);
+        text.lines()
+            .filter(|l| !l.starts_with(':'))
+            .map(|l| l.split('\t').next().unwrap_or(l).to_owned())
+            .collect::<Vec<_>>()
+    };
+    let subcommands = candidates(run(args("__complete externalsource re")).await);
+    assert_eq!(subcommands, ["reconcile", "resume"]);
+    let names = candidates(run(args(&format!("__complete externalsource reconcile -n {ns} se"))).await);
+    assert_eq!(names, ["second", "seen"], "the namespace's sources");
+    let namespaces = candidates(run(args("__complete externalsource get -n plugin-k")).await);
+    assert_eq!(namespaces, [ns.as_str()]);
+    let contexts = candidates(run(args("__complete externalsource --context ")).await);
+    assert_eq!(contexts, ["test"], "the kubeconfig's contexts");
 }
 
 #[test]
