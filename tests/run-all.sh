@@ -54,7 +54,9 @@ cargo test -p example-nginx-backend -- --test-threads=2
 
 step "workspace tests (real kube-apiserver, SeaweedFS, Flux kustomize-controller)"
 # Builds (and uplifts to target/debug) the all-features controller binary and the test-crate bins
-# the end-to-end tests, the deploy check and the benchmark smoke run use.
+# the end-to-end tests, the deploy check and the benchmark smoke run use. The kubectl plugin's
+# binary, which tests/tests/kubectl_plugin.rs runs, is another package's: built first.
+cargo build -q -p kubectl-externalsource
 cargo test --workspace --exclude example-nginx-backend --all-features -- --test-threads=2
 
 step "deployment (kustomize and Helm) renders, installs and passes a server-side dry run"

@@ -38,7 +38,8 @@ CASES: dict[str, tuple[list[str], tuple[str, str], str]] = {
     "networkpolicy": (["networkPolicy.enabled=true"], ("overlay", "networkpolicy"), "memory"),
     "hooks": (["hooks.enabled=true"], ("fixture", "hooks"), "memory"),
     "egress-policy": (["networkPolicy.egress.enabled=true"], ("fixture", "egress-policy"), "memory"),
-    "monitoring": (["serviceMonitor.enabled=true", "prometheusRule.enabled=true"], ("fixture", "monitoring"), "memory"),
+    "monitoring": (["serviceMonitor.enabled=true", "prometheusRule.enabled=true", "grafanaDashboard.enabled=true"],
+                   ("fixture", "monitoring"), "memory"),
 }
 
 # Wrong values and what the error must name.
@@ -292,6 +293,10 @@ def check_schema(ck: ModuleType, r, chart_dir: Path) -> None:
     r.check(scope, f"files/{copy.name} equals {ck.CRD_FILE.relative_to(ck.REPO)}",
             copy.exists() and copy.read_bytes() == ck.CRD_FILE.read_bytes(),
             f"copy it: cp {ck.CRD_FILE.relative_to(ck.REPO)} {copy.relative_to(ck.REPO)}")
+    copy = chart_dir / "files" / ck.DASHBOARD_FILE.name
+    r.check(scope, f"files/{copy.name} equals {ck.DASHBOARD_FILE.relative_to(ck.REPO)}",
+            copy.exists() and copy.read_bytes() == ck.DASHBOARD_FILE.read_bytes(),
+            f"copy it: cp {ck.DASHBOARD_FILE.relative_to(ck.REPO)} {copy.relative_to(ck.REPO)}")
 
 
 def check_bad_values(r, chart: Chart) -> None:

@@ -45,6 +45,7 @@ NAMESPACE = "flux-system"
 APP_LABEL = ("app.kubernetes.io/name", "externalsource-controller")
 CONFIG_DIR = "/etc/externalsource"
 CRD_FILE = DEPLOY / "base" / "crd" / "source.flux.oddkin.co_externalsources.yaml"
+DASHBOARD_FILE = DEPLOY / "components" / "monitoring" / "dashboard.json"
 EXAMPLE_FILE = DEPLOY / "examples" / "first-source.yaml"
 LEASE_NAME = "externalsource-controller-leader"
 FLUX_CONSUMERS = {"kustomize-controller", "helm-controller"}
@@ -841,6 +842,12 @@ def check_monitoring(r: Report, scope: str, ren: Render) -> None:
             f"selects {[name_of(s) for s in svcs]}")
     ports = {e.get("port") for e in sms[0].get("spec", {}).get("endpoints") or []}
     r.check(scope, "it scrapes the `metrics` port", ports == {"metrics"}, f"{ports}")
+    r.check(scope, "it keeps the metrics' own `namespace` label (honorLabels)",
+            all(e.get("honorLabels") is True for e in sms[0].get("spec", {}).get("endpoints") or []))
+    boards = [cm for cm in ren.of_kind("ConfigMap") if (cm.get("metadata", {}).get("labels") or {}).get("grafana_dashboard") == "1"]
+    r.check(scope, "one ConfigMap labelled grafana_dashboard: \"1\" holds dashboard.json",
+            len(boards) == 1 and list((boards[0].get("data") or {}).values()) == [DASHBOARD_FILE.read_text()],
+            f"{[name_of(cm) for cm in boards]}")
     rules = [rule for pr in ren.of_kind("PrometheusRule") for g in pr.get("spec", {}).get("groups") or []
              for rule in g.get("rules") or []]
     alerts = {rule.get("alert"): rule for rule in rules}

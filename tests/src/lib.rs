@@ -1,10 +1,12 @@
 //! Real components for tests: a kube-apiserver with etcd on loopback, HTTP fixtures on loopback,
 //! and the controller run in-process against them. Nothing here is a mock.
 
+pub mod binary;
 pub mod controller;
 pub mod controlplane;
 pub mod fixture;
 pub mod process;
+pub mod promql;
 pub mod proxy;
 pub mod sources;
 

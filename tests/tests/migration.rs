@@ -3,61 +3,19 @@
 //! size), another producer's ExternalArtifact, and an ExternalSource stored under an older schema.
 //! The real binary is started in their presence, as after an image swap.
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
 use externalsource_core::controller::reconcile::FINALIZER;
 use externalsource_core::controller::writer::FIELD_MANAGER;
-use externalsource_tests::process::{ChildProcess, controller_binary};
+use externalsource_tests::binary::ControllerProcess;
 use externalsource_tests::sources::{WAIT, artifact, download, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, free_port, sha256};
+use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, sha256};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::CustomResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-
-/// The binary, as a Deployment runs it: leader election off, memory backend, loopback ports.
-struct Controller {
-    process: ChildProcess,
-    base_url: String,
-}
-
-impl Controller {
-    async fn start(cp: &ControlPlane, namespace: &str, dir: &Path) -> Self {
-        let (server_port, ops_port) = (free_port(), free_port());
-        let base_url = format!("http://127.0.0.1:{server_port}");
-        let config = dir.join("config.toml");
-        std::fs::write(&config, "[server]\nbind_address = \"127.0.0.1\"\n\n[ops]\nbind_address = \"127.0.0.1\"\n")
-            .expect("config file");
-        let mut cmd = Command::new(controller_binary());
-        cmd.arg("run").arg("--config").arg(&config);
-        cmd.args(["--artifact-server-port", &server_port.to_string(), "--ops-port", &ops_port.to_string()]);
-        cmd.args(["--advertise-url", &base_url]);
-        // Only what is given here: nothing inherited from the shell that runs the tests.
-        cmd.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("KUBECONFIG", cp.kubeconfig_path())
-            .env("LEADER_ELECTION", "false")
-            .env("MIN_INTERVAL", "1s")
-            .env("POD_NAMESPACE", namespace)
-            .env("STORAGE_BACKEND", "memory")
-            .env("LOG_LEVEL", "info")
-            .env("NO_COLOR", "1")
-            .env("NO_PROXY", "127.0.0.1,localhost");
-        let process = ChildProcess::spawn("externalsource-controller", cmd, &dir.join("controller.log"));
-        let ready = format!("http://127.0.0.1:{ops_port}/readyz");
-        eventually("the controller ready", WAIT, || async {
-            process.assert_running();
-            let ok = reqwest::get(&ready).await.ok()?.status().is_success();
-            ok.then_some(())
-        })
-        .await;
-        Self { process, base_url }
-    }
-}
 
 /// An ExternalArtifact as the predecessor wrote it for `es`: owned by the source, its artifact
 /// at a URL that is also its path, the payload's hash as digest and revision, no size.
@@ -171,7 +129,7 @@ async fn the_go_predecessors_objects_converge_on_the_first_reconcile_and_delete(
 
     // The start check is the function the binary calls before anything else.
     externalsource_core::controller::check_crds(&cp.client()).await.expect("foreign objects never stop a start");
-    let ctl = Controller::start(&cp, &ns, dir.path()).await;
+    let ctl = ControllerProcess::start(&cp, &ns, dir.path()).await;
 
     for name in &names {
         let es = wait_ready(&sources, name, "True").await;
@@ -245,7 +203,7 @@ async fn a_source_stored_under_an_older_schema_is_skipped_not_fatal() {
 
     sources.create(&PostParams::default(), &source("current", &upstream.url("/new"), json!({}))).await.expect("create");
     externalsource_core::controller::check_crds(&cp.client()).await.expect("an unreadable source never stops a start");
-    let ctl = Controller::start(&cp, &ns, dir.path()).await;
+    let ctl = ControllerProcess::start(&cp, &ns, dir.path()).await;
     wait_ready(&sources, "current", "True").await;
     ctl.process.assert_running();
     let log = ctl.process.log_text();
@@ -294,7 +252,7 @@ async fn our_artifact_that_does_not_parse_is_rewritten() {
         "the stored artifact does not parse as Flux's type"
     );
 
-    let _ctl = Controller::start(&cp, &ns, dir.path()).await;
+    let _ctl = ControllerProcess::start(&cp, &ns, dir.path()).await;
     wait_ready(&sources, "junk", "True").await;
     let ea = eventually("the artifact rewritten", WAIT, || async { artifacts.get("junk").await.ok() }).await;
     let art = ea.status.and_then(|s| s.artifact).expect("a fresh artifact");
