@@ -162,6 +162,12 @@ impl Context {
         self
     }
 
+    /// The ExternalArtifacts this process last read or wrote. [`run`](super::run)'s metadata
+    /// watch feeds it; a test without a watch reports what one would see.
+    pub fn artifact_cache(&self) -> &ArtifactCache {
+        &self.artifacts
+    }
+
     /// A reconcile slot of `namespace`, or `None` when the namespace already uses all of its own.
     fn namespace_slot(&self, namespace: &str) -> Option<OwnedSemaphorePermit> {
         let slots = self
