@@ -6,14 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use externalsource_core::config::{Config, MemoryCheck};
+use externalsource_core::controller::api::REPORTING_CONTROLLER;
+use externalsource_core::controller::context::{Context, Settings};
 use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_core::controller::events::EventRecorder;
 use externalsource_core::controller::fetch::Fetcher;
 use externalsource_core::controller::hooks::spec::HookDefaults;
 use externalsource_core::controller::leader::{LeaderElector, Timings};
 use externalsource_core::controller::metrics::Metrics;
-use externalsource_core::controller::plan::Defaults;
-use externalsource_core::controller::reconcile::{Context, REPORTING_CONTROLLER, Settings};
+use externalsource_core::controller::reconcile::plan::Defaults;
 use externalsource_core::controller::restore::RestorePass;
 use externalsource_core::controller::transform::sandbox::Sandbox;
 use externalsource_core::controller::{self, StartError};

@@ -639,7 +639,7 @@ async fn a_new_generation_is_announced_only_when_its_fetch_is_slow() {
 /// removes from a published source is put back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_source_is_published_in_one_reconcile_and_its_finalizer_is_kept() {
-    use externalsource_core::controller::reconcile::FINALIZER;
+    use externalsource_core::controller::api::FINALIZER;
 
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("onepass").await;

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use externalsource_core::controller::api::FINALIZER;
 use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
-use externalsource_core::controller::reconcile::FINALIZER;
 use externalsource_core::controller::writer::FIELD_MANAGER;
 use externalsource_tests::process::{ChildProcess, controller_binary};
 use externalsource_tests::sources::{WAIT, artifact, download, source, wait_ready};

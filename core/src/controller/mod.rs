@@ -2,15 +2,12 @@
 //! kube-runtime `Controller`.
 
 pub mod api;
-pub mod artifact_cache;
 mod child;
-mod cleanup;
 pub mod conditions;
-pub mod credentials;
+pub mod context;
 pub mod egress;
 pub mod events;
 pub mod fetch;
-pub mod finalizer;
 pub mod finish;
 pub mod flux_events;
 pub mod hooks;
@@ -18,7 +15,7 @@ pub mod leader;
 pub mod memory;
 pub mod metrics;
 pub mod outcome;
-pub mod plan;
+pub mod publish;
 pub mod readable;
 pub mod reconcile;
 pub mod redact;
@@ -40,8 +37,9 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use api::{ExternalArtifact, ExternalSource};
-use reconcile::{Context, FINALIZER, REQUESTED_AT, error_policy, reconcile};
+use api::{ExternalArtifact, ExternalSource, FINALIZER, REQUESTED_AT};
+use context::Context;
+use reconcile::{error_policy, reconcile};
 
 /// Failures that stop the controller from starting. Each names what is missing: the CRD, or our
 /// permission to list it; never the content of an object.
@@ -118,7 +116,7 @@ pub(crate) fn trigger_hash(es: &ExternalSource) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     es.metadata.generation.hash(&mut h);
     es.annotations().get(REQUESTED_AT).hash(&mut h);
-    // Our finalizer is added by the first reconcile itself (see `finalizer`): only its removal
+    // Our finalizer is added by the first reconcile itself (see `reconcile::finalizer`): only its removal
     // from a source already reconciled (it has a status) is news. Hashing the list would
     // reconcile every new source twice.
     let finalizer_lost = es.status.is_some() && !es.finalizers().iter().any(|f| f == FINALIZER);
@@ -126,7 +124,7 @@ pub(crate) fn trigger_hash(es: &ExternalSource) -> Option<u64> {
     // Labels and chosen annotations are copied to the ExternalArtifact: a change is published
     // without waiting.
     es.labels().hash(&mut h);
-    finish::copied_annotations(es).hash(&mut h);
+    publish::metadata::copied_annotations(es).hash(&mut h);
     es.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
@@ -148,7 +146,7 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
 /// creations are not changes, so neither echoes back as a reconcile. Metadata is all this needs
 /// (owner, generation, UID): the API server sends no status, we parse none.
 ///
-/// Every version it sees goes to the [`artifact_cache::ArtifactCache`], which is what lets a reconcile skip
+/// Every version it sees goes to the [`publish::cache::ArtifactCache`], which is what lets a reconcile skip
 /// reading an ExternalArtifact nobody changed.
 fn artifact_changes(
     client: kube::Client,

@@ -2,7 +2,7 @@
 //!
 //! The reconciler runs its steps (plan, fetch, transform, store) and hands what they returned to
 //! [`after_fetch`] (an answer without a body) or [`after_store`]; the resulting [`Outcome`] is the only input of the single
-//! writer (`reconcile::finish`), which turns it into both statuses with [`next_status`] and
+//! writer (`finish`), which turns it into both statuses with [`next_status`] and
 //! [`next_artifact_status`]. The fields that describe what is stored (`artifact`,
 //! `lastHandledETag`, `artifactGeneration`, `publishedPaths`) are written in exactly one arm,
 //! [`Outcome::Ready`], which `finish` only keeps after the ExternalArtifact points at the
@@ -13,7 +13,7 @@ use std::time::Duration;
 use super::api::{Artifact, ExternalArtifactStatus, ExternalSourceStatus};
 use super::conditions::{self, Reason};
 use super::fetch::FetchError;
-use super::plan::ConfigProblem;
+use super::reconcile::problem::ConfigProblem;
 use super::transform::TransformError;
 use crate::package::archive::ArchiveError;
 use crate::storage::{FailureClass, ObjectSummary, StorageError};
@@ -64,15 +64,6 @@ impl Outcome {
             Self::Suspended => Reason::Suspended,
             Self::Stalled { problem, .. } => problem.reason,
             Self::Failed(f) => f.reason,
-        }
-    }
-
-    /// The `kind` label of the reconcile metric: `none` when it went well.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Ready { .. } | Self::Suspended => "none",
-            Self::Stalled { problem, .. } => problem.kind(),
-            Self::Failed(f) => f.kind,
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::super::api::{ExternalSourceSpec, HookSpec, RetryPolicy};
 use super::super::conditions::Reason;
-use super::super::plan::ConfigProblem;
+use crate::controller::reconcile::problem::ConfigProblem;
 use crate::units::{format_duration, parse_duration};
 
 /// Retries shared by every hook of one reconcile when `spec.maxRetries` is unset.

@@ -13,9 +13,14 @@ use kube::Api;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
-use super::conditions::Reason;
-use super::fetch::{ProxySettings, SecretBytes, TlsSettings};
-use super::plan::{self, ConfigProblem, Plan};
+use super::error::Stop;
+use super::plan::{self, Plan};
+use super::problem::ConfigProblem;
+use super::scope::Scope;
+use crate::controller::conditions::Reason;
+use crate::controller::context::Context;
+use crate::controller::fetch::{ProxySettings, SecretBytes, TlsSettings};
+use crate::controller::outcome::Outcome;
 
 type Data = BTreeMap<String, ByteString>;
 
@@ -149,6 +154,16 @@ async fn secret_data(
 }
 
 /// Reads every Secret `plan` references. `Ok(Err(_))` is a configuration problem.
+/// The credentials step: what the plan names, read from Secrets of the source's namespace. A
+/// missing Secret or key stalls the source until the Secret changes.
+pub async fn read_for(scope: &Scope<'_>, ctx: &Context, plan: &Plan) -> Result<Credentials, Stop> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &scope.namespace);
+    match read(&secrets, &scope.namespace, plan).await? {
+        Ok(credentials) => Ok(credentials),
+        Err(problem) => Err(Outcome::Stalled { problem, recheck_at_interval: false }.into()),
+    }
+}
+
 pub async fn read(
     secrets: &Api<Secret>,
     ns: &str,

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 
-use super::api::ExternalArtifact;
+use crate::controller::api::ExternalArtifact;
 
 type Key = (String, String);
 

@@ -5,7 +5,7 @@
 //! every new source. Here the finalizer is added, and the object the API returns (finalizer on,
 //! new resourceVersion) goes straight on to [`Step::Apply`]. Nothing is stored before the
 //! finalizer is on, so a deletion can never miss an artifact; and the watch predicate
-//! ([`super::trigger_hash`]) ignores our own addition, so it does not echo back as a reconcile.
+//! ([`trigger_hash`](crate::controller::trigger_hash)) ignores our own addition, so it does not echo back as a reconcile.
 //!
 //! Both writes are JSON patches that test what they change (the finalizer list as read), so a
 //! concurrent edit of the list by someone else fails the write instead of being overwritten.
@@ -16,8 +16,8 @@ use kube::api::{Api, Patch};
 use kube::{Resource, ResourceExt};
 use serde_json::{Value, json};
 
-use super::api::ExternalSource;
-use super::writer;
+use crate::controller::api::ExternalSource;
+use crate::controller::writer;
 
 /// What a reconcile of `es` is to do, given its finalizer and deletion state.
 #[derive(Debug)]

@@ -10,28 +10,31 @@
 
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
-use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 
-use super::api::{ExternalArtifact, ExternalSource};
-use super::conditions::Reason;
-use super::finish::{event, owned_by};
-use super::reconcile::{Context, Error, key_of};
+use super::error::Error;
+use super::scope::Scope;
+use crate::controller::api::ExternalArtifact;
+use crate::controller::conditions::Reason;
+use crate::controller::context::Context;
+use crate::controller::finish::event::event;
+use crate::controller::publish::owned_by;
 use crate::key::{ObjectKey, artifact_dir};
 use crate::storage::{FailureClass, StorageError};
 
 /// Longest list of leftover keys an Event names.
 const LEFTOVERS_NAMED: usize = 10;
 
-pub(super) async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action, Error> {
-    let (ns, name) = key_of(es);
-    let key = (ns.clone(), name.clone());
+/// Deletes what the source stored and its ExternalArtifact; the caller then releases the
+/// finalizer.
+pub(super) async fn cleanup(scope: &Scope<'_>, ctx: &Context) -> Result<(), Error> {
+    let (ns, name, es) = (&scope.namespace, &scope.name, scope.source);
     // Counted per object UID: a stale queue entry after the release must not start over, and a
     // new object of the same name must not inherit the count.
     let uid = es.uid().unwrap_or_default();
     let limit = ctx.settings.finalizer_attempts;
     let given_up = ctx.cleanup_attempts.get(&uid).is_some_and(|n| *n >= limit);
-    if !given_up && let Err((error, left)) = delete_stored(ctx, &ns, &name).await {
+    if !given_up && let Err((error, left)) = delete_stored(ctx, ns, name).await {
         if error.class() == FailureClass::Transient {
             return Err(error.into());
         }
@@ -48,29 +51,29 @@ pub(super) async fn cleanup(es: &ExternalSource, ctx: &Context) -> Result<Action
         let message = format!(
             "released the finalizer after {attempts} failed attempts to delete stored artifacts; left behind {} object(s): {}{}; last error: {error}",
             left.len(),
-            if named.is_empty() { format!("under {}", artifact_dir(&ns, &name)) } else { named.join(", ") },
+            if named.is_empty() { format!("under {}", artifact_dir(ns, name)) } else { named.join(", ") },
             if more > 0 { format!(" and {more} more") } else { String::new() },
         );
         tracing::warn!(namespace = %ns, name = %name, kind = error.kind(), "{message}");
-        event(ctx, es, EventType::Warning, Reason::CleanupAbandoned, &message, None).await;
+        event(ctx, scope, EventType::Warning, Reason::CleanupAbandoned, &message, None).await;
     } else if !given_up {
         ctx.cleanup_attempts.remove(&uid);
     }
-    let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), &ns);
-    if let Some(ea) = api.get_opt(&name).await?
+    let api: Api<ExternalArtifact> = Api::namespaced(ctx.client.clone(), ns);
+    if let Some(ea) = api.get_opt(name).await?
         && owned_by(&ea, es)
     {
-        match api.delete(&name, &DeleteParams::default()).await {
+        match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => {}
             Err(e) => return Err(e.into()),
         }
     }
-    ctx.artifacts.forget(&ns, &name);
-    ctx.metrics.forget(&ns, &name);
-    ctx.forget_failures(&key);
+    ctx.artifacts.forget(ns, name);
+    ctx.metrics.forget(ns, name);
+    ctx.backoff.forget(ns, name);
     tracing::info!(namespace = %ns, name = %name, "deleted stored artifacts and ExternalArtifact");
-    Ok(Action::await_change())
+    Ok(())
 }
 
 /// Deletes every stored object of the source. On failure: the first error and the keys left.

@@ -8,40 +8,42 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
-use super::api::{ExternalSourceSpec, GeneratorType, PayloadFormat};
-use super::conditions::Reason;
-use super::hooks::spec::{HookDefaults, HookPlan};
+use super::problem::ConfigProblem;
+use super::scope::Scope;
+use crate::controller::api::{ExternalSourceSpec, GeneratorType, PayloadFormat};
+use crate::controller::conditions::Reason;
+use crate::controller::hooks::spec::{HookDefaults, HookPlan};
+use crate::controller::outcome::Outcome;
 use crate::package::DestinationPath;
 use crate::package::archive::Layout;
 use crate::units::{format_duration, parse_duration, parse_size};
 
+/// The first step: a suspended source ends here (nothing is fetched, the last artifact stays
+/// published).
+#[allow(
+    clippy::result_large_err,
+    reason = "an outcome is how a step ends a reconcile, once per reconcile: boxing it buys nothing"
+)]
+pub fn unless_suspended(scope: &Scope<'_>) -> Result<(), Outcome> {
+    match scope.source.spec.suspend {
+        Some(true) => Err(Outcome::Suspended),
+        _ => Ok(()),
+    }
+}
+
+/// The plan step: the spec, validated against the operator's defaults and limits
+/// (`Settings::defaults`). A problem stalls the source until its spec changes.
+#[allow(
+    clippy::result_large_err,
+    reason = "an outcome is how a step ends a reconcile, once per reconcile: boxing it buys nothing"
+)]
+pub fn plan(scope: &Scope<'_>, defaults: &Defaults) -> Result<Plan, Outcome> {
+    Plan::from_spec(&scope.source.spec, defaults)
+        .map_err(|problem| Outcome::Stalled { problem, recheck_at_interval: false })
+}
+
 /// Default `destinationPath` (the predecessor's).
 pub const DEFAULT_DESTINATION: &str = "data";
-
-/// A configuration problem: the condition reason and a message naming field, value and rule.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct ConfigProblem {
-    pub reason: Reason,
-    pub message: String,
-}
-
-impl ConfigProblem {
-    /// The `kind` label of the reconcile metric for this problem.
-    pub fn kind(&self) -> &'static str {
-        match self.reason {
-            Reason::SecretNotFound => "secret_not_found",
-            Reason::ArtifactConflict => "artifact_conflict",
-            Reason::Unsupported => "unsupported",
-            Reason::HookFailed => "hook_refused",
-            _ => "invalid_spec",
-        }
-    }
-
-    pub fn invalid(field: &str, value: &str, rule: impl std::fmt::Display) -> Self {
-        Self { reason: Reason::InvalidSpec, message: format!("{field}: {value:?} {rule}") }
-    }
-}
 
 /// Controller-wide defaults a plan falls back to.
 #[derive(Debug, Clone)]
@@ -155,7 +157,7 @@ impl Plan {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(ConfigProblem::invalid(
                 "spec.generator.http.url",
-                &super::redact::redact_url(&url),
+                &crate::controller::redact::redact_url(&url),
                 "must be an http:// or https:// URL with a host",
             ));
         }

@@ -1,0 +1,140 @@
+//! What every reconcile shares: the clients, the store, the operator's policy and the
+//! process-wide state (memory budget, namespace slots, backoff counters, remembered
+//! ExternalArtifacts).
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::events::EventRecorder;
+use super::fetch::Fetcher;
+use super::flux_events::FluxEvents;
+use super::hooks::protocol::ExecutorClient;
+use super::memory::MemoryBudget;
+use super::metrics::Metrics;
+use super::publish::cache::ArtifactCache;
+use super::reconcile::backoff::Backoff;
+use super::reconcile::plan::Defaults;
+use super::restore::RestorePass;
+use super::transform::sandbox::Sandbox;
+use crate::storage::Storage;
+
+/// Operator policy of the reconciler.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What a spec falls back to.
+    pub defaults: Defaults,
+    /// Published revisions kept per source (current included).
+    pub retention: usize,
+    /// Failed attempts at deleting a source's storage before the finalizer is released anyway.
+    pub finalizer_attempts: u32,
+    /// Reconciles of one namespace at once.
+    pub namespace_concurrency: usize,
+    /// Bytes of fetched bodies (and their copies) in memory at once, across all reconciles.
+    pub memory_budget: u64,
+    /// Bytes one namespace may store, when set.
+    pub namespace_quota: Option<u64>,
+    /// The hook executor's socket (`hooks.socket`), when hooks are on.
+    pub hook_socket: Option<std::path::PathBuf>,
+    /// Only sources (and their ExternalArtifacts, which carry their labels) matching this
+    /// selector are watched: one shard of several controllers.
+    pub watch_label_selector: Option<String>,
+    /// notification-controller's event address (`controller.events_addr`): Flux events are
+    /// posted there besides the Kubernetes Events.
+    pub events_addr: Option<String>,
+    /// Who the Flux events say sent them (Flux's `reportingInstance`: the pod).
+    pub reporting_instance: String,
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: kube::Client,
+    pub storage: Arc<dyn Storage>,
+    pub fetcher: Fetcher,
+    pub settings: Settings,
+    pub recorder: EventRecorder,
+    pub metrics: Arc<Metrics>,
+    /// Where `spec.transform` filters run.
+    pub transforms: Sandbox,
+    /// In-flight fetch memory (see [`Settings::memory_budget`]).
+    pub memory: MemoryBudget,
+    /// Where `spec.hooks` run, when an executor is configured.
+    pub hooks: Option<ExecutorClient>,
+    /// Posts Flux events, when `events_addr` is set.
+    pub flux_events: Option<FluxEvents>,
+    /// Consecutive transient failures per object, for exponential backoff.
+    pub(super) backoff: Backoff,
+    /// Reconcile slots per namespace (see [`Settings::namespace_concurrency`]).
+    namespace_slots: DashMap<String, Arc<Semaphore>>,
+    /// Failed cleanup attempts per UID of an object being deleted; an entry stays after the
+    /// finalizer was released anyway (one per abandoned cleanup), so stale retries stop at once.
+    pub(super) cleanup_attempts: DashMap<String, u32>,
+    /// The first pass of a new leader over a store that is not shared, when one runs.
+    pub(super) restore: Option<Arc<RestorePass>>,
+    /// ExternalArtifacts as last read or written, while the watch reports them unchanged.
+    pub(super) artifacts: ArtifactCache,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        storage: Arc<dyn Storage>,
+        fetcher: Fetcher,
+        settings: Settings,
+        recorder: EventRecorder,
+        metrics: Arc<Metrics>,
+        transforms: Sandbox,
+    ) -> Self {
+        let memory = MemoryBudget::new(settings.memory_budget);
+        let hooks = settings.hook_socket.as_ref().map(|s| ExecutorClient::new(s, settings.defaults.max_size as usize));
+        let flux_events = settings.events_addr.as_ref().map(|address| {
+            FluxEvents::start(address.clone(), settings.reporting_instance.clone(), metrics.flux_events.clone())
+        });
+        Self {
+            client,
+            storage,
+            fetcher,
+            settings: Settings {
+                retention: settings.retention.max(1),
+                finalizer_attempts: settings.finalizer_attempts.max(1),
+                namespace_concurrency: settings.namespace_concurrency.max(1),
+                ..settings
+            },
+            recorder,
+            metrics,
+            transforms,
+            memory,
+            hooks,
+            flux_events,
+            backoff: Backoff::default(),
+            namespace_slots: DashMap::new(),
+            cleanup_attempts: DashMap::new(),
+            restore: None,
+            artifacts: ArtifactCache::default(),
+        }
+    }
+
+    /// Reports each reconcile to `pass`, so the process turns Ready once its store holds what
+    /// is published.
+    pub fn with_restore(mut self, pass: Arc<RestorePass>) -> Self {
+        self.restore = Some(pass);
+        self
+    }
+
+    /// The ExternalArtifacts this process last read or wrote. [`run`](super::run)'s metadata
+    /// watch feeds it; a test without a watch reports what one would see.
+    pub fn artifact_cache(&self) -> &ArtifactCache {
+        &self.artifacts
+    }
+
+    /// A reconcile slot of `namespace`, or `None` when the namespace already uses all of its own.
+    pub(super) fn namespace_slot(&self, namespace: &str) -> Option<OwnedSemaphorePermit> {
+        let slots = self
+            .namespace_slots
+            .entry(namespace.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.namespace_concurrency)))
+            .clone();
+        slots.try_acquire_owned().ok()
+    }
+}
