@@ -20,16 +20,16 @@ use externalsource_core::Storage;
 use externalsource_core::backend::host;
 use externalsource_core::controller::api::{ExternalSource, REPORTING_CONTROLLER};
 use externalsource_core::controller::context::{Context, Settings};
-use externalsource_core::controller::egress::EgressPolicy;
-use externalsource_core::controller::events::EventRecorder;
-use externalsource_core::controller::fetch::Fetcher;
+use externalsource_core::controller::events::kubernetes::EventRecorder;
 use externalsource_core::controller::hooks::spec::HookDefaults;
-use externalsource_core::controller::metrics::Metrics;
 use externalsource_core::controller::reconcile::plan::Defaults;
 use externalsource_core::controller::reconcile::reconcile;
-use externalsource_core::controller::transform::sandbox::Sandbox;
+use externalsource_core::controller::runtime::metrics::Metrics;
+use externalsource_core::controller::upstream::client::Fetcher;
+use externalsource_core::controller::upstream::egress::EgressPolicy;
+use externalsource_core::isolated::transform::sandbox::Sandbox;
 use externalsource_tests::controller::test_transform_limits;
-use externalsource_tests::fixture::{Fixture, Reply};
+use externalsource_tests::fixture::{Reply, Upstream};
 use externalsource_tests::process::controller_binary;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -316,7 +316,7 @@ fn ready(es: &ExternalSource) -> bool {
 
 #[tokio::test]
 async fn a_new_source_costs_five_writes_and_no_read() {
-    let upstream = Fixture::start(Reply::ok("payload").with_etag("\"v1\"")).await;
+    let upstream = Upstream::start(Reply::ok("payload").with_etag("\"v1\"")).await;
     let api = MockApiServer::default();
     let ctx = context(&api);
     let es = new_source(&api, &upstream.url("/data"));
@@ -328,7 +328,7 @@ async fn a_new_source_costs_five_writes_and_no_read() {
 
 #[tokio::test]
 async fn an_unchanged_source_in_steady_state_costs_no_request() {
-    let upstream = Fixture::start(Reply::ok("payload").with_etag("\"v1\"")).await;
+    let upstream = Upstream::start(Reply::ok("payload").with_etag("\"v1\"")).await;
     let api = MockApiServer::default();
     let ctx = context(&api);
     reconcile(new_source(&api, &upstream.url("/data")), ctx.clone()).await.expect("first reconcile");
@@ -355,7 +355,7 @@ async fn an_unchanged_source_in_steady_state_costs_no_request() {
 
 #[tokio::test]
 async fn a_failed_fetch_writes_the_status_and_an_event_only() {
-    let upstream = Fixture::start(Reply::status(500)).await;
+    let upstream = Upstream::start(Reply::status(500)).await;
     let api = MockApiServer::default();
     let ctx = context(&api);
     // A transient failure: written down, and retried with backoff.
@@ -381,7 +381,7 @@ async fn a_failed_fetch_writes_the_status_and_an_event_only() {
 
 #[tokio::test]
 async fn a_deletion_removes_the_artifact_then_the_finalizer() {
-    let upstream = Fixture::start(Reply::ok("payload").with_etag("\"v1\"")).await;
+    let upstream = Upstream::start(Reply::ok("payload").with_etag("\"v1\"")).await;
     let api = MockApiServer::default();
     let ctx = context(&api);
     reconcile(new_source(&api, &upstream.url("/data")), ctx.clone()).await.expect("first reconcile");

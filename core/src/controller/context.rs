@@ -7,17 +7,17 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::events::EventRecorder;
-use super::fetch::Fetcher;
-use super::flux_events::FluxEvents;
-use super::hooks::protocol::ExecutorClient;
-use super::memory::MemoryBudget;
-use super::metrics::Metrics;
-use super::publish::cache::ArtifactCache;
-use super::reconcile::backoff::Backoff;
-use super::reconcile::plan::Defaults;
-use super::restore::RestorePass;
-use super::transform::sandbox::Sandbox;
+use crate::controller::events::flux::FluxEvents;
+use crate::controller::events::kubernetes::EventRecorder;
+use crate::controller::publish::cache::ArtifactCache;
+use crate::controller::reconcile::backoff::Backoff;
+use crate::controller::reconcile::plan::Defaults;
+use crate::controller::runtime::memory::MemoryBudget;
+use crate::controller::runtime::metrics::Metrics;
+use crate::controller::runtime::restore_pass::RestorePass;
+use crate::controller::upstream::client::Fetcher;
+use crate::isolated::hook_executor::protocol::ExecutorClient;
+use crate::isolated::transform::sandbox::Sandbox;
 use crate::storage::Storage;
 
 /// Operator policy of the reconciler.
@@ -122,7 +122,7 @@ impl Context {
         self
     }
 
-    /// The ExternalArtifacts this process last read or wrote. [`run`](super::run)'s metadata
+    /// The ExternalArtifacts this process last read or wrote. [`run`](crate::controller::run)'s metadata
     /// watch feeds it; a test without a watch reports what one would see.
     pub fn artifact_cache(&self) -> &ArtifactCache {
         &self.artifacts

@@ -1,27 +1,30 @@
-//! The Kubernetes side: API types, fetcher, reconciler, leader election and the wiring of the
-//! kube-runtime `Controller`.
+//! The Kubernetes side: the wiring of the kube-runtime `Controller` (this module) and what it runs.
+//!
+//! - [`api`] and [`conditions`]: the resource types, the names we use on them, the conditions;
+//! - [`context`]: what every reconcile shares;
+//! - [`reconcile`]: the entry point and its steps (plan, credentials, hooks, fetch, transform,
+//!   package, store), the finalizer and cleanup; [`outcome`]: the pure decisions between them;
+//! - [`finish`]: the single writer of a reconcile's results (statuses, garbage collection,
+//!   Event) and of when it runs next; [`publish`]: the ExternalArtifact; [`writer`]: how writes
+//!   are made (field manager, status patches);
+//! - [`upstream`]: the HTTP client that fetches, its egress policy and URL redaction;
+//! - [`hooks`]: the reconciler's side of `spec.hooks` (the executor is in
+//!   [`isolated`](crate::isolated));
+//! - [`events`]: Kubernetes Events and Flux events;
+//! - [`runtime`]: leader election, metrics, the memory budget, the restore pass, lenient parsing.
 
 pub mod api;
-mod child;
 pub mod conditions;
 pub mod context;
-pub mod egress;
 pub mod events;
-pub mod fetch;
 pub mod finish;
-pub mod flux_events;
 pub mod hooks;
-pub mod leader;
-pub mod memory;
-pub mod metrics;
 pub mod outcome;
 pub mod publish;
-pub mod readable;
 pub mod reconcile;
-pub mod redact;
-pub mod restore;
 pub mod revision;
-pub mod transform;
+pub mod runtime;
+pub mod upstream;
 pub mod writer;
 
 use std::future::Future;
@@ -193,8 +196,8 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
     };
     // Each source is parsed on its own (see `readable`): one that does not parse is reported and
     // skipped instead of failing every list.
-    let unreadable = readable::Reported::default();
-    let listed = Api::<readable::Readable<ExternalSource>>::all(client.clone());
+    let unreadable = runtime::readable::Reported::default();
+    let listed = Api::<runtime::readable::Readable<ExternalSource>>::all(client.clone());
     let sources = watcher(listed, shard(watcher::Config::default().any_semantic()))
         .default_backoff()
         .filter_map(move |event| std::future::ready(event.map(|e| unreadable.filter(e)).transpose()))

@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use super::api::{Artifact, ExternalArtifactStatus, ExternalSourceStatus};
-use super::conditions::{self, Reason};
-use super::fetch::FetchError;
-use super::reconcile::problem::ConfigProblem;
-use super::transform::TransformError;
+use crate::controller::api::{Artifact, ExternalArtifactStatus, ExternalSourceStatus};
+use crate::controller::conditions::{self, Reason};
+use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::upstream::client::FetchError;
+use crate::isolated::transform::TransformError;
 use crate::package::archive::ArchiveError;
 use crate::storage::{FailureClass, ObjectSummary, StorageError};
 
@@ -180,7 +180,7 @@ pub fn after_store(stored: Stored, etag: Option<&str>) -> Outcome {
 /// the command, an argument or an environment variable) is a spec problem: `Stalled`, checked
 /// again at the interval too, since a whitelist change can also resolve it. A bad request fails
 /// again on every try, so it waits for the interval; anything else backs off.
-pub fn hook_failure(e: &super::hooks::chain::HookFailure) -> Outcome {
+pub fn hook_failure(e: &crate::controller::hooks::chain::HookFailure) -> Outcome {
     if e.is_refusal() {
         let problem = ConfigProblem { reason: Reason::HookFailed, message: e.to_string() };
         return Outcome::Stalled { problem, recheck_at_interval: true };
@@ -194,7 +194,7 @@ pub fn hook_failure(e: &super::hooks::chain::HookFailure) -> Outcome {
 }
 
 /// Pre-request hooks printed something that is not headers (the same output next time).
-pub fn hook_output_failure(e: &super::hooks::chain::HeaderLineError) -> Failure {
+pub fn hook_output_failure(e: &crate::controller::hooks::chain::HeaderLineError) -> Failure {
     Failure { reason: Reason::HookFailed, kind: "hook", message: e.to_string(), retry: Retry::AtInterval }
 }
 

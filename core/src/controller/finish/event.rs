@@ -7,7 +7,7 @@ use kube::runtime::events::{Event, EventType};
 
 use crate::controller::conditions::Reason;
 use crate::controller::context::Context;
-use crate::controller::flux_events::{Notice, Severity};
+use crate::controller::events::flux::{Notice, Severity};
 use crate::controller::reconcile::scope::Scope;
 
 /// Records an Event, and sends it as a Flux event when `controller.events_addr` is set (with

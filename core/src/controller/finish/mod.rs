@@ -19,15 +19,15 @@ use kube::runtime::events::EventType;
 
 use self::event::event;
 use self::garbage::collect_garbage;
-use super::api::{ExternalSource, ExternalSourceStatus, REQUESTED_AT};
-use super::conditions::Reason;
-use super::context::Context;
-use super::metrics::ObjectLabels;
-use super::outcome::{self, Outcome, Retry, StatusInputs};
-use super::publish::{Publication, publish};
-use super::reconcile::error::Error;
-use super::reconcile::scope::Scope;
-use super::writer::patch_status;
+use crate::controller::api::{ExternalSource, ExternalSourceStatus, REQUESTED_AT};
+use crate::controller::conditions::Reason;
+use crate::controller::context::Context;
+use crate::controller::outcome::{self, Outcome, Retry, StatusInputs};
+use crate::controller::publish::{Publication, publish};
+use crate::controller::reconcile::error::Error;
+use crate::controller::reconcile::scope::Scope;
+use crate::controller::runtime::metrics::ObjectLabels;
+use crate::controller::writer::patch_status;
 
 /// What a finished reconcile tells the controller runtime and the metrics.
 pub struct Report {

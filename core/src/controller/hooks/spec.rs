@@ -3,8 +3,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::super::api::{ExternalSourceSpec, HookSpec, RetryPolicy};
-use super::super::conditions::Reason;
+use crate::controller::api::{ExternalSourceSpec, HookSpec, RetryPolicy};
+use crate::controller::conditions::Reason;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::units::{format_duration, parse_duration};
 

@@ -11,14 +11,14 @@ use kube::api::{Api, Patch};
 use serde_json::json;
 
 use self::metadata::{metadata_patch, new_artifact};
-use super::api::{ExternalArtifact, ExternalSource};
-use super::conditions::Reason;
-use super::context::Context;
-use super::outcome::{self, Outcome};
-use super::readable::Readable;
-use super::reconcile::problem::ConfigProblem;
-use super::reconcile::scope::Scope;
-use super::writer::{self, patch_status, with_precondition};
+use crate::controller::api::{ExternalArtifact, ExternalSource};
+use crate::controller::conditions::Reason;
+use crate::controller::context::Context;
+use crate::controller::outcome::{self, Outcome};
+use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::reconcile::scope::Scope;
+use crate::controller::runtime::readable::Readable;
+use crate::controller::writer::{self, patch_status, with_precondition};
 
 /// What happened to the ExternalArtifact.
 pub enum Publication {

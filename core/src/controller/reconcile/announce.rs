@@ -6,12 +6,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use super::error::Error;
-use super::scope::Scope;
 use crate::controller::api::ExternalSourceStatus;
 use crate::controller::context::Context;
 use crate::controller::finish::write_status;
 use crate::controller::outcome::{self, Outcome};
+use crate::controller::reconcile::error::Error;
+use crate::controller::reconcile::scope::Scope;
 
 /// How long a reconcile of a new generation runs before it writes Reconciling=True.
 const ANNOUNCE_AFTER: Duration = Duration::from_secs(1);

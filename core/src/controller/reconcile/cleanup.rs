@@ -12,13 +12,13 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use kube::runtime::events::EventType;
 
-use super::error::Error;
-use super::scope::Scope;
 use crate::controller::api::ExternalArtifact;
 use crate::controller::conditions::Reason;
 use crate::controller::context::Context;
 use crate::controller::finish::event::event;
 use crate::controller::publish::owned_by;
+use crate::controller::reconcile::error::Error;
+use crate::controller::reconcile::scope::Scope;
 use crate::key::{ObjectKey, artifact_dir};
 use crate::storage::{FailureClass, StorageError};
 

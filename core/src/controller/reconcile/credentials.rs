@@ -13,14 +13,14 @@ use kube::Api;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
-use super::error::Stop;
-use super::plan::{self, Plan};
-use super::problem::ConfigProblem;
-use super::scope::Scope;
 use crate::controller::conditions::Reason;
 use crate::controller::context::Context;
-use crate::controller::fetch::{ProxySettings, SecretBytes, TlsSettings};
 use crate::controller::outcome::Outcome;
+use crate::controller::reconcile::error::Stop;
+use crate::controller::reconcile::plan::{self, Plan};
+use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::reconcile::scope::Scope;
+use crate::controller::upstream::client::{ProxySettings, SecretBytes, TlsSettings};
 
 type Data = BTreeMap<String, ByteString>;
 

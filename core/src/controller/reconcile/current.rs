@@ -1,10 +1,10 @@
 //! The current-artifact step: the artifact our status names, if the store still holds it with
 //! the recorded digest. What a conditional fetch and the "same bytes" check compare against.
 
-use super::scope::Scope;
 use crate::controller::api::Artifact;
 use crate::controller::context::Context;
 use crate::controller::outcome::{self, Outcome};
+use crate::controller::reconcile::scope::Scope;
 use crate::key::ObjectKey;
 use crate::storage::StorageError;
 

@@ -5,15 +5,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::scope::Scope;
 use crate::controller::api::Artifact;
 use crate::controller::context::Context;
-use crate::controller::fetch::{FetchOutcome, FetchRequest};
-use crate::controller::memory::{Reservation, UNPACK_WORKSPACE};
-use crate::controller::metrics::ResultLabels;
 use crate::controller::outcome::{self, Outcome, Unfetched};
 use crate::controller::reconcile::credentials::Credentials;
 use crate::controller::reconcile::plan::{Packaging, Plan};
+use crate::controller::reconcile::scope::Scope;
+use crate::controller::runtime::memory::{Reservation, UNPACK_WORKSPACE};
+use crate::controller::runtime::metrics::ResultLabels;
+use crate::controller::upstream::client::{FetchOutcome, FetchRequest};
 
 /// A body to store, and the memory it (and its copies) may use until it is stored.
 pub struct Fetched {

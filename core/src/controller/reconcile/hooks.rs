@@ -4,14 +4,14 @@
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 
-use super::scope::Scope;
 use crate::controller::context::Context;
 use crate::controller::hooks::chain::{self, HookFailure, Phase};
-use crate::controller::hooks::protocol::{CallError, FailureKind};
-use crate::controller::hooks::run::Invocation;
 use crate::controller::hooks::spec::Hook;
 use crate::controller::outcome::{self, Outcome};
 use crate::controller::reconcile::plan::Plan;
+use crate::controller::reconcile::scope::Scope;
+use crate::isolated::hook_executor::protocol::{CallError, FailureKind};
+use crate::isolated::hook_executor::run::Invocation;
 
 /// `headers` with the pre-request hooks' output added. Hook headers win over the headers
 /// Secret's: they are the fresher credential.

@@ -1,9 +1,9 @@
 //! The `result` and `kind` labels of the reconcile metric: the one place they are decided, for
 //! every way a reconcile ends.
 
-use super::error::Error;
 use crate::controller::conditions::Reason;
 use crate::controller::outcome::Outcome;
+use crate::controller::reconcile::error::Error;
 
 /// How a reconcile ended, as far as the metric cares.
 pub enum Ended<'a> {

@@ -4,9 +4,9 @@
 //! the next or ending the reconcile with an [`Outcome`]: [`plan`], [`credentials`], [`hooks`]
 //! (before the request), [`current`], [`fetch`], [`hooks`] (after it), [`transform`],
 //! [`package`] and [`store`]. Whatever the outcome, it goes to
-//! [`finish`](super::finish::finish), the only writer of both statuses and of the Event, which
+//! [`finish`](crate::controller::finish::finish), the only writer of both statuses and of the Event, which
 //! also decides when the source is reconciled next. The decisions between the steps are the pure
-//! functions of [`outcome`](super::outcome).
+//! functions of [`outcome`](crate::controller::outcome).
 
 mod announce;
 pub mod backoff;
@@ -37,11 +37,11 @@ use self::finalizer::Step;
 use self::labels::{Ended, labels};
 use self::plan::Plan;
 use self::scope::Scope;
-use super::api::{ExternalSource, FINALIZER};
-use super::context::Context;
-use super::finish::{Report, Schedule, finish};
-use super::metrics::ReconcileLabels;
-use super::outcome::Outcome;
+use crate::controller::api::{ExternalSource, FINALIZER};
+use crate::controller::context::Context;
+use crate::controller::finish::{Report, Schedule, finish};
+use crate::controller::outcome::Outcome;
+use crate::controller::runtime::metrics::ReconcileLabels;
 
 pub use self::error::Error;
 

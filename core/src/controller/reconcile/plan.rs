@@ -8,12 +8,12 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
-use super::problem::ConfigProblem;
-use super::scope::Scope;
 use crate::controller::api::{ExternalSourceSpec, GeneratorType, PayloadFormat};
 use crate::controller::conditions::Reason;
 use crate::controller::hooks::spec::{HookDefaults, HookPlan};
 use crate::controller::outcome::Outcome;
+use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::reconcile::scope::Scope;
 use crate::package::DestinationPath;
 use crate::package::archive::Layout;
 use crate::units::{format_duration, parse_duration, parse_size};
@@ -157,7 +157,7 @@ impl Plan {
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(ConfigProblem::invalid(
                 "spec.generator.http.url",
-                &crate::controller::redact::redact_url(&url),
+                &crate::controller::upstream::redact::redact_url(&url),
                 "must be an http:// or https:// URL with a host",
             ));
         }

@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-use super::scope::Scope;
 use crate::Digest;
 use crate::controller::api::{Artifact, ETAG_METADATA, SOURCE_METADATA};
 use crate::controller::context::Context;
 use crate::controller::outcome::{self, Outcome, Stored};
 use crate::controller::publish;
 use crate::controller::reconcile::plan::Plan;
-use crate::controller::redact::redact_url;
+use crate::controller::reconcile::scope::Scope;
 use crate::controller::revision::revision;
+use crate::controller::upstream::redact::redact_url;
 use crate::key::{ObjectKey, artifact_dir, namespace_dir};
 use crate::package::Package;
 use crate::storage::{FailureClass, ObjectMeta, StorageError};

@@ -4,7 +4,7 @@
 //! matched argument patterns unanchored, and allowed any argument when no pattern was given.
 //! Here a command is its absolute path, compared exactly; every pattern must match a whole
 //! argument; a command without patterns takes no arguments; and a command is given only the
-//! environment variables its `env` allows (none by default; see [`super::env`]).
+//! environment variables its `env` allows (none by default; see [`crate::isolated::hook_executor::env`]).
 //!
 //! ```toml
 //! [[command]]
@@ -20,7 +20,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use regex::Regex;
 
-use super::env::{EnvEntryError, EnvPolicy, EnvRefusal};
+use crate::isolated::hook_executor::env::{EnvEntryError, EnvPolicy, EnvRefusal};
 
 /// Most arguments a whitelist entry may allow when it does not say.
 pub const DEFAULT_MAX_ARGS: usize = 16;

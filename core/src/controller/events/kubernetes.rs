@@ -21,7 +21,7 @@ use kube::api::{Api, Patch};
 use kube::runtime::events::{Event, EventType};
 use serde_json::json;
 
-use super::writer;
+use crate::controller::writer;
 
 /// How long after its last occurrence an Event is still counted on rather than created anew
 /// (client-go's and kube-runtime's window is of this order).

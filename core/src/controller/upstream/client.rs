@@ -4,7 +4,7 @@
 //! whose codec added 0.2 MB to the binary for no payload gzip cannot carry), so a small gzip bomb
 //! is refused like a large body. Headers from a Secret are never sent to another origin: the
 //! redirect policy of clients that carry them refuses redirects to another scheme, host or port.
-//! Every hop obeys the [egress policy](super::egress).
+//! Every hop obeys the [egress policy](crate::controller::upstream::egress).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +14,9 @@ use bytes::{Bytes, BytesMut};
 use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
 
-use super::egress::{self, Denied, EgressPolicy};
-use super::memory::Reservation;
-use super::redact::redact_url;
+use crate::controller::runtime::memory::Reservation;
+use crate::controller::upstream::egress::{self, Denied, EgressPolicy};
+use crate::controller::upstream::redact::redact_url;
 
 /// What to fetch and how.
 #[derive(Debug, Clone)]

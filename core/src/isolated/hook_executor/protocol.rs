@@ -14,9 +14,9 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
-use super::admission::Admission;
-use super::run::{self, Invocation, Limits, Ran, RunError};
-use super::whitelist::LiveWhitelist;
+use crate::isolated::hook_executor::admission::Admission;
+use crate::isolated::hook_executor::run::{self, ExecutorLimits, Invocation, Ran, RunError};
+use crate::isolated::hook_executor::whitelist::LiveWhitelist;
 
 /// Largest JSON header accepted (command, arguments, environment).
 pub const MAX_HEADER: usize = 64 * 1024;
@@ -211,7 +211,7 @@ impl ExecutorClient {
 pub async fn serve(
     listener: UnixListener,
     whitelist: Arc<LiveWhitelist>,
-    limits: Limits,
+    limits: ExecutorLimits,
     max_input: usize,
     admission: Admission,
     shutdown: impl std::future::Future<Output = ()>,
@@ -243,7 +243,7 @@ pub async fn serve(
 async fn handle(
     mut stream: UnixStream,
     whitelist: &LiveWhitelist,
-    limits: &Limits,
+    limits: &ExecutorLimits,
     max_input: usize,
     admission: &Admission,
 ) {
@@ -257,7 +257,7 @@ async fn handle(
 async fn serve_one(
     stream: &mut UnixStream,
     whitelist: &LiveWhitelist,
-    limits: &Limits,
+    limits: &ExecutorLimits,
     max_input: usize,
     admission: &Admission,
 ) -> Result<(Response, Bytes), (FailureKind, String)> {
@@ -311,7 +311,7 @@ fn respond(outcome: Result<Ran, RunError>) -> (Response, Bytes) {
 mod tests {
     use super::*;
 
-    use super::super::sandbox::RunLimits;
+    use crate::isolated::hook_executor::sandbox::RunLimits;
 
     async fn executor(max_input: usize) -> (tempfile::TempDir, PathBuf, tokio::task::JoinHandle<()>) {
         executor_with(max_input, Admission::new(2, 2, MAX_QUEUE_WAIT)).await
@@ -331,7 +331,7 @@ mod tests {
         )
         .unwrap();
         let whitelist = LiveWhitelist::load(&path).unwrap();
-        let limits = Limits {
+        let limits = ExecutorLimits {
             max_output: 1 << 20,
             max_timeout: Duration::from_secs(5),
             run: RunLimits { cpu: Duration::from_secs(5), memory: 1 << 30, open_files: 64, processes: 1 << 16 },

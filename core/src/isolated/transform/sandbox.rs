@@ -19,25 +19,25 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 use tokio::sync::Semaphore;
 
-use super::super::child::{die_first, set_rlimit};
-use super::TransformError;
-use super::worker::{MAX_MESSAGE, Request, exit};
-use crate::config::TransformConfig as Limits;
+use crate::config::TransformConfig;
+use crate::isolated::child::{die_first, set_rlimit};
+use crate::isolated::transform::TransformError;
+use crate::isolated::transform::worker::{MAX_MESSAGE, Request, exit};
 
-/// The subcommand that runs [`super::worker::main`].
+/// The subcommand that runs [`crate::isolated::transform::worker::main`].
 pub const WORKER_SUBCOMMAND: &str = "transform-worker";
 
 /// Runs filters in child processes.
 #[derive(Debug)]
 pub struct Sandbox {
     program: PathBuf,
-    limits: Limits,
+    limits: TransformConfig,
     slots: Semaphore,
 }
 
 impl Sandbox {
     /// Workers are `program transform-worker`: normally the running controller binary.
-    pub fn new(program: PathBuf, limits: Limits) -> Self {
+    pub fn new(program: PathBuf, limits: TransformConfig) -> Self {
         let slots = Semaphore::new(limits.concurrency.max(1));
         Self { program, limits, slots }
     }
@@ -131,7 +131,12 @@ async fn capped(pipe: &mut (impl AsyncRead + Unpin), max: u64) -> std::io::Resul
 }
 
 /// What the worker's exit status and output mean.
-fn classify(answer: Answer, limits: &Limits, cpu_secs: u64, max_output: u64) -> Result<Vec<u8>, TransformError> {
+fn classify(
+    answer: Answer,
+    limits: &TransformConfig,
+    cpu_secs: u64,
+    max_output: u64,
+) -> Result<Vec<u8>, TransformError> {
     let Answer { status, stdout, stderr } = answer;
     let message = || String::from_utf8_lossy(&stderr).into_owned();
     if let Some(signal) = status.signal() {

@@ -7,8 +7,8 @@ use std::sync::{Mutex, PoisonError};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
-use super::api::ExternalSource;
-use super::readable::Readable;
+use crate::controller::api::ExternalSource;
+use crate::controller::runtime::readable::Readable;
 use crate::key::ARTIFACT_PREFIX;
 use crate::restore::Restoring;
 use crate::{ObjectKey, Storage, StorageError};

@@ -26,7 +26,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::api::REPORTING_CONTROLLER;
+use crate::controller::api::REPORTING_CONTROLLER;
 
 const ARTIFACT_API_VERSION: &str = "source.toolkit.fluxcd.io/v1";
 /// The revision's metadata key: the involved object's group, then `revision` (Flux's convention,

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::super::child::{die_first, no_new_privs, set_rlimit};
+use crate::isolated::child::{die_first, no_new_privs, set_rlimit};
 
 /// The kernel limits of each run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

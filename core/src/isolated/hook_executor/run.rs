@@ -1,5 +1,5 @@
 //! Runs one whitelisted hook command: no shell, only the environment its whitelist entry
-//! allows, the payload on stdin, a private directory and kernel limits ([`super::sandbox`]), a
+//! allows, the payload on stdin, a private directory and kernel limits ([`crate::isolated::hook_executor::sandbox`]), a
 //! wall-clock timeout that kills the whole process group, and capped output.
 
 use std::collections::BTreeMap;
@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use super::sandbox::{RunDir, RunLimits};
-use super::whitelist::{Refusal, Whitelist};
+use crate::isolated::hook_executor::sandbox::{RunDir, RunLimits};
+use crate::isolated::hook_executor::whitelist::{Refusal, Whitelist};
 
 /// The most of stderr kept for the error message (its end, where the reason usually is).
 pub const STDERR_TAIL: usize = 4096;
@@ -35,7 +35,7 @@ pub struct Invocation {
 
 /// Limits of the executor, whatever a hook asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limits {
+pub struct ExecutorLimits {
     /// Bytes of stdout kept; more fails the hook (the output would become the artifact).
     pub max_output: usize,
     /// The longest timeout a hook may ask for.
@@ -95,7 +95,7 @@ pub enum RunError {
 
 /// Checks `invocation` against `whitelist` (command, arguments, environment), then runs it in a
 /// fresh private directory within `limits`, and removes the directory.
-pub async fn run(whitelist: &Whitelist, invocation: &Invocation, limits: &Limits) -> Result<Ran, RunError> {
+pub async fn run(whitelist: &Whitelist, invocation: &Invocation, limits: &ExecutorLimits) -> Result<Ran, RunError> {
     whitelist.check(&invocation.command, &invocation.args, &invocation.env)?;
     let dir = RunDir::create(&limits.run_dir)
         .map_err(|source| RunError::RunDir { dir: limits.run_dir.display().to_string(), source })?;
@@ -105,7 +105,7 @@ pub async fn run(whitelist: &Whitelist, invocation: &Invocation, limits: &Limits
     result
 }
 
-async fn run_in(dir: &RunDir, invocation: &Invocation, limits: &Limits) -> Result<Ran, RunError> {
+async fn run_in(dir: &RunDir, invocation: &Invocation, limits: &ExecutorLimits) -> Result<Ran, RunError> {
     let command = invocation.command.clone();
     let timeout = invocation.timeout.min(limits.max_timeout);
     let mut cmd = tokio::process::Command::new(&invocation.command);
@@ -249,9 +249,9 @@ args = ['-c', '[0-9]+']
     const RUN_LIMITS: RunLimits =
         RunLimits { cpu: Duration::from_secs(5), memory: 1 << 30, open_files: 64, processes: 1 << 16 };
 
-    fn limits() -> (tempfile::TempDir, Limits) {
+    fn limits() -> (tempfile::TempDir, ExecutorLimits) {
         let dir = tempfile::tempdir().unwrap();
-        let limits = Limits {
+        let limits = ExecutorLimits {
             max_output: 1 << 20,
             max_timeout: Duration::from_secs(5),
             run: RUN_LIMITS,
@@ -385,7 +385,7 @@ args = ['-c', '[0-9]+']
     #[tokio::test]
     async fn output_beyond_the_cap_fails_the_hook() {
         let (_dir, limits) = limits();
-        let limits = Limits { max_output: 1000, ..limits };
+        let limits = ExecutorLimits { max_output: 1000, ..limits };
         let mut inv = invocation("/bin/sh", &["-c", "head -c 100000 /dev/zero"], b"");
         inv.timeout = Duration::from_secs(5);
         let err = run(&whitelist(), &inv, &limits).await.unwrap_err();

@@ -24,7 +24,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ObjectMeta};
 use tokio::time::Instant;
 
-use super::writer;
+use crate::controller::writer;
 
 /// Lease timings: client-go's defaults (15 s lease, 10 s renew deadline, 2 s retry).
 #[derive(Debug, Clone, Copy)]

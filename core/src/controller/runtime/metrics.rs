@@ -84,7 +84,7 @@ pub struct Metrics {
     /// Hook label sets used per object, removed with it.
     hook_series: Mutex<HashMap<ObjectLabels, HashSet<HookLabels>>>,
     /// Flux events posted to notification-controller, by result.
-    pub flux_events: Family<super::flux_events::EventResultLabels, Counter>,
+    pub flux_events: Family<crate::controller::events::flux::EventResultLabels, Counter>,
     /// Whether duration histograms have a series per source (`ops.per_source_histograms`) or
     /// one per namespace (`name=""`, which Prometheus stores as no label).
     per_source_histograms: bool,
@@ -229,11 +229,11 @@ impl Metrics {
     }
 
     /// Counts one hook attempt of `namespace/name`.
-    pub fn hook_attempt(&self, namespace: &str, name: &str, attempt: &super::hooks::chain::Attempt<'_>) {
+    pub fn hook_attempt(&self, namespace: &str, name: &str, attempt: &crate::controller::hooks::chain::Attempt<'_>) {
         let policy = match attempt.policy {
-            super::api::RetryPolicy::Ignore => "ignore",
-            super::api::RetryPolicy::Retry => "retry",
-            super::api::RetryPolicy::Fail => "fail",
+            crate::controller::api::RetryPolicy::Ignore => "ignore",
+            crate::controller::api::RetryPolicy::Retry => "retry",
+            crate::controller::api::RetryPolicy::Fail => "fail",
         };
         let labels = HookLabels {
             namespace: namespace.into(),

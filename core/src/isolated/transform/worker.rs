@@ -8,7 +8,7 @@
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
-use super::{Transform, TransformError};
+use crate::isolated::transform::{Transform, TransformError};
 
 /// Exit codes of the worker. Signals (SIGXCPU, SIGABRT from a failed allocation, SIGKILL) are
 /// read from the exit status by the parent.
