@@ -7,8 +7,11 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::config::Config;
+use crate::controller::api::REPORTING_CONTROLLER;
 use crate::controller::events::flux::FluxEvents;
 use crate::controller::events::kubernetes::EventRecorder;
+use crate::controller::hooks::spec::HookDefaults;
 use crate::controller::publish::cache::ArtifactCache;
 use crate::controller::reconcile::backoff::Backoff;
 use crate::controller::reconcile::plan::Defaults;
@@ -16,6 +19,7 @@ use crate::controller::runtime::memory::MemoryBudget;
 use crate::controller::runtime::metrics::Metrics;
 use crate::controller::runtime::restore_pass::RestorePass;
 use crate::controller::upstream::client::Fetcher;
+use crate::controller::upstream::egress::EgressPolicy;
 use crate::isolated::hook_executor::protocol::ExecutorClient;
 use crate::isolated::transform::sandbox::Sandbox;
 use crate::storage::Storage;
@@ -45,6 +49,35 @@ pub struct Settings {
     pub events_addr: Option<String>,
     /// Who the Flux events say sent them (Flux's `reportingInstance`: the pod).
     pub reporting_instance: String,
+}
+
+impl Settings {
+    /// The policy `config` sets.
+    pub fn from_config(config: &Config) -> Self {
+        let (controller, fetch, hooks) = (&config.controller, &config.fetch, &config.hooks);
+        Self {
+            defaults: Defaults {
+                min_interval: controller.min_interval,
+                timeout: fetch.timeout,
+                max_timeout: fetch.max_timeout,
+                max_size: fetch.max_size,
+                hooks: HookDefaults {
+                    enabled: hooks.socket.is_some(),
+                    default_timeout: hooks.default_timeout,
+                    max_timeout: hooks.max_timeout,
+                },
+            },
+            retention: controller.retention.into(),
+            finalizer_attempts: controller.finalizer_attempts,
+            namespace_concurrency: controller.namespace_concurrency.into(),
+            memory_budget: fetch.memory_budget,
+            namespace_quota: config.namespace_quota,
+            hook_socket: hooks.socket.clone(),
+            watch_label_selector: controller.watch_label_selector.clone(),
+            events_addr: controller.events_addr.clone(),
+            reporting_instance: controller.pod_name.clone(),
+        }
+    }
 }
 
 /// Everything a reconcile needs.
@@ -113,6 +146,29 @@ impl Context {
             restore: None,
             artifacts: ArtifactCache::default(),
         }
+    }
+
+    /// The context `config` describes, on `client` and `storage`. Transform workers are
+    /// `transform_worker` re-executed (the controller binary itself).
+    pub fn from_config(
+        config: &Config,
+        client: kube::Client,
+        storage: Arc<dyn Storage>,
+        metrics: Arc<Metrics>,
+        transform_worker: std::path::PathBuf,
+    ) -> Self {
+        let fetch = &config.fetch;
+        let egress = EgressPolicy::new(fetch.deny_cidrs.clone(), fetch.allow_cidrs.clone());
+        let recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, config.controller.pod_name.clone());
+        Self::new(
+            client,
+            storage,
+            Fetcher::with_policy(fetch.user_agent.clone(), egress),
+            Settings::from_config(config),
+            recorder,
+            metrics,
+            Sandbox::new(transform_worker, config.transform.clone()),
+        )
     }
 
     /// Reports each reconcile to `pass`, so the process turns Ready once its store holds what
