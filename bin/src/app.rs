@@ -6,16 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use externalsource_core::config::{Config, MemoryCheck};
-use externalsource_core::controller::egress::EgressPolicy;
-use externalsource_core::controller::events::EventRecorder;
-use externalsource_core::controller::fetch::Fetcher;
-use externalsource_core::controller::hooks::spec::HookDefaults;
-use externalsource_core::controller::leader::{LeaderElector, Timings};
-use externalsource_core::controller::metrics::Metrics;
-use externalsource_core::controller::plan::Defaults;
-use externalsource_core::controller::reconcile::{Context, REPORTING_CONTROLLER, Settings};
-use externalsource_core::controller::restore::RestorePass;
-use externalsource_core::controller::transform::sandbox::Sandbox;
+use externalsource_core::controller::context::Context;
+use externalsource_core::controller::runtime::leader::{LeaderElector, Timings};
+use externalsource_core::controller::runtime::metrics::Metrics;
+use externalsource_core::controller::runtime::restore_pass::RestorePass;
 use externalsource_core::controller::{self, StartError};
 use externalsource_core::restore::Restoring;
 use externalsource_core::units::format_size;
@@ -138,106 +132,36 @@ pub(crate) async fn termination_signal() {
 
 /// Runs `mode` until a termination signal (or lost leadership).
 pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
-    let open_files = crate::limits::raise_open_files();
-    // Each connection needs a descriptor; a limit below the cap would fail accepts instead.
-    if let Some(limit) = open_files.filter(|l| *l < u64::from(config.server.max_connections) + 256) {
-        tracing::warn!(
-            open_file_limit = limit,
-            max_connections = config.server.max_connections,
-            "the open-file limit is below server.max_connections plus headroom; accepts may fail before the cap"
-        );
-    }
+    warn_if_few_open_files(&config);
     check_memory(&config, mode)?;
-    let shutdown = CancellationToken::new();
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            termination_signal().await;
-            tracing::info!("termination signal received; draining");
-            shutdown.cancel();
-        });
-    }
+    let shutdown = on_termination_signal();
     let servers_stop = CancellationToken::new();
-    // `/metrics/totals` serves the first registry alone: what does not grow with the sources.
-    let (mut totals, mut per_object) = (Registry::default(), Registry::default());
-    let server_metrics = ServerMetrics::register(&mut totals);
-    let metrics = Arc::new(Metrics::new(config.ops.per_source_histograms));
-    metrics.register_totals(&mut totals);
-    metrics.register_per_object(&mut per_object);
     let readiness = Readiness::new(false);
-    let mut servers: Vec<JoinHandle<()>> = Vec::new();
+    let telemetry = Telemetry::register(&config);
     // The ops listener first, before the store is opened (which may take long: a large
     // filesystem store is scanned): `/healthz` answers at once, `/readyz` stays 503 until ready.
-    let ops_listener = bind("ops.port", &config.ops.bind_address, config.ops.port).await?;
-    tracing::info!(addr = ?ops_listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics, /metrics/totals)");
-    {
-        let token = servers_stop.clone();
-        let ops = OpsService::split(Arc::new(totals), Arc::new(per_object), readiness.clone());
-        servers.push(tokio::spawn(async move {
-            externalsource_server::serve_ops(ops_listener, ops, token.cancelled_owned()).await;
-        }));
-    }
-
-    let base_url = config.server.base_url();
-    let opened = std::time::Instant::now();
-    let storage: Arc<dyn Storage> = config
-        .storage
-        .build(base_url.as_deref())
-        .await
-        .map_err(|source| AppError::Storage { backend: config.backend, source })?;
-    let capabilities = storage.capabilities();
-    tracing::info!(backend = config.backend, %capabilities, base_url = ?base_url, took = ?opened.elapsed(), "storage ready");
-
-    if mode == Command::Serve && !capabilities.shared {
+    let mut servers = vec![start_ops_server(&config, telemetry.registries, &readiness, &servers_stop).await?];
+    let storage = open_storage(&config).await?;
+    let shared = storage.capabilities().shared;
+    if mode == Command::Serve && !shared {
         return Err(AppError::ServeNeedsShared { backend: config.backend });
     }
     // A store that is not shared holds nothing the cluster may still point at until the
     // leader's first pass has run: 503, not 404, for any missing artifact until then.
-    let restoring = if capabilities.shared { Restoring::default() } else { Restoring::everything() };
-    let routes = if config.server.enabled {
-        ArtifactRoutes::with_metrics(storage.clone(), server_metrics).map(|r| r.with_restoring(restoring.clone()))
-    } else {
-        None
-    };
-    let options = ServeOptions {
-        header_read_timeout: config.server.header_read_timeout,
-        idle_timeout: config.server.idle_timeout,
-        shutdown_grace: config.server.shutdown_grace,
-        max_connections: config.server.max_connections as usize,
-        min_send_rate: config.server.min_send_rate,
-        ..ServeOptions::default()
-    };
+    let restoring = if shared { Restoring::default() } else { Restoring::everything() };
     if config.server.enabled {
-        let listener = bind("server.port", &config.server.bind_address, config.server.port).await?;
-        let mounted = routes.is_some();
-        tracing::info!(addr = ?listener.local_addr().ok(), artifact_routes = mounted, "artifact server listening");
-        let service = ArtifactService::new(routes);
-        let token = servers_stop.clone();
-        servers.push(tokio::spawn(async move {
-            externalsource_server::serve(listener, service, options, token.cancelled_owned()).await;
-        }));
+        let routes = ArtifactRoutes::with_metrics(storage.clone(), telemetry.server)
+            .map(|r| r.with_restoring(restoring.clone()));
+        servers.push(start_artifact_server(&config, routes, &servers_stop).await?);
     }
-    // Shutdown in the order endpoints need: not-Ready at once (so the Service stops sending new
-    // clients), both listeners still accepting for `server.shutdown_delay` (endpoint updates
-    // take a few seconds to reach every node), then stop accepting and drain.
-    {
-        let (shutdown, servers_stop, readiness) = (shutdown.clone(), servers_stop.clone(), readiness.clone());
-        let delay = config.server.shutdown_delay;
-        tokio::spawn(async move {
-            shutdown.cancelled().await;
-            readiness.set(false);
-            tracing::info!(?delay, "not ready; still accepting for the shutdown delay");
-            tokio::time::sleep(delay).await;
-            servers_stop.cancel();
-        });
-    }
+    stop_servers_after_delay(&config, &shutdown, &servers_stop, &readiness);
     let result = match mode {
         Command::Serve => {
             readiness.set(true);
             shutdown.cancelled().await;
             Ok(())
         }
-        _ => run_controller(&config, storage, metrics, readiness.clone(), restoring, shutdown.clone()).await,
+        _ => run_controller(&config, storage, telemetry.metrics, readiness.clone(), restoring, shutdown.clone()).await,
     };
     readiness.set(false);
     shutdown.cancel();
@@ -249,6 +173,120 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         let _ = server.await;
     }
     result
+}
+
+/// Each connection needs a descriptor; a limit below the cap would fail accepts instead.
+fn warn_if_few_open_files(config: &Config) {
+    let open_files = crate::limits::raise_open_files();
+    if let Some(limit) = open_files.filter(|l| *l < u64::from(config.server.max_connections) + 256) {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections = config.server.max_connections,
+            "the open-file limit is below server.max_connections plus headroom; accepts may fail before the cap"
+        );
+    }
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+fn on_termination_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    tokio::spawn(async move {
+        termination_signal().await;
+        tracing::info!("termination signal received; draining");
+        token.cancel();
+    });
+    shutdown
+}
+
+/// The metrics of the process and the registries that serve them.
+struct Telemetry {
+    /// `/metrics/totals` serves the first registry alone: what does not grow with the sources.
+    registries: (Registry, Registry),
+    server: ServerMetrics,
+    metrics: Arc<Metrics>,
+}
+
+impl Telemetry {
+    fn register(config: &Config) -> Self {
+        let (mut totals, mut per_object) = (Registry::default(), Registry::default());
+        let server = ServerMetrics::register(&mut totals);
+        let metrics = Arc::new(Metrics::new(config.ops.per_source_histograms));
+        metrics.register_totals(&mut totals);
+        metrics.register_per_object(&mut per_object);
+        Self { registries: (totals, per_object), server, metrics }
+    }
+}
+
+async fn start_ops_server(
+    config: &Config,
+    (totals, per_object): (Registry, Registry),
+    readiness: &Readiness,
+    stop: &CancellationToken,
+) -> Result<JoinHandle<()>, AppError> {
+    let listener = bind("ops.port", &config.ops.bind_address, config.ops.port).await?;
+    tracing::info!(addr = ?listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics, /metrics/totals)");
+    let ops = OpsService::split(Arc::new(totals), Arc::new(per_object), readiness.clone());
+    let token = stop.clone();
+    Ok(tokio::spawn(async move {
+        externalsource_server::serve_ops(listener, ops, token.cancelled_owned()).await;
+    }))
+}
+
+async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, AppError> {
+    let base_url = config.server.base_url();
+    let opened = std::time::Instant::now();
+    let storage: Arc<dyn Storage> = config
+        .storage
+        .build(base_url.as_deref())
+        .await
+        .map_err(|source| AppError::Storage { backend: config.backend, source })?;
+    let capabilities = storage.capabilities();
+    tracing::info!(backend = config.backend, %capabilities, base_url = ?base_url, took = ?opened.elapsed(), "storage ready");
+    Ok(storage)
+}
+
+async fn start_artifact_server(
+    config: &Config,
+    routes: Option<ArtifactRoutes>,
+    stop: &CancellationToken,
+) -> Result<JoinHandle<()>, AppError> {
+    let server = &config.server;
+    let options = ServeOptions {
+        header_read_timeout: server.header_read_timeout,
+        idle_timeout: server.idle_timeout,
+        shutdown_grace: server.shutdown_grace,
+        max_connections: server.max_connections as usize,
+        min_send_rate: server.min_send_rate,
+        ..ServeOptions::default()
+    };
+    let listener = bind("server.port", &server.bind_address, server.port).await?;
+    tracing::info!(addr = ?listener.local_addr().ok(), artifact_routes = routes.is_some(), "artifact server listening");
+    let service = ArtifactService::new(routes);
+    let token = stop.clone();
+    Ok(tokio::spawn(async move {
+        externalsource_server::serve(listener, service, options, token.cancelled_owned()).await;
+    }))
+}
+
+/// Shutdown in the order endpoints need: not-Ready at once (so the Service stops sending new
+/// clients), both listeners still accepting for `server.shutdown_delay` (endpoint updates take a
+/// few seconds to reach every node), then stop accepting and drain.
+fn stop_servers_after_delay(
+    config: &Config,
+    shutdown: &CancellationToken,
+    servers_stop: &CancellationToken,
+    readiness: &Readiness,
+) {
+    let (shutdown, servers_stop, readiness) = (shutdown.clone(), servers_stop.clone(), readiness.clone());
+    let delay = config.server.shutdown_delay;
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        readiness.set(false);
+        tracing::info!(?delay, "not ready; still accepting for the shutdown delay");
+        tokio::time::sleep(delay).await;
+        servers_stop.cancel();
+    });
 }
 
 async fn run_controller(
@@ -268,93 +306,33 @@ async fn run_controller(
     if shared {
         readiness.set(true);
     }
-    let c = &config.controller;
-    let elector = c.leader_election.then(|| {
-        let timings =
-            Timings { lease_duration: c.lease_duration, renew_deadline: c.renew_deadline, retry_every: c.retry_period };
-        LeaderElector::new(client.clone(), &config.server.service_namespace, &c.lease_name, &c.pod_name, timings)
-    });
+    let elector = config.controller.leader_election.then(|| elector(config, &client));
     if let Some(elector) = &elector {
+        let c = &config.controller;
         tracing::info!(lease = %c.lease_name, identity = %c.pod_name, "waiting for leadership");
         tokio::select! {
             _ = elector.acquire() => {}
             _ = shutdown.cancelled() => return Ok(()),
         }
     }
-    let restore = if shared {
-        None
-    } else {
-        match RestorePass::begin(&client, storage.as_ref(), restoring.clone(), c.watch_label_selector.as_deref()).await
-        {
-            Ok(pass) => Some(Arc::new(pass)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot tell which published artifacts are missing; Ready without waiting");
-                restoring.clear();
-                None
-            }
-        }
-    };
+    let restore = if shared { None } else { begin_restore(config, &client, storage.as_ref(), &restoring).await };
     let ready_after_restore = match restore.clone() {
         None => {
             readiness.set(true);
             None
         }
-        Some(pass) => Some(tokio::spawn(ready_after_restore(pass, restoring, readiness.clone(), c.restore_timeout))),
+        Some(pass) => {
+            let timeout = config.controller.restore_timeout;
+            Some(tokio::spawn(ready_after_restore(pass, restoring, readiness.clone(), timeout)))
+        }
     };
-    let ctx = Context::new(
-        client.clone(),
-        storage,
-        Fetcher::with_policy(
-            config.fetch.user_agent.clone(),
-            EgressPolicy::new(config.fetch.deny_cidrs.clone(), config.fetch.allow_cidrs.clone()),
-        ),
-        Settings {
-            defaults: Defaults {
-                min_interval: config.controller.min_interval,
-                timeout: config.fetch.timeout,
-                max_timeout: config.fetch.max_timeout,
-                max_size: config.fetch.max_size,
-                hooks: HookDefaults {
-                    enabled: config.hooks.socket.is_some(),
-                    default_timeout: config.hooks.default_timeout,
-                    max_timeout: config.hooks.max_timeout,
-                },
-            },
-            retention: config.controller.retention.into(),
-            finalizer_attempts: config.controller.finalizer_attempts,
-            namespace_concurrency: config.controller.namespace_concurrency.into(),
-            memory_budget: config.fetch.memory_budget,
-            namespace_quota: config.namespace_quota,
-            hook_socket: config.hooks.socket.clone(),
-            watch_label_selector: config.controller.watch_label_selector.clone(),
-            events_addr: config.controller.events_addr.clone(),
-            reporting_instance: config.controller.pod_name.clone(),
-        },
-        EventRecorder::new(client, REPORTING_CONTROLLER, config.controller.pod_name.clone()),
-        metrics,
-        // This very binary, whatever happened to its file since it started.
-        Sandbox::new(PathBuf::from("/proc/self/exe"), config.transform.clone()),
-    );
+    // Transform workers are this very binary, whatever happened to its file since it started.
+    let ctx = Context::from_config(config, client, storage, metrics, PathBuf::from("/proc/self/exe"));
     let ctx = Arc::new(match restore {
         Some(pass) => ctx.with_restore(pass),
         None => ctx,
     });
-    tracing::info!(concurrency = config.controller.concurrency, "controller starting");
-    let controller = controller::run(ctx, config.controller.concurrency, shutdown.clone().cancelled_owned());
-    let lost = async {
-        match &elector {
-            Some(e) => e.hold().await,
-            None => std::future::pending().await,
-        }
-    };
-    let result = tokio::select! {
-        _ = controller => Ok(()),
-        _ = lost => {
-            readiness.set(false);
-            shutdown.cancel();
-            Err(AppError::LeadershipLost)
-        }
-    };
+    let result = control_until_stopped(config, ctx, elector.as_ref(), &readiness, &shutdown).await;
     if let Some(task) = ready_after_restore {
         task.abort();
     }
@@ -362,6 +340,59 @@ async fn run_controller(
         elector.release().await;
     }
     result
+}
+
+/// The Lease this replica competes for.
+fn elector(config: &Config, client: &kube::Client) -> LeaderElector {
+    let c = &config.controller;
+    let timings =
+        Timings { lease_duration: c.lease_duration, renew_deadline: c.renew_deadline, retry_every: c.retry_period };
+    LeaderElector::new(client.clone(), &config.server.service_namespace, &c.lease_name, &c.pod_name, timings)
+}
+
+/// The first pass of a new leader over a store that is not shared, when what is published can be
+/// listed; otherwise Ready without waiting.
+async fn begin_restore(
+    config: &Config,
+    client: &kube::Client,
+    storage: &dyn Storage,
+    restoring: &Restoring,
+) -> Option<Arc<RestorePass>> {
+    let selector = config.controller.watch_label_selector.as_deref();
+    match RestorePass::begin(client, storage, restoring.clone(), selector).await {
+        Ok(pass) => Some(Arc::new(pass)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell which published artifacts are missing; Ready without waiting");
+            restoring.clear();
+            None
+        }
+    }
+}
+
+/// Runs the controller until shutdown, or until leadership is lost.
+async fn control_until_stopped(
+    config: &Config,
+    ctx: Arc<Context>,
+    elector: Option<&LeaderElector>,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Result<(), AppError> {
+    tracing::info!(concurrency = config.controller.concurrency, "controller starting");
+    let controller = controller::run(ctx, config.controller.concurrency, shutdown.clone().cancelled_owned());
+    let lost = async {
+        match elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = controller => Ok(()),
+        _ = lost => {
+            readiness.set(false);
+            shutdown.cancel();
+            Err(AppError::LeadershipLost)
+        }
+    }
 }
 
 /// Turns Ready once the first pass stored every published artifact again, or at `timeout` with

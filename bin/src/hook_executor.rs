@@ -9,11 +9,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
 use externalsource_core::config::Config;
-use externalsource_core::controller::hooks::admission::Admission;
-use externalsource_core::controller::hooks::protocol;
-use externalsource_core::controller::hooks::run::Limits;
-use externalsource_core::controller::hooks::sandbox::{self, RunLimits};
-use externalsource_core::controller::hooks::whitelist::{LiveWhitelist, WhitelistError};
+use externalsource_core::isolated::hook_executor::admission::Admission;
+use externalsource_core::isolated::hook_executor::protocol;
+use externalsource_core::isolated::hook_executor::run::ExecutorLimits;
+use externalsource_core::isolated::hook_executor::sandbox::{self, RunLimits};
+use externalsource_core::isolated::hook_executor::whitelist::{LiveWhitelist, WhitelistError};
 use tokio::net::UnixListener;
 
 /// How often the whitelist file is checked for changes.
@@ -57,7 +57,7 @@ pub async fn run(config: &Config) -> Result<(), ExecutorError> {
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(bind_error)?;
     sandbox::prepare_base(&hooks.run_dir)
         .map_err(|source| ExecutorError::RunDir { path: hooks.run_dir.display().to_string(), source })?;
-    let limits = Limits {
+    let limits = ExecutorLimits {
         max_output: config.fetch.max_size as usize,
         max_timeout: hooks.max_timeout,
         run: RunLimits {

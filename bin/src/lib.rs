@@ -40,7 +40,7 @@ pub fn main() -> ExitCode {
     limits::bound_heap_growth();
     let cli = Cli::parse();
     if cli.command == Some(Command::TransformWorker) {
-        return externalsource_core::controller::transform::worker::main();
+        return externalsource_core::isolated::transform::worker::main();
     }
     // Two linked crates claiming one backend name: refuse before anything else.
     if let Err(e) = registry::check_unique() {

@@ -33,3 +33,5 @@ pub use inventory;
 
 #[cfg(feature = "controller")]
 pub mod controller;
+#[cfg(feature = "controller")]
+pub mod isolated;

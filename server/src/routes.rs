@@ -83,20 +83,25 @@ impl ArtifactRoutes {
         };
         match self.artifact(method, &key, headers).await {
             Ok(response) => response,
-            Err(Failure::Storage(StorageError::NotFound(_))) if self.0.restoring.contains(&key) => {
+            Err(ResponseFailure::Storage(StorageError::NotFound(_))) if self.0.restoring.contains(&key) => {
                 let mut response = text(StatusCode::SERVICE_UNAVAILABLE, "artifact being restored; retry later\n");
                 response.headers_mut().insert(RETRY_AFTER, RESTORE_RETRY_AFTER);
                 response
             }
-            Err(Failure::Storage(e)) => storage_error(&key, &e),
-            Err(Failure::Header(e)) => {
+            Err(ResponseFailure::Storage(e)) => storage_error(&key, &e),
+            Err(ResponseFailure::Header(e)) => {
                 tracing::error!(key = %key, error = %e, "could not encode a response header");
                 text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n")
             }
         }
     }
 
-    async fn artifact(&self, method: &Method, key: &ObjectKey, headers: &HeaderMap) -> Result<Response<Body>, Failure> {
+    async fn artifact(
+        &self,
+        method: &Method,
+        key: &ObjectKey,
+        headers: &HeaderMap,
+    ) -> Result<Response<Body>, ResponseFailure> {
         let storage = &self.0.storage;
         let is_head = method == Method::HEAD;
         // Metadata is needed before reading only to evaluate conditions or answer HEAD; a plain
@@ -128,7 +133,7 @@ impl ArtifactRoutes {
 
 /// Why an artifact response could not be built.
 #[derive(Debug, thiserror::Error)]
-enum Failure {
+enum ResponseFailure {
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]

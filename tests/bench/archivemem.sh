@@ -8,7 +8,7 @@
 # filesystem store, so its peak RSS (VmHWM) over its RSS just before the source was created is
 # that shape's growth. It is compared with what the fetch reserved for it: 2 × the body (nginx
 # declares its length) + maxSize for what it unpacks + 2 MiB of unpacking workspace
-# (core/src/controller/memory.rs).
+# (core/src/controller/runtime/memory.rs).
 #
 # Usage: bash tests/bench/archivemem.sh    (tests/bench/run.sh calls it in full mode)
 # Environment: BIN (controller binary; built when unset), RUN (log dir), BENCH_RESULTS (TSV rows),

@@ -88,14 +88,14 @@ struct State {
 }
 
 /// The running server; stops when dropped.
-pub struct Fixture {
+pub struct Upstream {
     addr: SocketAddr,
     scheme: &'static str,
     state: Arc<Mutex<State>>,
     stop: CancellationToken,
 }
 
-impl Fixture {
+impl Upstream {
     /// Plain HTTP.
     pub async fn start(reply: Reply) -> Self {
         Self::start_inner(reply, None, "127.0.0.1").await
@@ -203,7 +203,7 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
+impl Drop for Upstream {
     fn drop(&mut self) {
         self.stop.cancel();
     }

@@ -12,7 +12,7 @@ pub mod sources;
 
 pub use controller::TestController;
 pub use controlplane::ControlPlane;
-pub use fixture::{Fixture, Reply};
+pub use fixture::{Reply, Upstream};
 
 /// Repository root (the workspace), for scripts and committed files.
 pub fn repo_root() -> std::path::PathBuf {

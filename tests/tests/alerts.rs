@@ -15,7 +15,7 @@ use externalsource_tests::controller::{Options, TestController};
 use externalsource_tests::controlplane::testenv_cache;
 use externalsource_tests::process::{ChildProcess, target_dir, wait_http_ok};
 use externalsource_tests::sources::{artifact, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, free_port};
+use externalsource_tests::{ControlPlane, Reply, Upstream, eventually, free_port};
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use serde_json::{Value, json};
@@ -28,7 +28,7 @@ fn notification_api(client: &kube::Client, ns: &str, kind: &str, plural: &str) -
 }
 
 /// The notifications the receiver got, as JSON.
-fn notifications(receiver: &Fixture) -> Vec<Value> {
+fn notifications(receiver: &Upstream) -> Vec<Value> {
     receiver.requests().iter().filter_map(|r| serde_json::from_slice(&r.body).ok()).collect()
 }
 
@@ -60,7 +60,7 @@ async fn notification_controller_forwards_new_revisions_and_failures() {
     wait_http_ok(&nc, &format!("http://127.0.0.1:{health_port}/readyz"), WAIT).await;
 
     // A Provider that forwards to our webhook receiver, and an Alert on every ExternalArtifact.
-    let receiver = Fixture::start(Reply::ok("")).await;
+    let receiver = Upstream::start(Reply::ok("")).await;
     let provider: DynamicObject = serde_json::from_value(json!({
         "apiVersion": "notification.toolkit.fluxcd.io/v1beta3", "kind": "Provider",
         "metadata": {"name": "webhook", "namespace": ns},
@@ -86,7 +86,7 @@ async fn notification_controller_forwards_new_revisions_and_failures() {
         .await
         .expect("create Alert");
 
-    let upstream = Fixture::start(Reply::ok("price: 10\n")).await;
+    let upstream = Upstream::start(Reply::ok("price: 10\n")).await;
     let options = Options { events_addr: Some(format!("http://127.0.0.1:{events_port}/")), ..Options::default() };
     let controller = TestController::start(client.clone(), options).await;
     let sources: Api<ExternalSource> = Api::namespaced(client.clone(), &ns);

@@ -10,7 +10,7 @@ use std::process::Command;
 use externalsource_core::controller::api::ExternalSource;
 use externalsource_tests::controller::Options;
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, sha256};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -78,7 +78,7 @@ async fn archives_become_deterministic_trees_and_hostile_ones_are_refused() {
 
     // A chart tarball: the artifact keeps its one top-level directory, sorted and normalised.
     let chart = tar_chart(dir, "replicaCount: 1\n", "chart-1.tgz");
-    let upstream = Fixture::start(Reply::ok(chart).with_header("content-type", "application/gzip")).await;
+    let upstream = Upstream::start(Reply::ok(chart).with_header("content-type", "application/gzip")).await;
     let spec = json!({"format": "archive", "maxSize": "8MiB"});
     api.create(&PostParams::default(), &source("chart", &upstream.url("/podinfo-6.5.0.tgz"), spec)).await.unwrap();
     let first = artifact(&wait_ready(&api, "chart", "True").await);
@@ -199,7 +199,7 @@ async fn archives_become_deterministic_trees_and_hostile_ones_are_refused() {
          \x20   z.writestr('app-1.2.0/deploy/base/kustomization.yaml', 'resources: [cm.yaml]\\n')\n\
          \x20   z.writestr('app-1.2.0/deploy/base/cm.yaml', 'kind: ConfigMap\\n')\n",
     );
-    let release = Fixture::start(Reply::ok(std::fs::read(dir.join("release.zip")).unwrap())).await;
+    let release = Upstream::start(Reply::ok(std::fs::read(dir.join("release.zip")).unwrap())).await;
     let spec = json!({"format": "archive", "archive": {"stripComponents": 1, "path": "deploy/base"}, "destinationPath": "app"});
     api.create(&PostParams::default(), &source("release", &release.url("/v1.2.0.zip"), spec)).await.unwrap();
     let es = wait_ready(&api, "release", "True").await;

@@ -6,7 +6,7 @@ use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
 use externalsource_tests::controller::Options;
 use externalsource_tests::fixture::tls_material;
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, sha256};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -17,7 +17,7 @@ async fn source_becomes_ready_with_a_servable_artifact_and_no_churn() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("ready").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok(r#"{"items":[1,2,3]}"#).with_etag("\"v1\"")).await;
+    let fixture = Upstream::start(Reply::ok(r#"{"items":[1,2,3]}"#).with_etag("\"v1\"")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(
         &PostParams::default(),
@@ -80,7 +80,7 @@ async fn changed_upstream_makes_a_new_revision_and_old_ones_are_collected() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("change").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("one")).await;
+    let fixture = Upstream::start(Reply::ok("one")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("s", &fixture.url("/"), json!({}))).await.unwrap();
     let first = artifact(&wait_ready(&api, "s", "True").await);
@@ -128,12 +128,12 @@ async fn changed_upstream_makes_a_new_revision_and_old_ones_are_collected() {
 /// meanwhile is created anew.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repeated_events_fold_into_a_series() {
-    use externalsource_core::controller::events::EventRecorder;
+    use externalsource_core::controller::events::kubernetes::EventRecorder;
     use kube::runtime::events::{Event as Occurrence, EventType};
 
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("series").await;
-    let fixture = Fixture::start(Reply::ok("x")).await;
+    let fixture = Upstream::start(Reply::ok("x")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let es = api.create(&PostParams::default(), &source("s", &fixture.url("/"), json!({}))).await.unwrap();
     let recorder = EventRecorder::new(cp.client(), "externalsource-controller", "test");
@@ -170,7 +170,7 @@ async fn upstream_failures_keep_the_last_good_artifact_and_recover() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("failures").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("good")).await;
+    let fixture = Upstream::start(Reply::ok("good")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("f", &fixture.url("/"), json!({}))).await.unwrap();
@@ -225,7 +225,7 @@ async fn headers_and_ca_bundle_come_from_secrets() {
     let ns = cp.namespace("secrets").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
     let (ca, cert, key) = tls_material();
-    let fixture = Fixture::start_tls(Reply::ok("secret data"), &cert, &key).await;
+    let fixture = Upstream::start_tls(Reply::ok("secret data"), &cert, &key).await;
     let secrets: Api<Secret> = Api::namespaced(cp.client(), &ns);
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let spec = json!({"generator": {"type": "http", "http": {
@@ -276,7 +276,7 @@ async fn suspend_and_invalid_specs_stop_without_retry_storms() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("invalid").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("x")).await;
+    let fixture = Upstream::start(Reply::ok("x")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
 
     api.create(
@@ -340,7 +340,7 @@ async fn deletion_cleans_up_and_foreign_artifacts_are_left_alone() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("deletion").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("bye")).await;
+    let fixture = Upstream::start(Reply::ok("bye")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("gone", &fixture.url("/"), json!({}))).await.unwrap();
@@ -384,7 +384,7 @@ async fn deletion_cleans_up_and_foreign_artifacts_are_left_alone() {
 async fn restart_with_an_empty_memory_store_rebuilds() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("restart").await;
-    let fixture = Fixture::start(Reply::ok("persist me").with_etag("\"e1\"")).await;
+    let fixture = Upstream::start(Reply::ok("persist me").with_etag("\"e1\"")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -413,7 +413,7 @@ async fn restart_with_an_empty_memory_store_rebuilds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_one_replica_holds_the_lease() {
-    use externalsource_core::controller::leader::{LeaderElector, Timings};
+    use externalsource_core::controller::runtime::leader::{LeaderElector, Timings};
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("lease").await;
     let t = Timings {
@@ -456,7 +456,7 @@ async fn jq_transforms_reshape_the_payload_in_the_sandbox() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("transform").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok(r#"{"items":[{"name":"a","x":1},{"name":"b","x":2}]}"#)).await;
+    let fixture = Upstream::start(Reply::ok(r#"{"items":[{"name":"a","x":1},{"name":"b","x":2}]}"#)).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let spec = json!({"destinationPath": "names.json", "transform": {"jq": ".items | map(.name)"}});
     api.create(&PostParams::default(), &source("jq", &fixture.url("/"), spec)).await.unwrap();
@@ -498,7 +498,7 @@ async fn the_sources_labels_are_copied_to_its_external_artifact() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("labels").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("a: 1\n")).await;
+    let fixture = Upstream::start(Reply::ok("a: 1\n")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let mut es = source("labelled", &fixture.url("/a"), json!({}));
     es.metadata.labels = Some([("team".into(), "a".into()), ("sharding.fluxcd.io/key".into(), "shard1".into())].into());
@@ -561,7 +561,7 @@ async fn shards_reconcile_only_the_sources_their_selector_matches() {
     };
     let one = TestController::start(cp.client(), shard("shard1")).await;
     let two = TestController::start(cp.client(), shard("shard2")).await;
-    let fixture = Fixture::start(Reply::ok("a: 1\n")).await;
+    let fixture = Upstream::start(Reply::ok("a: 1\n")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     for (name, key) in [("first", Some("shard1")), ("second", Some("shard2")), ("nobodys", None)] {
         let mut es = source(name, &fixture.url(&format!("/{name}")), json!({}));
@@ -613,10 +613,10 @@ async fn a_new_generation_is_announced_only_when_its_fetch_is_slow() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let fast = Fixture::start(Reply::ok("quick")).await;
+    let fast = Upstream::start(Reply::ok("quick")).await;
     api.create(&PostParams::default(), &source("fast", &fast.url("/"), json!({}))).await.unwrap();
     wait_ready(&api, "fast", "True").await;
-    let slow = Fixture::start(Reply::ok("slow").with_delay(Duration::from_secs(3))).await;
+    let slow = Upstream::start(Reply::ok("slow").with_delay(Duration::from_secs(3))).await;
     api.create(&PostParams::default(), &source("slow", &slow.url("/"), json!({}))).await.unwrap();
     eventually("slow announced as Reconciling/Progressing", WAIT, || async {
         let es = api.get("slow").await.ok()?;
@@ -639,12 +639,12 @@ async fn a_new_generation_is_announced_only_when_its_fetch_is_slow() {
 /// removes from a published source is put back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_source_is_published_in_one_reconcile_and_its_finalizer_is_kept() {
-    use externalsource_core::controller::reconcile::FINALIZER;
+    use externalsource_core::controller::api::FINALIZER;
 
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("onepass").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("x: 1\n").with_etag("\"e1\"")).await;
+    let fixture = Upstream::start(Reply::ok("x: 1\n").with_etag("\"e1\"")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("one", &fixture.url("/"), json!({}))).await.unwrap();
     let es = wait_ready(&api, "one", "True").await;
@@ -676,7 +676,7 @@ async fn an_unchanged_external_artifact_is_not_read_again_and_a_changed_one_is_p
     let ns = cp.namespace("remembered").await;
     let (client, requests) = cp.recording_client().await;
     let ctl = TestController::start(client, Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("x: 1\n").with_etag("\"e1\"")).await;
+    let fixture = Upstream::start(Reply::ok("x: 1\n").with_etag("\"e1\"")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("steady", &fixture.url("/"), json!({"interval": "1s"}))).await.unwrap();
     let es = wait_ready(&api, "steady", "True").await;

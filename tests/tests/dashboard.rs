@@ -12,7 +12,7 @@ use externalsource_tests::controlplane::testenv_cache;
 use externalsource_tests::process::{ChildProcess, controller_binary};
 use externalsource_tests::promql::{Exported, exported, selection};
 use externalsource_tests::sources::{WAIT, artifact, download, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, repo_root};
+use externalsource_tests::{ControlPlane, Upstream, Reply, eventually, repo_root};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
@@ -220,8 +220,8 @@ async fn every_query_selects_metrics_and_labels_the_controller_exports() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("dashboard").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = Fixture::start(Reply::ok(r#"{"a":1}"#)).await;
-    let events = Fixture::start(Reply::ok("")).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"a":1}"#)).await;
+    let events = Upstream::start(Reply::ok("")).await;
     let (socket, _executor) = start_hook_executor(dir.path());
     let events_addr = events.url("/");
     let socket = socket.display().to_string();

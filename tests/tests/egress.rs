@@ -4,11 +4,11 @@
 
 use externalsource_core::config::parse_cidr;
 use externalsource_core::controller::api::ExternalSource;
-use externalsource_core::controller::egress::EgressPolicy;
+use externalsource_core::controller::upstream::egress::EgressPolicy;
 use externalsource_tests::controller::Options;
 use externalsource_tests::fixture::tls_material;
 use externalsource_tests::sources::{WAIT, ready, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -36,7 +36,7 @@ async fn denied_addresses_are_never_contacted_on_any_hop() {
     let ns = cp.namespace("egress").await;
     let ctl = TestController::start(cp.client(), deny(&["127.0.0.2/32"])).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
-    let inside = Fixture::start_at("127.0.0.2", Reply::ok("internal secrets")).await;
+    let inside = Upstream::start_at("127.0.0.2", Reply::ok("internal secrets")).await;
 
     // An IP literal in a denied network.
     api.create(&PostParams::default(), &source("literal", &inside.url_by_ip("/"), json!({}))).await.unwrap();
@@ -45,7 +45,7 @@ async fn denied_addresses_are_never_contacted_on_any_hop() {
     assert!(message.contains("denied by fetch.deny_cidrs entry 127.0.0.2/32"), "{message}");
 
     // An allowed server redirecting into the denied network.
-    let outside = Fixture::start(Reply::status(302).with_header("location", &inside.url_by_ip("/steal"))).await;
+    let outside = Upstream::start(Reply::status(302).with_header("location", &inside.url_by_ip("/steal"))).await;
     api.create(&PostParams::default(), &source("redirect", &outside.url("/"), json!({}))).await.unwrap();
     let (_, message) = failure(&api, "redirect").await;
     assert!(message.contains("127.0.0.2") && message.contains("fetch.deny_cidrs"), "{message}");
@@ -53,7 +53,7 @@ async fn denied_addresses_are_never_contacted_on_any_hop() {
     assert_eq!(inside.request_count(), 0, "the denied address was never contacted");
 
     // Control: an allowed address is fetched.
-    let ok = Fixture::start(Reply::ok("public")).await;
+    let ok = Upstream::start(Reply::ok("public")).await;
     api.create(&PostParams::default(), &source("allowed", &ok.url_by_ip("/"), json!({}))).await.unwrap();
     wait_ready(&api, "allowed", "True").await;
     ctl.stop().await;
@@ -65,7 +65,7 @@ async fn names_are_checked_when_resolved() {
     let ns = cp.namespace("egress-names").await;
     let ctl = TestController::start(cp.client(), deny(&["127.0.0.0/8", "::1/128"])).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
-    let fixture = Fixture::start(Reply::ok("x")).await;
+    let fixture = Upstream::start(Reply::ok("x")).await;
     // `localhost` resolves to 127.0.0.1 and ::1, both denied.
     api.create(&PostParams::default(), &source("name", &fixture.url("/"), json!({}))).await.unwrap();
     let (reason, message) = failure(&api, "name").await;
@@ -82,7 +82,7 @@ async fn secret_headers_never_follow_a_scheme_downgrade() {
     let ns = cp.namespace("egress-downgrade").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
     let (ca, cert, key) = tls_material();
-    let tls = Fixture::start_tls(Reply::ok("x"), &cert, &key).await;
+    let tls = Upstream::start_tls(Reply::ok("x"), &cert, &key).await;
     // https://localhost:P → http://localhost:P: same host and port, another scheme.
     let downgrade = tls.url("/").replacen("https://", "http://", 1);
     tls.set(Reply::status(302).with_header("location", &downgrade));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use externalsource_core::controller::api::ExternalSource;
 use externalsource_tests::process::{ChildProcess, controller_binary, target_dir, wait_http_ok};
 use externalsource_tests::sources::{artifact, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, free_port, sha256};
+use externalsource_tests::{ControlPlane, Reply, Upstream, eventually, free_port, sha256};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -352,7 +352,7 @@ async fn memory_leader_killed_the_standby_restores_and_no_download_fails() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("failover-memory").await;
     // The restore after the failover fetches from here: slow, so its 503 window is visible.
-    let upstream = Fixture::start(Reply::ok("key: value\n")).await;
+    let upstream = Upstream::start(Reply::ok("key: value\n")).await;
     let mut a = Replica::new("replica-a", "backend = \"memory\"\n", &cp, &ns, &dir);
     let mut b = Replica::new("replica-b", "backend = \"memory\"\n", &cp, &ns, &dir);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
@@ -468,7 +468,7 @@ async fn shared_store_rolling_restart_and_leader_kill(dir: &Path, storage: &str,
     let ns = cp.namespace(&format!("failover-{what}")).await;
     // 512 KiB of incompressible bytes read slowly (a pause after each chunk): downloads outlast the shutdown delay.
     let payload: Vec<u8> = (0..512 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let upstream = Fixture::start(Reply::ok(payload.clone())).await;
+    let upstream = Upstream::start(Reply::ok(payload.clone())).await;
     let mut a = Replica::new("replica-a", storage, &cp, &ns, dir);
     let mut b = Replica::new("replica-b", storage, &cp, &ns, dir);
     a.start();
@@ -554,7 +554,7 @@ async fn kill_during_a_filesystem_put_leaves_nothing_half_written() {
     let body = |round: u32| -> Vec<u8> {
         (0..24u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761).wrapping_add(round) >> 11) as u8).collect()
     };
-    let upstream = Fixture::start(Reply::ok(body(0))).await;
+    let upstream = Upstream::start(Reply::ok(body(0))).await;
     let storage = format!("backend = \"filesystem\"\n[storage.filesystem]\nroot = \"{}\"\n", root.display());
     let mut replica = Replica::new("replica", &storage, &cp, &ns, &dir);
     replica.start();

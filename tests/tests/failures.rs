@@ -12,7 +12,7 @@ use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
 use externalsource_core::testing::{Fault, Operation, PutBytes, Times, noise};
 use externalsource_tests::controller::Options;
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, sha256};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
@@ -32,7 +32,7 @@ async fn a_failed_put_never_advances_the_etag_and_recovers() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("put-fails").await;
     let (ctl, faults) = TestController::start_faulty(cp.client(), Options::default(), 64 << 20).await;
-    let fixture = Fixture::start(Reply::ok("content A").with_etag("\"v1\"")).await;
+    let fixture = Upstream::start(Reply::ok("content A").with_etag("\"v1\"")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("p", &fixture.url("/"), json!({}))).await.unwrap();
     let a = artifact(&wait_ready(&api, "p", "True").await);
@@ -89,7 +89,7 @@ async fn a_full_store_makes_room_and_reports_what_can_never_fit() {
     // Room for two ~300 KiB artifacts, not three.
     let options = Options { max_size: 2 << 20, ..Options::default() };
     let (ctl, _faults) = TestController::start_faulty(cp.client(), options, 700 << 10).await;
-    let fixture = Fixture::start(Reply::ok(noise(1, 300 << 10))).await;
+    let fixture = Upstream::start(Reply::ok(noise(1, 300 << 10))).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("b", &fixture.url("/"), json!({}))).await.unwrap();
     let first = artifact(&wait_ready(&api, "b", "True").await);
@@ -156,7 +156,7 @@ async fn an_api_server_lost_after_the_put_converges_without_duplicates() {
     let mut cp = ControlPlane::start().await;
     let ns = cp.namespace("apiserver-down").await;
     let (ctl, faults) = TestController::start_faulty(cp.client(), Options::default(), 64 << 20).await;
-    let fixture = Fixture::start(Reply::ok("before").with_etag("\"1\"")).await;
+    let fixture = Upstream::start(Reply::ok("before").with_etag("\"1\"")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("d", &fixture.url("/"), json!({}))).await.unwrap();
     let old = artifact(&wait_ready(&api, "d", "True").await);
@@ -204,7 +204,7 @@ async fn downloads_of_published_revisions_never_fail_while_gc_runs() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("gc-load").await;
     let (ctl, _faults) = TestController::start_faulty(cp.client(), Options::default(), 64 << 20).await;
-    let fixture = Fixture::start(Reply::ok(noise(10, 64 << 10))).await;
+    let fixture = Upstream::start(Reply::ok(noise(10, 64 << 10))).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("g", &fixture.url("/"), json!({}))).await.unwrap();
     let x = artifact(&wait_ready(&api, "g", "True").await);
@@ -261,7 +261,7 @@ async fn an_upstream_that_drops_its_etag_gets_no_if_none_match() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("etag-gone").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("tagged").with_etag("\"e1\"")).await;
+    let fixture = Upstream::start(Reply::ok("tagged").with_etag("\"e1\"")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("t", &fixture.url("/"), json!({}))).await.unwrap();
     let es = wait_ready(&api, "t", "True").await;
@@ -285,7 +285,7 @@ async fn a_304_to_an_unconditional_request_backs_off() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("odd-304").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply { body: Default::default(), ..Reply::status(304) }).await;
+    let fixture = Upstream::start(Reply { body: Default::default(), ..Reply::status(304) }).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("n", &fixture.url("/"), json!({}))).await.unwrap();
     let es = eventually("Ready=False for the 304", WAIT, || async {
@@ -312,7 +312,7 @@ async fn a_store_that_cannot_delete_does_not_hang_deletion() {
     let ns = cp.namespace("finalizer").await;
     let options = Options { finalizer_attempts: 3, ..Options::default() };
     let (ctl, faults) = TestController::start_faulty(cp.client(), options, 64 << 20).await;
-    let fixture = Fixture::start(Reply::ok("keep me")).await;
+    let fixture = Upstream::start(Reply::ok("keep me")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("stuck", &fixture.url("/"), json!({}))).await.unwrap();
     let art = artifact(&wait_ready(&api, "stuck", "True").await);

@@ -9,7 +9,7 @@ use externalsource_core::controller::api::ExternalSource;
 use externalsource_core::testing::noise;
 use externalsource_tests::controller::Options;
 use externalsource_tests::sources::{ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually};
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::json;
 
@@ -21,7 +21,7 @@ async fn a_busy_namespace_leaves_slots_for_the_others() {
     // 4 controller slots, at most 2 per namespace.
     let options = Options { namespace_concurrency: 2, timeout: Duration::from_secs(30), ..Options::default() };
     let ctl = TestController::start(cp.client(), options).await;
-    let slow = Fixture::start(Reply::ok("slow").with_delay(Duration::from_secs(6))).await;
+    let slow = Upstream::start(Reply::ok("slow").with_delay(Duration::from_secs(6))).await;
     let busy: Api<ExternalSource> = Api::namespaced(cp.client(), &busy_ns);
     for i in 0..4 {
         busy.create(&PostParams::default(), &source(&format!("s{i}"), &slow.url(&format!("/{i}")), json!({})))
@@ -35,7 +35,7 @@ async fn a_busy_namespace_leaves_slots_for_the_others() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(slow.request_count(), 2, "the busy namespace is held to its 2 slots");
 
-    let fast = Fixture::start(Reply::ok("fast")).await;
+    let fast = Upstream::start(Reply::ok("fast")).await;
     let calm: Api<ExternalSource> = Api::namespaced(cp.client(), &calm_ns);
     let started = Instant::now();
     calm.create(&PostParams::default(), &source("quick", &fast.url("/"), json!({}))).await.unwrap();
@@ -64,7 +64,7 @@ async fn fetches_queue_for_the_memory_budget() {
     let options =
         Options { max_size, memory_budget: 2 * max_size, timeout: Duration::from_secs(30), ..Options::default() };
     let ctl = TestController::start(cp.client(), options).await;
-    let slow = Fixture::start(Reply::ok("slow").with_delay(Duration::from_secs(3))).await;
+    let slow = Upstream::start(Reply::ok("slow").with_delay(Duration::from_secs(3))).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     for name in ["a", "b"] {
         api.create(&PostParams::default(), &source(name, &slow.url(&format!("/{name}")), json!({}))).await.unwrap();
@@ -91,7 +91,7 @@ async fn a_namespace_stores_no_more_than_its_quota() {
     let greedy: Api<ExternalSource> = Api::namespaced(cp.client(), &greedy_ns);
     let mut fixtures = Vec::new();
     for (i, name) in ["a", "b", "c"].iter().enumerate() {
-        let fixture = Fixture::start(Reply::ok(noise(i as u64, 100 << 10))).await;
+        let fixture = Upstream::start(Reply::ok(noise(i as u64, 100 << 10))).await;
         greedy.create(&PostParams::default(), &source(name, &fixture.url("/"), json!({}))).await.unwrap();
         if i < 2 {
             wait_ready(&greedy, name, "True").await;

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use externalsource_tests::controlplane::testenv_cache;
 use externalsource_tests::process::{ChildProcess, controller_binary, linked_backends, target_dir, wait_http_ok};
-use externalsource_tests::{ControlPlane, Fixture, Reply, free_port, sha256};
+use externalsource_tests::{ControlPlane, Reply, Upstream, free_port, sha256};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -75,7 +75,7 @@ async fn helm_controller_installs_a_chart_from_a_url() {
     let cp = ControlPlane::start().await;
     let client = cp.client();
     let ns = cp.namespace("flux-e2e-helm").await;
-    let upstream = Fixture::start(Reply::ok(chart_tgz(work.path(), "1.0.0", "one"))).await;
+    let upstream = Upstream::start(Reply::ok(chart_tgz(work.path(), "1.0.0", "one"))).await;
     let (helm_controller, hc_health) =
         start_flux_controller(&cache, "helm-controller", &cp.kubeconfig_path(), &logs.join("helm-controller.log"));
     let ours = OurController {
@@ -581,7 +581,7 @@ async fn scenario(backend: Backend) {
             None => reply,
         }
     };
-    let fixture = Fixture::start(reply("v1", 1)).await;
+    let fixture = Upstream::start(reply("v1", 1)).await;
 
     let (kustomize_controller, kc_health) =
         start_kustomize_controller(&cache, &cp.kubeconfig_path(), &logs.join("kustomize-controller.log"));
@@ -740,7 +740,7 @@ async fn release_zip_is_applied(
     let out = Command::new("python3").arg("-c").arg(script).current_dir(work.path()).output().expect("python3");
     assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
     let zip = std::fs::read(work.path().join("release.zip")).expect("release.zip");
-    let fixture = Fixture::start(Reply::ok(zip)).await;
+    let fixture = Upstream::start(Reply::ok(zip)).await;
     let spec = json!({
         "interval": "1h",
         "format": "archive",

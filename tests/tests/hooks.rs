@@ -12,7 +12,7 @@ use externalsource_core::package::{DestinationPath, package};
 use externalsource_tests::controller::Options;
 use externalsource_tests::process::{ChildProcess, controller_binary};
 use externalsource_tests::sources::{artifact, ready, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
@@ -151,7 +151,7 @@ async fn pre_request_hooks_add_headers_and_post_request_hooks_reshape_the_payloa
     let ns = cp.namespace("hooks").await;
     let executor = start_executor();
     let ctl = TestController::start(cp.client(), options(Some(&executor.socket))).await;
-    let upstream = Fixture::start(Reply::ok("key: value\n")).await;
+    let upstream = Upstream::start(Reply::ok("key: value\n")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let hooks = json!({"hooks": {
         "preRequest": [{"name": "token", "command": "/usr/bin/echo", "args": ["X-Token: hook-issued-42"]}],
@@ -216,7 +216,7 @@ async fn without_an_executor_a_source_with_hooks_is_not_ready_and_says_how_to_en
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("no-executor").await;
     let ctl = TestController::start(cp.client(), options(None)).await;
-    let upstream = Fixture::start(Reply::ok("a")).await;
+    let upstream = Upstream::start(Reply::ok("a")).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let hooks =
         json!({"hooks": {"postRequest": [{"name": "upper", "command": "/usr/bin/tr", "args": ["a-z", "A-Z"]}]}});
@@ -237,7 +237,7 @@ async fn real_tools_chain_and_hostile_hooks_are_stopped() {
     let ns = cp.namespace("hostile-hooks").await;
     let executor = start_executor();
     let ctl = TestController::start(cp.client(), options(Some(&executor.socket))).await;
-    let upstream = Fixture::start(Reply::ok(r#"{"items": [{"name": "alpha"}], "noise": true}"#)).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"items": [{"name": "alpha"}], "noise": true}"#)).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let chain = json!({"hooks": {"postRequest": [
         {"name": "pick", "command": "/usr/bin/jq", "args": ["-c", ".items"]},
@@ -301,7 +301,7 @@ async fn environment_variables_that_run_other_code_are_refused_by_name() {
     let ns = cp.namespace("hook-env").await;
     let executor = start_executor();
     let ctl = TestController::start(cp.client(), options(Some(&executor.socket))).await;
-    let upstream = Fixture::start(Reply::ok(r#"{"items": [1]}"#)).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"items": [1]}"#)).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let good =
         json!({"hooks": {"postRequest": [{"name": "pick", "command": "/usr/bin/jq", "args": ["-c", ".items"]}]}});
@@ -362,7 +362,7 @@ async fn runaway_hooks_are_stopped_by_their_limits_and_the_executor_keeps_servin
     let ns = cp.namespace("hook-limits").await;
     let executor = start_executor();
     let ctl = TestController::start(cp.client(), options(Some(&executor.socket))).await;
-    let upstream = Fixture::start(Reply::ok(r#"{"items": [1]}"#)).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"items": [1]}"#)).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let good =
         json!({"hooks": {"postRequest": [{"name": "pick", "command": "/usr/bin/jq", "args": ["-c", ".items"]}]}});
@@ -448,7 +448,7 @@ async fn a_namespace_whose_hooks_hang_does_not_hold_up_another() {
     let ctl =
         TestController::start(cp.client(), Options { namespace_concurrency: 2, ..options(Some(&executor.socket)) })
             .await;
-    let upstream = Fixture::start(Reply::ok(r#"{"items": [1]}"#)).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"items": [1]}"#)).await;
     let hostile: Api<ExternalSource> = Api::namespaced(cp.client(), &hostile_ns);
     let hang = json!({"hooks": {"postRequest": [{"name": "hang", "command": "/usr/bin/sleep", "args": ["20"], "timeout": "25s"}]}});
     for name in ["hang-1", "hang-2", "hang-3"] {

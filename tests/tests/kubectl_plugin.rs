@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use externalsource_core::controller::api::ExternalSource;
 use externalsource_tests::binary::{ControllerProcess, plugin_binary};
 use externalsource_tests::sources::{artifact, ready, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, eventually};
+use externalsource_tests::{ControlPlane, Upstream, Reply, eventually};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -72,7 +72,7 @@ async fn get_reconcile_suspend_resume_against_the_running_controller() {
     let other_ns = cp.namespace("plugin-other").await;
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = cp.kubeconfig_path();
-    let upstream = Fixture::start(Reply::ok("v1")).await;
+    let upstream = Upstream::start(Reply::ok("v1")).await;
     let ctl = ControllerProcess::start(&cp, &ns, dir.path()).await;
     let sources: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let others: Api<ExternalSource> = Api::namespaced(cp.client(), &other_ns);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use externalsource_core::controller::leader::{LeaderElector, Timings};
+use externalsource_core::controller::runtime::leader::{LeaderElector, Timings};
 use externalsource_tests::{ControlPlane, eventually};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;

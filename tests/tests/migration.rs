@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
+use externalsource_core::controller::api::FINALIZER;
 use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
-use externalsource_core::controller::reconcile::FINALIZER;
 use externalsource_core::controller::writer::FIELD_MANAGER;
 use externalsource_tests::binary::ControllerProcess;
 use externalsource_tests::sources::{WAIT, artifact, download, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, eventually, sha256};
+use externalsource_tests::{ControlPlane, Upstream, Reply, eventually, sha256};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::CustomResourceExt;
@@ -93,7 +93,7 @@ async fn the_go_predecessors_objects_converge_on_the_first_reconcile_and_delete(
     let payload = r#"{"kept":"as before"}"#;
     // The upstream answers the ETag the predecessor last handled: a controller that trusted the
     // old status would send If-None-Match, get a 304 and never publish a servable artifact.
-    let upstream = Fixture::start(Reply::ok(payload).with_etag("\"e1\"")).await;
+    let upstream = Upstream::start(Reply::ok(payload).with_etag("\"e1\"")).await;
     let payload_hex = &sha256(payload.as_bytes())["sha256:".len()..];
     let sources: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let artifacts: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
@@ -182,7 +182,7 @@ async fn a_source_stored_under_an_older_schema_is_skipped_not_fatal() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("old-schema").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = Fixture::start(Reply::ok(r#"{"a":1}"#)).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"a":1}"#)).await;
     let sources: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let crds: Api<CustomResourceDefinition> = Api::all(cp.client());
 
@@ -226,7 +226,7 @@ async fn our_artifact_that_does_not_parse_is_rewritten() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("unparsable").await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = Fixture::start(Reply::ok(r#"{"b":2}"#)).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"b":2}"#)).await;
     let sources: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let artifacts: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
     let crds: Api<CustomResourceDefinition> = Api::all(cp.client());

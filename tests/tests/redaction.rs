@@ -6,7 +6,7 @@ use std::time::Duration;
 use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
 use externalsource_tests::controller::Options;
 use externalsource_tests::sources::{WAIT, artifact, ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
@@ -24,7 +24,7 @@ async fn credentials_in_urls_never_appear_in_status_events_or_metadata() {
     let cp = ControlPlane::start().await;
     let ns = cp.namespace("redaction").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok("data")).await;
+    let fixture = Upstream::start(Reply::ok("data")).await;
     let url = fixture.url("/feed?token=t0ken-value&page=1").replacen("http://", "http://alice:pa55word@", 1);
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     api.create(&PostParams::default(), &source("creds", &url, json!({}))).await.unwrap();

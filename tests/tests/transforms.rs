@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use externalsource_core::config::TransformConfig;
 use externalsource_core::controller::api::ExternalSource;
-use externalsource_core::controller::transform::TransformError;
-use externalsource_core::controller::transform::sandbox::Sandbox;
+use externalsource_core::isolated::transform::TransformError;
+use externalsource_core::isolated::transform::sandbox::Sandbox;
 use externalsource_tests::controller::{Options, test_transform_limits};
 use externalsource_tests::process::controller_binary;
 use externalsource_tests::sources::{artifact, download, ready, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
@@ -120,7 +120,7 @@ async fn hostile_filters_leave_the_controller_and_other_sources_alone() {
     let tenant = cp.namespace("hostile").await;
     let other = cp.namespace("neighbour").await;
     let ctl = TestController::start(cp.client(), Options::default()).await;
-    let fixture = Fixture::start(Reply::ok(r#"{"items":[{"name":"a"}]}"#)).await;
+    let fixture = Upstream::start(Reply::ok(r#"{"items":[{"name":"a"}]}"#)).await;
     let hostile: Api<ExternalSource> = Api::namespaced(cp.client(), &tenant);
     let filters = [
         ("endless", "last(range(1e12))", &["exceeded 1s CPU (transform.max_cpu)"][..]),

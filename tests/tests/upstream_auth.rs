@@ -8,7 +8,7 @@ use externalsource_tests::controller::Options;
 use externalsource_tests::fixture::mutual_tls_material;
 use externalsource_tests::proxy::Proxy;
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, sha256};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, sha256};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -59,7 +59,7 @@ async fn basic_and_bearer_credentials_reach_an_upstream_that_checks_them() {
     let secrets: Api<Secret> = Api::namespaced(cp.client(), &ns);
 
     // Basic: base64("flux:s3cret").
-    let basic = Fixture::start(Reply::ok("basic data").requiring("authorization", "Basic Zmx1eDpzM2NyZXQ=")).await;
+    let basic = Upstream::start(Reply::ok("basic data").requiring("authorization", "Basic Zmx1eDpzM2NyZXQ=")).await;
     secrets.create(&PostParams::default(), &secret("basic", json!({"username": "flux"}))).await.unwrap();
     let spec = http_spec(&basic.url("/"), json!({"secretRef": {"name": "basic"}}));
     api.create(&PostParams::default(), &source("basic", &basic.url("/"), spec)).await.unwrap();
@@ -84,7 +84,7 @@ async fn basic_and_bearer_credentials_reach_an_upstream_that_checks_them() {
     assert_eq!(artifact(&es).digest, sha256(&bytes), "the last good artifact is kept");
 
     // Bearer.
-    let bearer = Fixture::start(Reply::ok("bearer data").requiring("authorization", "Bearer tok-42")).await;
+    let bearer = Upstream::start(Reply::ok("bearer data").requiring("authorization", "Bearer tok-42")).await;
     secrets.create(&PostParams::default(), &secret("bearer", json!({"bearerToken": "tok-42\n"}))).await.unwrap();
     let spec = http_spec(&bearer.url("/"), json!({"secretRef": {"name": "bearer"}}));
     api.create(&PostParams::default(), &source("bearer", &bearer.url("/"), spec)).await.unwrap();
@@ -118,7 +118,7 @@ async fn a_client_certificate_from_cert_secret_ref_passes_mtls() {
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let secrets: Api<Secret> = Api::namespaced(cp.client(), &ns);
     let m = mutual_tls_material();
-    let upstream = Fixture::start_mtls(Reply::ok("mtls data"), &m.server_cert, &m.server_key, &m.ca).await;
+    let upstream = Upstream::start_mtls(Reply::ok("mtls data"), &m.server_cert, &m.server_key, &m.ca).await;
 
     // The CA alone: the server is trusted, but it wants a client certificate.
     secrets.create(&PostParams::default(), &secret("ca-only", json!({"ca.crt": m.ca}))).await.unwrap();
@@ -146,9 +146,9 @@ async fn a_client_certificate_from_cert_secret_ref_passes_mtls() {
     assert!(!seen.is_empty() && seen.iter().all(|r| r.status == 200), "every request passed the mTLS handshake");
 
     // A redirect to another origin is refused, naming what it protected: the client certificate.
-    let elsewhere = Fixture::start(Reply::ok("elsewhere")).await;
+    let elsewhere = Upstream::start(Reply::ok("elsewhere")).await;
     let moved = Reply::status(302).with_header("location", &elsewhere.url("/"));
-    let redirecting = Fixture::start_mtls(moved, &m.server_cert, &m.server_key, &m.ca).await;
+    let redirecting = Upstream::start_mtls(moved, &m.server_cert, &m.server_key, &m.ca).await;
     let spec = http_spec(&redirecting.url("/"), json!({"certSecretRef": {"name": "client-tls"}}));
     api.create(&PostParams::default(), &source("redirected", &redirecting.url("/"), spec)).await.unwrap();
     let message = wait_failing(&api, "redirected", "FetchFailed").await;
@@ -171,7 +171,7 @@ async fn requests_go_through_the_proxy_of_proxy_secret_ref() {
     let ctl = TestController::start(cp.client(), Options::default()).await;
     let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
     let secrets: Api<Secret> = Api::namespaced(cp.client(), &ns);
-    let upstream = Fixture::start(Reply::ok("via proxy")).await;
+    let upstream = Upstream::start(Reply::ok("via proxy")).await;
     let proxy = Proxy::start(Some("px-user:px-pass")).await;
 
     secrets

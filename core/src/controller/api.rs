@@ -12,6 +12,16 @@ use serde::{Deserialize, Serialize};
 pub const GROUP: &str = "source.flux.oddkin.co";
 /// `apiVersion` of `ExternalSource`.
 pub const API_VERSION: &str = "source.flux.oddkin.co/v1alpha1";
+/// The predecessor's finalizer name, kept so objects move between the two controllers.
+pub const FINALIZER: &str = "source.flux.oddkin.co/externalsource-finalizer";
+/// The controller's name in Kubernetes Events (`reportingController`) and Flux events.
+pub const REPORTING_CONTROLLER: &str = "externalsource-controller";
+/// Flux's "reconcile now" annotation.
+pub const REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
+/// Metadata key of the upstream ETag in artifacts.
+pub const ETAG_METADATA: &str = "etag";
+/// Metadata key of the fetched URL (OCI convention Flux tooling shows).
+pub const SOURCE_METADATA: &str = "org.opencontainers.image.source";
 /// The CRD pattern of `interval` (Go duration syntax).
 pub const INTERVAL_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$";
 

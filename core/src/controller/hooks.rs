@@ -1,18 +1,7 @@
-//! Hooks (the predecessor's `spec.hooks`): commands run by a separate executor process with no
-//! Kubernetes credentials, only from a whitelist, without a shell.
-//!
-//! - [`whitelist`] and [`env`]: what the executor allows, commands, arguments and environment;
-//! - [`run`], [`sandbox`] and [`admission`]: how it runs one command (a private directory,
-//!   rlimits, no new privileges) and how many at once, per namespace and in total;
-//! - [`protocol`]: the Unix-socket exchange between the controller and the executor;
-//! - [`spec`] and [`chain`]: the reconciler's side, validating `spec.hooks` and running a list
-//!   with the retry policy.
+//! Hooks (the predecessor's `spec.hooks`), the reconciler's side: [`spec`] validates
+//! `spec.hooks` and [`chain`] runs a list through the executor with the retry policy. The
+//! executor itself, a separate process with no Kubernetes credentials that runs whitelisted
+//! commands without a shell, is [`hook_executor`](crate::isolated::hook_executor).
 
-pub mod admission;
 pub mod chain;
-pub mod env;
-pub mod protocol;
-pub mod run;
-pub mod sandbox;
 pub mod spec;
-pub mod whitelist;

@@ -1,30 +1,30 @@
-//! The Kubernetes side: API types, fetcher, reconciler, leader election and the wiring of the
-//! kube-runtime `Controller`.
+//! The Kubernetes side: the wiring of the kube-runtime `Controller` (this module) and what it runs.
+//!
+//! - [`api`] and [`conditions`]: the resource types, the names we use on them, the conditions;
+//! - [`context`]: what every reconcile shares;
+//! - [`reconcile`]: the entry point and its steps (plan, credentials, hooks, fetch, transform,
+//!   package, store), the finalizer and cleanup; [`outcome`]: the pure decisions between them;
+//! - [`finish`]: the single writer of a reconcile's results (statuses, garbage collection,
+//!   Event) and of when it runs next; [`publish`]: the ExternalArtifact; [`writer`]: how writes
+//!   are made (field manager, status patches);
+//! - [`upstream`]: the HTTP client that fetches, its egress policy and URL redaction;
+//! - [`hooks`]: the reconciler's side of `spec.hooks` (the executor is in
+//!   [`isolated`](crate::isolated));
+//! - [`events`]: Kubernetes Events and Flux events;
+//! - [`runtime`]: leader election, metrics, the memory budget, the restore pass, lenient parsing.
 
 pub mod api;
-pub mod artifact_cache;
-mod child;
-mod cleanup;
 pub mod conditions;
-pub mod credentials;
-pub mod egress;
+pub mod context;
 pub mod events;
-pub mod fetch;
-pub mod finalizer;
 pub mod finish;
-pub mod flux_events;
 pub mod hooks;
-pub mod leader;
-pub mod memory;
-pub mod metrics;
 pub mod outcome;
-pub mod plan;
-pub mod readable;
+pub mod publish;
 pub mod reconcile;
-pub mod redact;
-pub mod restore;
 pub mod revision;
-pub mod transform;
+pub mod runtime;
+pub mod upstream;
 pub mod writer;
 
 use std::future::Future;
@@ -40,8 +40,9 @@ use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use api::{ExternalArtifact, ExternalSource};
-use reconcile::{Context, FINALIZER, REQUESTED_AT, error_policy, reconcile};
+use api::{ExternalArtifact, ExternalSource, FINALIZER, REQUESTED_AT};
+use context::Context;
+use reconcile::{error_policy, reconcile};
 
 /// Failures that stop the controller from starting. Each names what is missing: the CRD, or our
 /// permission to list it; never the content of an object.
@@ -118,7 +119,7 @@ pub(crate) fn trigger_hash(es: &ExternalSource) -> Option<u64> {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     es.metadata.generation.hash(&mut h);
     es.annotations().get(REQUESTED_AT).hash(&mut h);
-    // Our finalizer is added by the first reconcile itself (see `finalizer`): only its removal
+    // Our finalizer is added by the first reconcile itself (see `reconcile::finalizer`): only its removal
     // from a source already reconciled (it has a status) is news. Hashing the list would
     // reconcile every new source twice.
     let finalizer_lost = es.status.is_some() && !es.finalizers().iter().any(|f| f == FINALIZER);
@@ -126,7 +127,7 @@ pub(crate) fn trigger_hash(es: &ExternalSource) -> Option<u64> {
     // Labels and chosen annotations are copied to the ExternalArtifact: a change is published
     // without waiting.
     es.labels().hash(&mut h);
-    finish::copied_annotations(es).hash(&mut h);
+    publish::metadata::copied_annotations(es).hash(&mut h);
     es.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
@@ -148,7 +149,7 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
 /// creations are not changes, so neither echoes back as a reconcile. Metadata is all this needs
 /// (owner, generation, UID): the API server sends no status, we parse none.
 ///
-/// Every version it sees goes to the [`artifact_cache::ArtifactCache`], which is what lets a reconcile skip
+/// Every version it sees goes to the [`publish::cache::ArtifactCache`], which is what lets a reconcile skip
 /// reading an ExternalArtifact nobody changed.
 fn artifact_changes(
     client: kube::Client,
@@ -195,8 +196,8 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
     };
     // Each source is parsed on its own (see `readable`): one that does not parse is reported and
     // skipped instead of failing every list.
-    let unreadable = readable::Reported::default();
-    let listed = Api::<readable::Readable<ExternalSource>>::all(client.clone());
+    let unreadable = runtime::readable::Reported::default();
+    let listed = Api::<runtime::readable::Readable<ExternalSource>>::all(client.clone());
     let sources = watcher(listed, shard(watcher::Config::default().any_semantic()))
         .default_backoff()
         .filter_map(move |event| std::future::ready(event.map(|e| unreadable.filter(e)).transpose()))

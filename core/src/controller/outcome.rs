@@ -2,7 +2,7 @@
 //!
 //! The reconciler runs its steps (plan, fetch, transform, store) and hands what they returned to
 //! [`after_fetch`] (an answer without a body) or [`after_store`]; the resulting [`Outcome`] is the only input of the single
-//! writer (`reconcile::finish`), which turns it into both statuses with [`next_status`] and
+//! writer (`finish`), which turns it into both statuses with [`next_status`] and
 //! [`next_artifact_status`]. The fields that describe what is stored (`artifact`,
 //! `lastHandledETag`, `artifactGeneration`, `publishedPaths`) are written in exactly one arm,
 //! [`Outcome::Ready`], which `finish` only keeps after the ExternalArtifact points at the
@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use super::api::{Artifact, ExternalArtifactStatus, ExternalSourceStatus};
-use super::conditions::{self, Reason};
-use super::fetch::FetchError;
-use super::plan::ConfigProblem;
-use super::transform::TransformError;
+use crate::controller::api::{Artifact, ExternalArtifactStatus, ExternalSourceStatus};
+use crate::controller::conditions::{self, Reason};
+use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::upstream::client::FetchError;
+use crate::isolated::transform::TransformError;
 use crate::package::archive::ArchiveError;
 use crate::storage::{FailureClass, ObjectSummary, StorageError};
 
@@ -64,15 +64,6 @@ impl Outcome {
             Self::Suspended => Reason::Suspended,
             Self::Stalled { problem, .. } => problem.reason,
             Self::Failed(f) => f.reason,
-        }
-    }
-
-    /// The `kind` label of the reconcile metric: `none` when it went well.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Ready { .. } | Self::Suspended => "none",
-            Self::Stalled { problem, .. } => problem.kind(),
-            Self::Failed(f) => f.kind,
         }
     }
 
@@ -189,7 +180,7 @@ pub fn after_store(stored: Stored, etag: Option<&str>) -> Outcome {
 /// the command, an argument or an environment variable) is a spec problem: `Stalled`, checked
 /// again at the interval too, since a whitelist change can also resolve it. A bad request fails
 /// again on every try, so it waits for the interval; anything else backs off.
-pub fn hook_failure(e: &super::hooks::chain::HookFailure) -> Outcome {
+pub fn hook_failure(e: &crate::controller::hooks::chain::HookFailure) -> Outcome {
     if e.is_refusal() {
         let problem = ConfigProblem { reason: Reason::HookFailed, message: e.to_string() };
         return Outcome::Stalled { problem, recheck_at_interval: true };
@@ -203,7 +194,7 @@ pub fn hook_failure(e: &super::hooks::chain::HookFailure) -> Outcome {
 }
 
 /// Pre-request hooks printed something that is not headers (the same output next time).
-pub fn hook_output_failure(e: &super::hooks::chain::HeaderLineError) -> Failure {
+pub fn hook_output_failure(e: &crate::controller::hooks::chain::HeaderLineError) -> Failure {
     Failure { reason: Reason::HookFailed, kind: "hook", message: e.to_string(), retry: Retry::AtInterval }
 }
 

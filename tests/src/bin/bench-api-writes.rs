@@ -27,8 +27,8 @@ use externalsource_core::controller::api::{
     API_VERSION, Artifact, ExternalArtifact, ExternalArtifactSpec, ExternalArtifactStatus, ExternalSource,
     ExternalSourceStatus, SourceRef,
 };
-use externalsource_core::controller::finalizer::add_patch;
-use externalsource_core::controller::reconcile::{ETAG_METADATA, FINALIZER, SOURCE_METADATA};
+use externalsource_core::controller::api::{ETAG_METADATA, FINALIZER, SOURCE_METADATA};
+use externalsource_core::controller::reconcile::finalizer::add_patch;
 use externalsource_core::controller::revision::revision;
 use externalsource_core::controller::writer;
 use externalsource_core::digest::Digest;

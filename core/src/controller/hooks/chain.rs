@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::super::api::RetryPolicy;
-use super::protocol::CallError;
-use super::run::Invocation;
-use super::spec::Hook;
+use crate::controller::api::RetryPolicy;
+use crate::controller::hooks::spec::Hook;
+use crate::isolated::hook_executor::protocol::CallError;
+use crate::isolated::hook_executor::run::Invocation;
 
 /// Which list a hook belongs to, as in the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub struct Attempt<'a> {
 /// Runs `hooks` in order over `data` (each hook's stdout is the next one's stdin), calling the
 /// executor through `call`. `budget` is what is left of `spec.maxRetries` for this reconcile.
 pub async fn run_chain<F, Fut>(
-    hooks: &[super::spec::Hook],
+    hooks: &[crate::controller::hooks::spec::Hook],
     phase: Phase,
     mut data: Bytes,
     budget: &mut u32,
@@ -158,8 +158,8 @@ pub fn parse_headers(output: &[u8]) -> Result<HeaderMap, HeaderLineError> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::protocol::FailureKind;
     use super::*;
+    use crate::isolated::hook_executor::protocol::FailureKind;
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex};
 

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::super::api::{ExternalSourceSpec, HookSpec, RetryPolicy};
-use super::super::conditions::Reason;
-use super::super::plan::ConfigProblem;
+use crate::controller::api::{ExternalSourceSpec, HookSpec, RetryPolicy};
+use crate::controller::conditions::Reason;
+use crate::controller::reconcile::problem::ConfigProblem;
 use crate::units::{format_duration, parse_duration};
 
 /// Retries shared by every hook of one reconcile when `spec.maxRetries` is unset.

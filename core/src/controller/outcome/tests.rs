@@ -6,7 +6,7 @@ use reqwest::StatusCode;
 
 use super::*;
 use crate::controller::api::ExternalSourceStatus;
-use crate::controller::transform::TransformError;
+use crate::isolated::transform::TransformError;
 use crate::key::ObjectKey;
 
 fn artifact(path: &str, etag: Option<&str>) -> Artifact {
@@ -365,7 +365,7 @@ fn garbage_keeps_what_was_published_not_what_is_newest() {
 #[test]
 fn a_whitelist_refusal_stalls_while_a_busy_executor_backs_off() {
     use crate::controller::hooks::chain::{HookFailure, Phase};
-    use crate::controller::hooks::protocol::{CallError, FailureKind};
+    use crate::isolated::hook_executor::protocol::{CallError, FailureKind};
     let failure = |kind| HookFailure {
         hook: "h".into(),
         phase: Phase::PostRequest,
