@@ -199,14 +199,7 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
     } else {
         None
     };
-    let options = ServeOptions {
-        header_read_timeout: config.server.header_read_timeout,
-        idle_timeout: config.server.idle_timeout,
-        shutdown_grace: config.server.shutdown_grace,
-        max_connections: config.server.max_connections as usize,
-        min_send_rate: config.server.min_send_rate,
-        ..ServeOptions::default()
-    };
+    let options = ServeOptions::from(&config.server);
     if config.server.enabled {
         let listener = bind("server.port", &config.server.bind_address, config.server.port).await?;
         let mounted = routes.is_some();

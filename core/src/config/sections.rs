@@ -40,7 +40,8 @@ section! {
         header_read_timeout: Duration as Span<100> = secs(10);
         /// A connection that neither reads nor writes for this long is closed.
         idle_timeout: Duration as Span<100> = secs(60);
-        /// After shutdown, how long responses in flight may take to finish.
+        /// After shutdown, how long responses in flight may take to finish. Below the pod's
+        /// termination grace period (30s by default in Kubernetes) less `shutdown_delay`.
         shutdown_grace: Duration as Span<0> = secs(20);
         /// After SIGTERM, how long the listeners keep accepting while readiness is already false.
         shutdown_delay: Duration as Span<0> = secs(5);
