@@ -1,6 +1,6 @@
 //! How a configuration section is declared: each key once, with its type, its value rule
 //! ([`Codec`]), its default, its environment variable and command-line flag if any, and its doc
-//! comment. From that one declaration [`section!`] makes the serde struct the
+//! comment. From that one declaration `section!` makes the serde struct the
 //! [reader](super::reader) fills, its `Default`, its serialisation (`--print-config`) and the
 //! [`Key`]s the environment, the flags and the reference (`docs/configuration.md`) come from.
 
@@ -70,7 +70,7 @@ pub struct Key {
     pub kind: String,
     /// The flag's placeholder ([`Codec::placeholder`]).
     pub placeholder: &'static str,
-    /// The default as written in a file; `None`: unset.
+    /// The default, as Markdown (a value in code font, or words); `None`: unset.
     pub default: Option<String>,
 }
 
@@ -98,7 +98,7 @@ pub fn shown_default<C: Codec>(value: &C::Value) -> Option<String> {
 ///
 /// ```text
 /// /// Doc comment.
-/// name: FieldType as Codec = default [, env "NAME"] [, flag "long-flag"] [, shown "default as documented"];
+/// name: FieldType as Codec = default [, env "NAME"] [, flag "long-flag"] [, shown "the default in words"];
 /// ```
 ///
 /// A default may use the keys declared above it in the same section (as local variables).
@@ -177,8 +177,9 @@ macro_rules! section {
                     flag: None $(.or(Some($flag)))?,
                     kind: <$codec>::describe(),
                     placeholder: <$codec>::placeholder(),
-                    default: None $(.or(Some($shown.to_owned())))?
-                        .or_else(|| $crate::config::declare::shown_default::<$codec>(&defaults.$field)),
+                    default: None $(.or(Some($shown.to_owned())))?.or_else(|| {
+                        $crate::config::declare::shown_default::<$codec>(&defaults.$field).map(|d| format!("`{d}`"))
+                    }),
                 }),*]
             }
         }

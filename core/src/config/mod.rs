@@ -1,6 +1,6 @@
 //! Configuration: built-in defaults < TOML file < environment < flags.
 //!
-//! Every key is declared once, in [`sections`]: its type and rule, default, environment
+//! Every key is declared once, in `sections.rs`: its type and rule, default, environment
 //! variable, flag and documentation. All sources are merged into one TOML table first,
 //! remembering where each key came from, and each section is then read from it by the same
 //! [reader](reader::Layered) as every backend's table; [`Config::check`] holds the rules across
@@ -242,12 +242,12 @@ impl ConfigLoader {
             hooks,
             log,
         };
-        config.check().map_err(|bad| self.layered_invalid(bad))?;
+        config.check().map_err(|bad| self.across_keys_error(bad))?;
         Ok(config)
     }
 
     /// A rule across keys broken: named with the source of the key it names.
-    fn layered_invalid(&self, bad: Invalid) -> ConfigError {
+    fn across_keys_error(&self, bad: Invalid) -> ConfigError {
         self.layered.invalid(bad.key, Some(format!("{:?}", bad.value)), bad.rule)
     }
 }

@@ -102,7 +102,7 @@ impl Layered {
 
     /// Where the value of `key` came from: its source, or `default`.
     pub fn source(&self, key: &str) -> String {
-        let field = key.split(['[']).next().unwrap_or_default();
+        let field = key.split('[').next().unwrap_or_default();
         self.origin.get(field).cloned().unwrap_or_else(|| {
             let top = field.split('.').next().unwrap_or_default();
             // A key below one set as a whole (an array entry, a table in a file).

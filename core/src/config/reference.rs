@@ -1,5 +1,5 @@
 //! The configuration reference, `docs/configuration.md`, generated from the declarations in
-//! [`sections`](super::sections); a test fails when the committed file and the code disagree.
+//! `sections.rs`; a test fails when the committed file and the code disagree.
 
 use std::fmt::Write;
 
@@ -45,7 +45,7 @@ fn write_key(out: &mut String, key: &Key) {
         code(key.env, ""),
         code(key.flag, "--"),
         key.kind,
-        key.default.as_deref().map_or_else(|| "unset".to_owned(), |d| format!("`{d}`")),
+        key.default.as_deref().unwrap_or("unset"),
         one_line(key.doc).replace('|', "\\|"),
     );
 }

@@ -34,7 +34,8 @@ section! {
         service_namespace: String as DnsLabel = "flux-system".to_owned(), env "POD_NAMESPACE";
         /// URL consumers download from, replacing the in-cluster Service URL (for out-of-cluster
         /// runs and other layouts).
-        advertise_url: Option<String> as Opt<Url> = None, env "ARTIFACT_SERVER_ADVERTISE_URL", flag "advertise-url";
+        advertise_url: Option<String> as Opt<Url> = None, env "ARTIFACT_SERVER_ADVERTISE_URL", flag "advertise-url",
+            shown "`http://{service_name}.{service_namespace}.svc.cluster.local:{port}`";
         /// Longest time a client may take to send a request head (slowloris defence); also how
         /// long an idle keep-alive connection waits for its next request.
         header_read_timeout: Duration as Span<100> = secs(10);
@@ -45,7 +46,8 @@ section! {
         shutdown_grace: Duration as Span<0> = secs(20);
         /// After SIGTERM, how long the listeners keep accepting while readiness is already false.
         shutdown_delay: Duration as Span<0> = secs(5);
-        /// Open connections of the artifact listener at most; beyond it new ones get a 503.
+        /// Open connections of the artifact listener at most; beyond it a new connection gets
+        /// `503` with `Retry-After: 1`.
         max_connections: u32 as Int<u32, 1, 1_000_000> = 4096;
         /// Bytes per second below which a client that holds up a download is cut; 0 disables.
         min_send_rate: u64 as Size<0> = 1024;
@@ -56,12 +58,13 @@ section! {
     /// Health, readiness and metrics endpoints, on their own port so a NetworkPolicy can
     /// keep the artifact port to Flux and the metrics port to Prometheus.
     pub struct OpsConfig in "ops" {
-        /// Address of /healthz, /readyz and /metrics.
+        /// Address of the ops endpoints.
         bind_address: String as Text = "0.0.0.0".to_owned();
-        /// Port of /healthz, /readyz and /metrics.
+        /// Port of `/healthz`, `/readyz`, `/metrics` and `/metrics/totals`.
         port: u16 as Port = 8081, env "OPS_PORT", flag "ops-port";
-        /// Duration histograms per source (Flux's way), or per namespace: the page is about
-        /// 3.7 KiB per source with them and 0.6 KiB without.
+        /// Duration histograms per source (Flux's way); `false`: the reconcile, request and hook
+        /// duration histograms have one series per namespace (`name=""`). The metrics page is
+        /// about 3.7 KiB per source with them and 0.6 KiB without.
         per_source_histograms: bool as Bool = true;
     }
 }
@@ -72,7 +75,7 @@ section! {
     pub struct StorageConfig in "storage" {
         /// Storage backend; `--list-backends` names the linked ones.
         backend: String as Text = default_backend(), env "STORAGE_BACKEND", flag "storage-backend",
-            shown "memory when linked, else the only linked backend";
+            shown "`memory` when linked, else the only linked backend";
         /// Bytes of artifacts one namespace may store; unset: no quota.
         namespace_quota: Option<u64> as Opt<Size<1>> = None;
     }
@@ -99,16 +102,18 @@ section! {
         concurrency: u16 as Int<u16, 1, 1024> = 4, env "CONTROLLER_CONCURRENCY";
         /// The shortest `spec.interval` a source may ask for.
         min_interval: Duration as Span<1000> = secs(60), env "MIN_INTERVAL";
-        /// Artifacts kept per source (the published one and older ones).
+        /// Published revisions kept per source (the current one first); older stored artifacts
+        /// are deleted.
         retention: u16 as Int<u16, 1, 100> = 2;
         /// Failed attempts at deleting a source's stored artifacts before its finalizer is
         /// released anyway (with a Warning Event naming what was left behind), so a broken store
         /// cannot hang a namespace deletion.
         finalizer_attempts: u32 as Int<u32, 1, 1000> = 5;
         /// Reconciles of one namespace at once, at most `concurrency`, so one tenant cannot hold
-        /// every slot.
+        /// every slot; a single-tenant install whose sources share one namespace can set it to
+        /// `concurrency`.
         namespace_concurrency: u16 as Int<u16, 1, 1024> = (concurrency * 3 / 4).max(1),
-            shown "three quarters of concurrency, at least 1";
+            shown "three quarters of `concurrency`, at least 1";
         /// Whether replicas elect a leader through a Lease.
         leader_election: bool as Bool = true, env "LEADER_ELECTION";
         /// Name of the Lease replicas elect a leader with.
@@ -121,7 +126,7 @@ section! {
             env "WATCH_LABEL_SELECTOR", flag "watch-label-selector";
         /// notification-controller's event address, like Flux controllers' `--events-addr`
         /// (`http://notification-controller.flux-system.svc.cluster.local./`); unset: only
-        /// Kubernetes Events are recorded.
+        /// Kubernetes Events are recorded. The deploy overlays and the chart set Flux's.
         events_addr: Option<String> as Opt<Url> = None, env "EVENTS_ADDR", flag "events-addr";
         /// How long a lease nobody renews stays held (client-go's `LeaseDuration`).
         lease_duration: Duration as Span<1000> = secs(15);
@@ -149,20 +154,21 @@ section! {
         timeout: Duration as Span<1000> = secs(30), env "HTTP_TIMEOUT";
         /// The longest `spec.timeout` a source may ask for.
         max_timeout: Duration as Span<1000> = secs(600);
-        /// The largest response body a fetch accepts.
+        /// The largest response body a fetch accepts (decoded bytes, counted while streaming).
         max_size: u64 as Size<1> = 64 << 20, env "FETCH_MAX_SIZE";
         /// The `User-Agent` of fetches.
         user_agent: String as Text = concat!("externalsource-controller/", env!("CARGO_PKG_VERSION")).to_owned(),
-            env "HTTP_USER_AGENT", shown "externalsource-controller/<version>";
+            env "HTTP_USER_AGENT", shown "`externalsource-controller/<version>`";
         /// Networks fetches never connect to (on any redirect hop): link-local networks and the
-        /// cloud metadata addresses by default.
+        /// cloud metadata addresses by default. A TOML array, or one comma-separated string.
         deny_cidrs: Vec<IpNet> as Cidrs = default_deny_cidrs();
-        /// When set, the only networks fetches connect to (the deny list still applies).
+        /// When set, the only networks fetches connect to (the deny list still applies). A TOML
+        /// array, or one comma-separated string.
         allow_cidrs: Option<Vec<IpNet>> as Opt<Cidrs> = None;
-        /// Bytes of fetched bodies and their copies in memory at once; at least twice
-        /// `max_size`.
+        /// Bytes of fetched bodies in memory at once, each counted twice (the body and its
+        /// packaged copy); at least twice `max_size`.
         memory_budget: u64 as Size<1> = max_size.saturating_mul(2).max(DEFAULT_MEMORY_BUDGET),
-            shown "256MiB or twice max_size, whichever is more";
+            shown "`256MiB` or twice `max_size`, whichever is more";
     }
 }
 
@@ -178,7 +184,7 @@ section! {
         /// Nesting of arrays and objects in each output value.
         max_depth: u32 as Int<u32, 1, 100_000> = 512;
         /// Runs at once, across all sources; at most `controller.concurrency`.
-        concurrency: usize as Int<usize, 1, 1024> = 2, shown "half of controller.concurrency, at least 1";
+        concurrency: usize as Int<usize, 1, 1024> = 2, shown "half of `controller.concurrency`, at least 1";
     }
 }
 
@@ -197,7 +203,7 @@ section! {
         concurrency: usize as Int<usize, 1, 64> = 2;
         /// Hooks of one namespace the executor runs at once (at most `concurrency`).
         namespace_concurrency: usize as Int<usize, 1, 64> = (concurrency / 2).max(1),
-            shown "half of concurrency, at least 1";
+            shown "half of `concurrency`, at least 1";
         /// Where the executor makes each run's private directory.
         run_dir: PathBuf as AbsPath = PathBuf::from(DEFAULT_HOOK_RUN_DIR);
         /// CPU time of each process of a hook (`RLIMIT_CPU`).
