@@ -252,14 +252,7 @@ async fn start_artifact_server(
     stop: &CancellationToken,
 ) -> Result<JoinHandle<()>, AppError> {
     let server = &config.server;
-    let options = ServeOptions {
-        header_read_timeout: server.header_read_timeout,
-        idle_timeout: server.idle_timeout,
-        shutdown_grace: server.shutdown_grace,
-        max_connections: server.max_connections as usize,
-        min_send_rate: server.min_send_rate,
-        ..ServeOptions::default()
-    };
+    let options = ServeOptions::from(server);
     let listener = bind("server.port", &server.bind_address, server.port).await?;
     tracing::info!(addr = ?listener.local_addr().ok(), artifact_routes = routes.is_some(), "artifact server listening");
     let service = ArtifactService::new(routes);

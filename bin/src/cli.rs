@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
-use externalsource_core::config::ConfigLoader;
+use clap::{Arg, ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
+use externalsource_core::config::{self, ConfigLoader};
 
 #[derive(Debug, Parser)]
 #[command(name = "externalsource-controller", version, about = "Turns data behind HTTP APIs into Flux sources")]
@@ -24,45 +24,10 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub print_config: bool,
 
-    /// Port of the artifact server (server.port).
-    #[arg(long, global = true, value_name = "PORT")]
-    pub artifact_server_port: Option<String>,
-
-    /// Whether the artifact server runs (server.enabled).
-    #[arg(long, global = true, value_name = "BOOL")]
-    pub artifact_server_enabled: Option<String>,
-
-    /// URL consumers download from, replacing the in-cluster Service URL (server.advertise_url).
-    #[arg(long, global = true, value_name = "URL")]
-    pub advertise_url: Option<String>,
-
-    /// Port of /healthz, /readyz and /metrics (ops.port).
-    #[arg(long, global = true, value_name = "PORT")]
-    pub ops_port: Option<String>,
-
-    /// Storage backend (storage.backend); see --list-backends.
-    #[arg(long, global = true, value_name = "NAME")]
-    pub storage_backend: Option<String>,
-
-    /// Memory the process may use, instead of the cgroup limit (controller.memory_limit); with
-    /// --print-config, checks that the configuration fits it.
-    #[arg(long, global = true, value_name = "SIZE")]
-    pub memory_limit: Option<String>,
-
-    /// Reconcile only ExternalSources matching this label selector, e.g.
-    /// `sharding.fluxcd.io/key=shard1` (controller.watch_label_selector).
-    #[arg(long, global = true, value_name = "SELECTOR")]
-    pub watch_label_selector: Option<String>,
-
-    /// notification-controller's event address, e.g.
-    /// `http://notification-controller.flux-system.svc.cluster.local./` (controller.events_addr):
-    /// Flux events for Alerts, besides the Kubernetes Events.
-    #[arg(long, global = true, value_name = "URL")]
-    pub events_addr: Option<String>,
-
-    /// Log format: text or json (log.format).
-    #[arg(long, global = true, value_name = "FORMAT")]
-    pub log_format: Option<String>,
+    /// The configuration keys given as flags: key, value and flag (the flags are made from
+    /// the configuration's declaration, see [`Cli::from_args`]).
+    #[arg(skip)]
+    pub config_flags: Vec<(&'static str, String, &'static str)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
@@ -84,23 +49,37 @@ pub enum Command {
 }
 
 impl Cli {
+    /// Parses the process's arguments, with a flag for each configuration key that declares one.
+    pub fn from_args() -> Self {
+        Self::from_matches(Self::command_with_config_flags().get_matches())
+    }
+
+    fn from_matches(matches: ArgMatches) -> Self {
+        let mut cli = Self::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        for key in config::keys() {
+            let Some(flag) = key.flag else { continue };
+            if let Some(value) = matches.get_one::<String>(flag) {
+                cli.config_flags.push((key.path, value.clone(), flag));
+            }
+        }
+        cli
+    }
+
+    /// The derived interface, plus one global flag per configuration key that declares one.
+    fn command_with_config_flags() -> clap::Command {
+        let flags = config::keys().into_iter().filter_map(|key| {
+            let flag = key.flag?;
+            let doc = key.doc.split_whitespace().collect::<Vec<_>>().join(" ");
+            let help = format!("{} ({})", doc.trim_end_matches('.'), key.path);
+            Some(Arg::new(flag).long(flag).global(true).value_name(key.placeholder).help(help))
+        });
+        Self::command().args(flags)
+    }
+
     /// Applies the flags that were given, as the last configuration layer.
     pub fn apply_flags(&self, loader: &mut ConfigLoader) {
-        let flags = [
-            (&self.artifact_server_port, "server.port", "--artifact-server-port"),
-            (&self.artifact_server_enabled, "server.enabled", "--artifact-server-enabled"),
-            (&self.advertise_url, "server.advertise_url", "--advertise-url"),
-            (&self.ops_port, "ops.port", "--ops-port"),
-            (&self.storage_backend, "storage.backend", "--storage-backend"),
-            (&self.log_format, "log.format", "--log-format"),
-            (&self.memory_limit, "controller.memory_limit", "--memory-limit"),
-            (&self.watch_label_selector, "controller.watch_label_selector", "--watch-label-selector"),
-            (&self.events_addr, "controller.events_addr", "--events-addr"),
-        ];
-        for (value, key, flag) in flags {
-            if let Some(value) = value {
-                loader.set_str(key, value, &format!("flag {flag}"));
-            }
+        for (key, value, flag) in &self.config_flags {
+            loader.set_str(key, value, &format!("flag --{flag}"));
         }
     }
 }

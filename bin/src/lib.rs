@@ -13,7 +13,6 @@ mod telemetry;
 use std::path::Path;
 use std::process::ExitCode;
 
-use clap::Parser;
 use externalsource_core::config::{Config, ConfigError, ConfigLoader, DEFAULT_CONFIG_PATH};
 use externalsource_core::registry::{self, Env};
 
@@ -38,7 +37,7 @@ pub fn load_config(cli: &Cli, env: Env) -> Result<Config, ConfigError> {
 /// Parses the command line and runs; the whole program.
 pub fn main() -> ExitCode {
     limits::bound_heap_growth();
-    let cli = Cli::parse();
+    let cli = Cli::from_args();
     if cli.command == Some(Command::TransformWorker) {
         return externalsource_core::isolated::transform::worker::main();
     }

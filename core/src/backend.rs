@@ -148,7 +148,6 @@
 //! }
 //! ```
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -158,11 +157,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::config::ConfigError;
+use crate::config::reader::Layered;
 use crate::digest::Digest;
 use crate::key::{ObjectKey, served_url};
 use crate::registry::{BackendContext, BackendSettings, BuildError};
 use crate::storage::{ByteRange, Capabilities, ObjectBody, ObjectMeta, ObjectSummary, Storage, StorageError};
-use crate::units;
 
 pub use crate::values::{ByteSize, HttpUrl, REDACTED, Secret, TimeSpan};
 
@@ -255,7 +254,7 @@ pub struct EnvVar {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EnvKind {
     Text,
-    /// `true/false`, `t/f`, `1/0`, `yes/no`, in any case ([`units::parse_bool`]).
+    /// `true/false`, `t/f`, `1/0`, `yes/no`, in any case ([`crate::units::parse_bool`]).
     Bool,
     Integer,
 }
@@ -293,14 +292,14 @@ impl Invalid {
 /// What start-up does for the configured backend; public so a backend's tests read settings the
 /// same way.
 pub fn read<B: Backend>(ctx: &BackendContext<'_>) -> Result<B::Settings, ConfigError> {
-    let sources = Sources::<B>::read(ctx)?;
-    let settings: B::Settings = serde_path_to_error::deserialize(toml::Value::Table(sources.table.clone()))
-        .map_err(|e| sources.not_deserialized(&e))?;
+    let mut layered = Layered::new(format!("storage.{}", B::NAME), ctx.table.clone(), "file");
+    layered.apply_env(B::ENV, ctx.env)?;
+    let settings: B::Settings = layered.read()?;
     B::check(&settings).map_err(|bad| {
         // A secret prints redacted, in the settings as in this error.
         let printed = toml::Table::try_from(&settings).ok().and_then(|t| t.get(bad.key).cloned());
         let secret = printed.is_some_and(|v| v.as_str() == Some(REDACTED));
-        sources.invalid(bad.key, (!secret).then(|| format!("{:?}", bad.value)), bad.rule)
+        layered.invalid(bad.key, (!secret).then(|| format!("{:?}", bad.value)), bad.rule)
     })?;
     Ok(settings)
 }
@@ -308,74 +307,6 @@ pub fn read<B: Backend>(ctx: &BackendContext<'_>) -> Result<B::Settings, ConfigE
 /// [`read`], boxed as the registry holds it (printable with secrets redacted, buildable).
 pub fn parse<B: Backend>(ctx: &BackendContext<'_>) -> Result<Box<dyn BackendSettings>, ConfigError> {
     Ok(Box::new(Parsed::<B> { settings: read::<B>(ctx)? }))
-}
-
-/// The table a backend's settings are read from, and which of its keys the environment set.
-struct Sources<B> {
-    table: toml::Table,
-    from_env: BTreeMap<&'static str, &'static str>,
-    backend: std::marker::PhantomData<B>,
-}
-
-impl<B: Backend> Sources<B> {
-    fn read(ctx: &BackendContext<'_>) -> Result<Self, ConfigError> {
-        let mut sources = Self { table: ctx.table.clone(), from_env: BTreeMap::new(), backend: Default::default() };
-        for var in B::ENV {
-            let Some(text) = ctx.env.get(var.name) else { continue };
-            sources.from_env.insert(var.key, var.name);
-            let value = match var.kind {
-                EnvKind::Text => toml::Value::String(text.to_owned()),
-                EnvKind::Bool => toml::Value::Boolean(units::parse_bool(text).ok_or_else(|| {
-                    sources.invalid(var.key, Some(format!("{text:?}")), "must be true/false, t/f, 1/0 or yes/no")
-                })?),
-                EnvKind::Integer => toml::Value::Integer(
-                    text.trim()
-                        .parse()
-                        .map_err(|_| sources.invalid(var.key, Some(format!("{text:?}")), "must be an integer"))?,
-                ),
-            };
-            sources.table.insert(var.key.to_owned(), value);
-        }
-        Ok(sources)
-    }
-
-    /// A value that did not deserialize. Its key is named when it is one of the table's (not for
-    /// an unknown key, whose error names it). A scalar is shown: a [`Secret`] accepts every
-    /// scalar, so a value that failed is never one.
-    fn not_deserialized(&self, e: &serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
-        let path = e.path().to_string();
-        let field = path.split(['.', '[']).next().unwrap_or_default();
-        let rule = e.inner().message().trim().to_owned();
-        match self.table.get(field).filter(|_| field_names::<B::Settings>().contains(&field)) {
-            Some(value) => {
-                let shown = match value {
-                    toml::Value::Table(_) => "a table".to_owned(),
-                    toml::Value::Array(_) => "an array".to_owned(),
-                    scalar => scalar.to_string(),
-                };
-                self.invalid(&path, Some(shown), rule)
-            }
-            // The error is the table's (an unknown key, perhaps a misspelt secret): name the
-            // keys, never their values.
-            None => ConfigError::Invalid {
-                key: format!("storage.{}", B::NAME),
-                value: format!("a table with the keys [{}]", self.table.keys().cloned().collect::<Vec<_>>().join(", ")),
-                rule,
-            },
-        }
-    }
-
-    /// `shown`: the value as written, `None` for a secret.
-    fn invalid(&self, key: &str, shown: Option<String>, rule: impl Into<String>) -> ConfigError {
-        let field = key.split(['.', '[']).next().unwrap_or_default();
-        let source = match self.from_env.get(field) {
-            Some(var) => format!("env {var}"),
-            None if self.table.contains_key(field) => "file".to_owned(),
-            None => "default".to_owned(),
-        };
-        let value = format!("{} (from {source})", shown.as_deref().unwrap_or(REDACTED));
-        ConfigError::Invalid { key: format!("storage.{}.{key}", B::NAME), value, rule: rule.into() }
-    }
 }
 
 /// A backend's validated settings.
@@ -466,39 +397,4 @@ impl<B: Backend> Storage for Hosted<B> {
             _ => self.backend.direct_url(key),
         }
     }
-}
-
-/// The keys a settings struct has, as its derived `Deserialize` declares them: asked of a
-/// deserializer that only records them.
-fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
-    use serde::de::{self, Deserializer, Visitor};
-
-    struct Probe<'a>(&'a mut &'static [&'static str]);
-
-    impl<'de> Deserializer<'de> for Probe<'_> {
-        type Error = de::value::Error;
-
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(de::Error::custom("not a struct"))
-        }
-
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = fields;
-            Err(de::Error::custom("probed"))
-        }
-
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
-        }
-    }
-
-    let mut fields: &'static [&'static str] = &[];
-    let _ = T::deserialize(Probe(&mut fields));
-    fields
 }

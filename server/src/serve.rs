@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::pin::pin;
 use std::time::Duration;
 
+use externalsource_core::config::ServerConfig;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -45,18 +46,25 @@ pub struct ServeOptions {
     pub send_rate_window: Duration,
 }
 
+/// The window `min_send_rate` is measured over.
+const SEND_RATE_WINDOW: Duration = Duration::from_secs(10);
+
 impl Default for ServeOptions {
-    /// 10 s for a request head, 60 s without progress, 20 s to drain (Kubernetes gives a pod 30 s
-    /// between SIGTERM and SIGKILL by default, and the binary keeps accepting for a 5 s shutdown
-    /// delay first), 4,096 connections, 1 KiB/s over 10 s windows.
+    /// The defaults of the `[server]` configuration keys.
     fn default() -> Self {
+        Self::from(&ServerConfig::default())
+    }
+}
+
+impl From<&ServerConfig> for ServeOptions {
+    fn from(server: &ServerConfig) -> Self {
         Self {
-            header_read_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            shutdown_grace: Duration::from_secs(20),
-            max_connections: 4096,
-            min_send_rate: 1024,
-            send_rate_window: Duration::from_secs(10),
+            header_read_timeout: server.header_read_timeout,
+            idle_timeout: server.idle_timeout,
+            shutdown_grace: server.shutdown_grace,
+            max_connections: server.max_connections as usize,
+            min_send_rate: server.min_send_rate,
+            send_rate_window: SEND_RATE_WINDOW,
         }
     }
 }

@@ -82,7 +82,7 @@ def store_is_shared(backend: str, storage: dict) -> bool:
     fs = storage.get(backend) if isinstance(storage.get(backend), dict) else {}
     return backend == "filesystem" and fs.get("shared") is True
 
-# The configuration file's tables and keys (core/src/config.rs and the backends' own tables).
+# The configuration file's tables and keys (docs/configuration.md and the backends' own tables).
 KNOWN_KEYS: dict[str, set[str]] = {
     "server": {
         "enabled", "bind_address", "port", "service_name", "service_namespace", "advertise_url",
@@ -130,21 +130,22 @@ SECRET_VERBS = {"get", "list", "watch"}
 def known_keys_from_source() -> str:
     """Prefers the keys the code actually reads over the static lists above.
 
-    core/src/config.rs names its keys as "table.key" string literals; each backend crate
+    docs/configuration.md, generated from the core's declarations, names every key as
+    "| `table.key` |" in its tables; each backend crate
     declares its table as the serde struct its `Backend` impl names (`type Settings = …;`). Tables whose
     source is absent keep the static list. Returns where the lists came from.
     """
     origins = []
-    core = REPO / "core" / "src" / "config.rs"
+    core = REPO / "docs" / "configuration.md"
     if core.exists():
         found: dict[str, set[str]] = {}
         tables = "|".join(sorted(KNOWN_KEYS))
-        for table, key in re.findall(rf'"({tables})\.([a-z_]+)"', core.read_text()):
+        for table, key in re.findall(rf"^\| `({tables})\.([a-z_]+)` \|", core.read_text(), re.M):
             found.setdefault(table, set()).add(key)
         if sum(len(v) for v in found.values()) >= 10:
             KNOWN_KEYS.clear()
             KNOWN_KEYS.update(found)
-            origins.append("core/src/config.rs")
+            origins.append("docs/configuration.md")
     for backend in list(KNOWN_BACKEND_KEYS):
         fields: set[str] = set()
         sources = {src: src.read_text() for src in sorted((REPO / "backends" / backend / "src").glob("*.rs"))}

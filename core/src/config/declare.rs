@@ -1,0 +1,189 @@
+//! How a configuration section is declared: each key once, with its type, its value rule
+//! ([`Codec`]), its default, its environment variable and command-line flag if any, and its doc
+//! comment. From that one declaration `section!` makes the serde struct the
+//! [reader](super::reader) fills, its `Default`, its serialisation (`--print-config`) and the
+//! [`Key`]s the environment, the flags and the reference (`docs/configuration.md`) come from.
+
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+
+/// How a key's value is read from TOML (a file's native value, or the text of an environment
+/// variable or a flag) and written back.
+pub trait Codec {
+    type Value;
+    /// What the reference says the value is (`integer, 1 to 65535`).
+    fn describe() -> String;
+    /// The flag's placeholder in `--help`.
+    fn placeholder() -> &'static str;
+    /// The value, or the rule it breaks.
+    fn decode(value: toml::Value) -> Result<Self::Value, String>;
+    /// The value as printed; `None` when absent (an unset optional key).
+    fn encode(value: &Self::Value) -> Option<toml::Value>;
+}
+
+/// A value read by codec `C`.
+pub struct Decoded<C: Codec>(pub C::Value);
+
+impl<'de, C: Codec> Deserialize<'de> for Decoded<C> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        C::decode(toml::Value::deserialize(d)?).map(Self).map_err(de::Error::custom)
+    }
+}
+
+/// A value written by codec `C`.
+pub struct Encoded<'a, C: Codec>(&'a C::Value, PhantomData<C>);
+
+impl<'a, C: Codec> Encoded<'a, C> {
+    pub fn new(value: &'a C::Value) -> Self {
+        Self(value, PhantomData)
+    }
+
+    /// An unset optional key, left out of the printed table.
+    pub fn absent(&self) -> bool {
+        C::encode(self.0).is_none()
+    }
+}
+
+impl<C: Codec> Serialize for Encoded<'_, C> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        C::encode(self.0).serialize(s)
+    }
+}
+
+/// One key as the declaration states it: what the environment, the flags and the reference are
+/// made from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    /// The table (`server`).
+    pub section: &'static str,
+    /// The key within it (`port`).
+    pub name: &'static str,
+    /// `section.name`.
+    pub path: &'static str,
+    /// The doc comment.
+    pub doc: &'static str,
+    pub env: Option<&'static str>,
+    /// The long flag, without its dashes.
+    pub flag: Option<&'static str>,
+    /// What the value is ([`Codec::describe`]).
+    pub kind: String,
+    /// The flag's placeholder ([`Codec::placeholder`]).
+    pub placeholder: &'static str,
+    /// The default, as Markdown (a value in code font, or words); `None`: unset.
+    pub default: Option<String>,
+}
+
+/// A section of the configuration file.
+pub trait Section {
+    /// The table's name.
+    const NAME: &'static str;
+    /// The section's doc comment.
+    const DOC: &'static str;
+    fn keys() -> Vec<Key>;
+}
+
+/// The default as the reference shows it.
+pub fn shown_default<C: Codec>(value: &C::Value) -> Option<String> {
+    Some(match C::encode(value)? {
+        toml::Value::String(s) => s,
+        toml::Value::Array(items) => {
+            items.iter().map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned)).collect::<Vec<_>>().join(", ")
+        }
+        other => other.to_string(),
+    })
+}
+
+/// Declares a section (see the module documentation). Each key reads
+///
+/// ```text
+/// /// Doc comment.
+/// name: FieldType as Codec = default [, env "NAME"] [, flag "long-flag"] [, shown "the default in words"];
+/// ```
+///
+/// A default may use the keys declared above it in the same section (as local variables).
+macro_rules! section {
+    (
+        $(#[doc = $sdoc:literal])*
+        pub struct $name:ident in $section:literal {
+            $(
+                $(#[doc = $doc:literal])*
+                $field:ident : $ty:ty as $codec:ty = $default:expr
+                    $(, env $env:literal)?
+                    $(, flag $flag:literal)?
+                    $(, shown $shown:literal)?
+                ;
+            )*
+        }
+    ) => {
+        $(#[doc = $sdoc])*
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct $name {
+            $($(#[doc = $doc])* pub $field: $ty,)*
+        }
+
+        impl $name {
+            /// The section from the keys that were set, defaults for the others.
+            #[allow(clippy::too_many_arguments)]
+            fn assemble($($field: Option<$ty>),*) -> Self {
+                $(let $field = match $field { Some(value) => value, None => $default };)*
+                Self { $($field),* }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::assemble($(Option::<$ty>::None),*)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                #[derive(serde::Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Raw {
+                    $(#[serde(default)] $field: Option<$crate::config::declare::Decoded<$codec>>,)*
+                }
+                let raw = Raw::deserialize(d)?;
+                Ok(Self::assemble($(raw.$field.map(|v| v.0)),*))
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                #[derive(serde::Serialize)]
+                struct Printed<'a> {
+                    $(
+                        #[serde(skip_serializing_if = "crate::config::declare::Encoded::absent")]
+                        $field: $crate::config::declare::Encoded<'a, $codec>,
+                    )*
+                }
+                Printed { $($field: $crate::config::declare::Encoded::new(&self.$field)),* }.serialize(s)
+            }
+        }
+
+        impl $crate::config::declare::Section for $name {
+            const NAME: &'static str = $section;
+            const DOC: &'static str = concat!($($sdoc, "\n"),*);
+            fn keys() -> Vec<$crate::config::declare::Key> {
+                use $crate::config::declare::Codec as _;
+                let defaults = <Self as Default>::default();
+                vec![$($crate::config::declare::Key {
+                    section: $section,
+                    name: stringify!($field),
+                    path: concat!($section, ".", stringify!($field)),
+                    doc: concat!($($doc, "\n"),*),
+                    env: None $(.or(Some($env)))?,
+                    flag: None $(.or(Some($flag)))?,
+                    kind: <$codec>::describe(),
+                    placeholder: <$codec>::placeholder(),
+                    default: None $(.or(Some($shown.to_owned())))?.or_else(|| {
+                        $crate::config::declare::shown_default::<$codec>(&defaults.$field).map(|d| format!("`{d}`"))
+                    }),
+                }),*]
+            }
+        }
+    };
+}
+
+pub(crate) use section;
