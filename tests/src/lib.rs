@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod controlplane;
 pub mod fixture;
+pub mod oauth2_server;
 pub mod process;
 pub mod proxy;
 pub mod sources;

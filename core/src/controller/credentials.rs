@@ -1,6 +1,6 @@
 //! What a fetch takes from Secrets: raw headers (`headersSecretRef`), a CA bundle
 //! (`caBundleSecretRef`), and, with the key names of Flux's sources, basic or bearer credentials
-//! (`secretRef`), a client certificate and CA (`certSecretRef`) and a proxy (`proxySecretRef`).
+//! (`secretRef`, or OAuth2 client credentials there: see [`oauth2`](super::oauth2)), a client certificate and CA (`certSecretRef`) and a proxy (`proxySecretRef`).
 //!
 //! A missing Secret or key is a configuration problem naming both (the source stalls until the
 //! Secret changes; the Secrets are watched). Values never appear in messages.
@@ -15,6 +15,7 @@ use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
 use super::conditions::Reason;
 use super::fetch::{ProxySettings, SecretBytes, TlsSettings};
+use super::oauth2::{self, ClientCredentials};
 use super::plan::{self, ConfigProblem, Plan};
 
 type Data = BTreeMap<String, ByteString>;
@@ -25,26 +26,29 @@ pub struct Credentials {
     pub headers: HeaderMap,
     pub tls: TlsSettings,
     pub proxy: Option<ProxySettings>,
+    /// `secretRef` asks for an OAuth2 access token (see [`oauth2`](super::oauth2)) instead of
+    /// holding a static credential.
+    pub oauth2: Option<ClientCredentials>,
 }
 
-const AUTH_FIELD: &str = "spec.generator.http.secretRef";
+pub(super) const AUTH_FIELD: &str = "spec.generator.http.secretRef";
 const CA_BUNDLE_FIELD: &str = "spec.generator.http.caBundleSecretRef";
 const CERT_FIELD: &str = "spec.generator.http.certSecretRef";
 const PROXY_FIELD: &str = "spec.generator.http.proxySecretRef";
 
-fn missing_key(field: &str, secret: &str, key: &str, why: &str) -> ConfigProblem {
+pub(super) fn missing_key(field: &str, secret: &str, key: &str, why: &str) -> ConfigProblem {
     ConfigProblem {
         reason: Reason::SecretNotFound,
         message: format!("{field}: Secret {secret:?} has no key {key:?} ({why})"),
     }
 }
 
-fn invalid(field: &str, secret: &str, rule: &str) -> ConfigProblem {
+pub(super) fn invalid(field: &str, secret: &str, rule: &str) -> ConfigProblem {
     ConfigProblem { reason: Reason::InvalidSpec, message: format!("{field}: Secret {secret:?} {rule}") }
 }
 
 /// A key's value as text without the trailing newline files often end with.
-fn text<'a>(field: &str, secret: &str, data: &'a Data, key: &str) -> Result<Option<&'a str>, ConfigProblem> {
+pub(super) fn text<'a>(field: &str, secret: &str, data: &'a Data, key: &str) -> Result<Option<&'a str>, ConfigProblem> {
     match data.get(key) {
         None => Ok(None),
         Some(v) => std::str::from_utf8(&v.0)
@@ -176,7 +180,13 @@ pub async fn read(
         out.headers = check!(plan::headers_from_secret(name, &data!("spec.generator.http.headersSecretRef", name)));
     }
     if let Some(name) = &plan.auth_secret {
-        let value = check!(authorization(name, &data!(AUTH_FIELD, name)));
+        let data = data!(AUTH_FIELD, name);
+        let value = if oauth2::requested(&data) {
+            out.oauth2 = Some(check!(oauth2::from_secret(name, &data)));
+            None
+        } else {
+            Some(check!(authorization(name, &data)))
+        };
         if out.headers.contains_key(AUTHORIZATION) {
             return Ok(Err(ConfigProblem::invalid(
                 AUTH_FIELD,
@@ -184,7 +194,9 @@ pub async fn read(
                 "conflicts with the Authorization key of the headersSecretRef Secret; set it in one place",
             )));
         }
-        out.headers.insert(AUTHORIZATION, value);
+        if let Some(value) = value {
+            out.headers.insert(AUTHORIZATION, value);
+        }
     }
     let mut ca = Vec::new();
     if let Some((name, key)) = &plan.ca_bundle {

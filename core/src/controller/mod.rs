@@ -17,6 +17,7 @@ pub mod hooks;
 pub mod leader;
 pub mod memory;
 pub mod metrics;
+pub mod oauth2;
 pub mod outcome;
 pub mod plan;
 pub mod readable;

@@ -29,6 +29,7 @@ use super::hooks::chain::{self, HookFailure, Phase};
 use super::hooks::protocol::ExecutorClient;
 use super::memory::{MemoryBudget, UNPACK_WORKSPACE};
 use super::metrics::{Metrics, ReconcileLabels, ResultLabels};
+use super::oauth2::{self, token_cache::TokenCache};
 use super::outcome::{self, Outcome, Retry, StatusInputs, Stored, Unfetched};
 use super::plan::{Defaults, Packaging, Plan};
 use super::redact::redact_url;
@@ -114,6 +115,8 @@ pub struct Context {
     restore: Option<Arc<RestorePass>>,
     /// ExternalArtifacts as last read or written, while the watch reports them unchanged.
     pub(super) artifacts: ArtifactCache,
+    /// OAuth2 access tokens of `secretRef` client credentials, until shortly before they expire.
+    pub(super) tokens: TokenCache,
 }
 
 impl Context {
@@ -152,6 +155,7 @@ impl Context {
             cleanup_attempts: DashMap::new(),
             restore: None,
             artifacts: ArtifactCache::default(),
+            tokens: TokenCache::default(),
         }
     }
 
@@ -361,7 +365,7 @@ async fn fetch_and_store(
     let (ns, name) = key_of(es);
     // One budget of retries for every hook of this reconcile (`spec.maxRetries`).
     let mut retries_left = plan.hooks.max_retries;
-    let Credentials { mut headers, tls, proxy } = credentials;
+    let Credentials { mut headers, tls, proxy, oauth2 } = credentials;
     if !plan.hooks.pre_request.is_empty() {
         let output = match run_hooks(
             ctx,
@@ -395,7 +399,7 @@ async fn fetch_and_store(
     let same_spec = old.artifact_generation.is_some() && old.artifact_generation == es.metadata.generation;
     let if_none_match = current.as_ref().filter(|_| same_spec).and(old.last_handled_e_tag.clone());
     let sent_if_none_match = if_none_match.is_some();
-    let request = FetchRequest {
+    let mut request = FetchRequest {
         url: plan.url.clone(),
         method: plan.method.clone(),
         headers,
@@ -414,7 +418,15 @@ async fn fetch_and_store(
     };
     let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
-    let fetched = ctx.fetcher.fetch(&request, &mut memory).await;
+    let fetched = match &oauth2 {
+        None => ctx.fetcher.fetch(&request, &mut memory).await,
+        Some(client) => {
+            match oauth2::fetch_with_token(&ctx.fetcher, &ctx.tokens, &ns, client, &mut request, &mut memory).await {
+                Ok(fetched) => fetched,
+                Err(e) => return client.failure(&e),
+            }
+        }
+    };
     ctx.metrics.observe_source_request(&ns, &name, started.elapsed());
     let request_result = match &fetched {
         Ok(FetchOutcome::NotModified) => "not_modified",
