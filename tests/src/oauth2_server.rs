@@ -141,7 +141,8 @@ impl ProtectedUpstream {
     pub async fn start(server: &OAuth2Server, scope: &str, payload: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(Mutex::new(UpstreamState { payload: Bytes::from(payload.to_owned()), ..Default::default() }));
+        let state =
+            Arc::new(Mutex::new(UpstreamState { payload: Bytes::from(payload.to_owned()), ..Default::default() }));
         let stop = CancellationToken::new();
         let introspect = Arc::new((reqwest::Client::new(), server.introspection_url(), scope.to_owned()));
         let (st, token) = (state.clone(), stop.clone());
@@ -232,10 +233,7 @@ async fn handle(
 async fn active_with_scope(introspect: &(reqwest::Client, String, String), token: &str) -> bool {
     let (http, url, scope) = introspect;
     let Some(form) = token_form(token) else { return false };
-    let request = http
-        .post(url)
-        .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(form);
+    let request = http.post(url).header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded").body(form);
     let Ok(response) = request.send().await else { return false };
     let Ok(bytes) = response.bytes().await else { return false };
     let Ok(body) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return false };

@@ -337,8 +337,11 @@ fn interpret(url: &str, status: StatusCode, body: &[u8], client_secret: &SecretB
             None => return Err(TokenError::Malformed { url, status, problem: "an expires_in that is not seconds" }),
         },
     };
-    let mut authorization = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| TokenError::Malformed { url, status, problem: "an access_token that is not a header value" })?;
+    let mut authorization = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| TokenError::Malformed {
+        url,
+        status,
+        problem: "an access_token that is not a header value",
+    })?;
     authorization.set_sensitive(true);
     Ok(Issued { authorization, expires_in })
 }
@@ -436,7 +439,10 @@ mod tests {
         assert_eq!(c.token_url.as_str(), "https://idp.example/oauth2/token");
         assert_eq!(c.scopes, ["read", "write", "admin:all"], "split on spaces and commas, repeats dropped");
         assert_eq!(c.audience.as_deref(), Some("https://api.example"));
-        assert_eq!(c.form(), "grant_type=client_credentials&scope=read+write+admin%3Aall&audience=https%3A%2F%2Fapi.example");
+        assert_eq!(
+            c.form(),
+            "grant_type=client_credentials&scope=read+write+admin%3Aall&audience=https%3A%2F%2Fapi.example"
+        );
         assert!(!format!("{c:?}").contains(SECRET), "no secret in Debug: {c:?}");
     }
 
