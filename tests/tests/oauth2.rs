@@ -2,7 +2,10 @@
 //! by `tests/oauth2/hydra.sh`), the real kube-apiserver, and a loopback upstream that serves its
 //! payload only to a token the OAuth2 server's introspection endpoint calls active.
 //!
-//! Needs `OAUTH2_SERVER_BIN` (see `tests/oauth2/hydra.sh`) besides the control plane.
+//! Needs `OAUTH2_SERVER_BIN` (see `tests/oauth2/hydra.sh`) besides the control plane. The TLS
+//! test puts a loopback HTTPS fixture in the token endpoint's place: what it checks is the
+//! source's TLS settings reaching the token request, which needs a server that requires a client
+//! certificate, not a second OAuth2 implementation.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -11,6 +14,7 @@ use externalsource_core::config::parse_cidr;
 use externalsource_core::controller::api::ExternalSource;
 use externalsource_core::controller::egress::EgressPolicy;
 use externalsource_tests::controller::Options;
+use externalsource_tests::fixture::mutual_tls_material;
 use externalsource_tests::oauth2_server::{OAuth2Server, ProtectedUpstream};
 use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
 use externalsource_tests::{ControlPlane, Fixture, Reply, TestController, eventually, free_port, sha256};
@@ -38,15 +42,21 @@ impl Write for Captured {
 }
 
 impl Captured {
+    /// The process's one log subscriber (each test file is its own process).
     fn install() -> Self {
-        let captured = Self::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        captured
+        static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+        CAPTURED
+            .get_or_init(|| {
+                let captured = Self::default();
+                let writer = captured.clone();
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+                    .with_ansi(false)
+                    .with_writer(move || writer.clone())
+                    .init();
+                captured
+            })
+            .clone()
     }
 
     fn text(&self) -> String {
@@ -210,4 +220,61 @@ async fn client_credentials_from_a_real_oauth2_server() {
         }
     }
     ctl.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_request_uses_the_sources_ca_and_client_certificate() {
+    Captured::install();
+    let m = mutual_tls_material();
+    let issued = r#"{"access_token":"tok-over-mtls","token_type":"bearer","expires_in":300}"#;
+    let token = Fixture::start_mtls(
+        Reply::ok(issued).with_header("content-type", "application/json"),
+        &m.server_cert,
+        &m.server_key,
+        &m.ca,
+    )
+    .await;
+    let upstream = Fixture::start_mtls(
+        Reply::ok("mtls payload").requiring("authorization", "Bearer tok-over-mtls"),
+        &m.server_cert,
+        &m.server_key,
+        &m.ca,
+    )
+    .await;
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("oauth2-tls").await;
+    let _ctl = TestController::start(cp.client(), Options::default()).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(cp.client(), &ns);
+    let pp = PostParams::default();
+    let creds = json!({"tokenURL": token.url("/token"), "clientID": CLIENT_ID, "clientSecret": CLIENT_SECRET});
+    secrets.create(&pp, &secret("oauth", creds.clone())).await.unwrap();
+    // The same client in a second Secret: a token is cached per Secret, so this one's source
+    // asks the token endpoint itself.
+    secrets.create(&pp, &secret("oauth-again", creds)).await.unwrap();
+    let tls = json!({"tls.crt": m.client_cert, "tls.key": m.client_key, "ca.crt": m.ca});
+    secrets.create(&pp, &secret("client-tls", tls)).await.unwrap();
+    secrets.create(&pp, &secret("ca-only", json!({"ca.crt": m.ca}))).await.unwrap();
+    let url = upstream.url("/");
+    let spec = |oauth: &str, cert: &str| {
+        json!({"generator": {"type": "http", "http": {
+            "url": url, "secretRef": {"name": oauth}, "certSecretRef": {"name": cert},
+        }}})
+    };
+
+    // Both endpoints require a client certificate signed by the test CA and present a server
+    // certificate only that CA vouches for: the token request used the source's CA and identity.
+    api.create(&pp, &source("mtls", &url, spec("oauth", "client-tls"))).await.unwrap();
+    let es = wait_ready(&api, "mtls", "True").await;
+    let (code, bytes) = download(&artifact(&es).url).await;
+    assert_eq!((code, sha256(&bytes)), (200, artifact(&es).digest));
+    assert_eq!(token.request_count(), 1);
+
+    // Without the client certificate the token endpoint's handshake fails: no token, no fetch.
+    let fetches = upstream.request_count();
+    api.create(&pp, &source("no-identity", &url, spec("oauth-again", "ca-only"))).await.unwrap();
+    let message = wait_failing(&api, "no-identity", "FetchFailed").await;
+    assert!(message.contains("Secret \"oauth-again\"") && message.contains("is unreachable"), "{message}");
+    assert_eq!(token.request_count(), 1, "the handshake failed before any request");
+    assert_eq!(upstream.request_count(), fetches, "nothing was fetched without a token");
 }

@@ -1,6 +1,7 @@
 //! What a fetch takes from Secrets: raw headers (`headersSecretRef`), a CA bundle
 //! (`caBundleSecretRef`), and, with the key names of Flux's sources, basic or bearer credentials
-//! (`secretRef`, or OAuth2 client credentials there: see [`oauth2`](super::oauth2)), a client certificate and CA (`certSecretRef`) and a proxy (`proxySecretRef`).
+//! (`secretRef`), a client certificate and CA (`certSecretRef`) and a proxy (`proxySecretRef`).
+//! A `secretRef` may instead hold OAuth2 client credentials (see [`oauth2`](super::oauth2)).
 //!
 //! A missing Secret or key is a configuration problem naming both (the source stalls until the
 //! Secret changes; the Secrets are watched). Values never appear in messages.
