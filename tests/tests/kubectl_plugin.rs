@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use externalsource_core::controller::api::ExternalSource;
 use externalsource_tests::binary::{ControllerProcess, plugin_binary};
 use externalsource_tests::sources::{artifact, ready, source, wait_ready};
-use externalsource_tests::{ControlPlane, Upstream, Reply, eventually};
+use externalsource_tests::{ControlPlane, Reply, Upstream, eventually};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 

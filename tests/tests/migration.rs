@@ -10,7 +10,7 @@ use externalsource_core::controller::api::{ExternalArtifact, ExternalSource};
 use externalsource_core::controller::writer::FIELD_MANAGER;
 use externalsource_tests::binary::ControllerProcess;
 use externalsource_tests::sources::{WAIT, artifact, download, source, wait_ready};
-use externalsource_tests::{ControlPlane, Upstream, Reply, eventually, sha256};
+use externalsource_tests::{ControlPlane, Reply, Upstream, eventually, sha256};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::CustomResourceExt;

@@ -184,7 +184,9 @@ pub struct HttpGeneratorSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle_secret_ref: Option<SecretKeyReference>,
     /// Upstream credentials, with Flux's keys: `username` and `password` (HTTP basic) or
-    /// `bearerToken`. Sent only to the URL's origin (redirects elsewhere are refused).
+    /// `bearerToken`. Sent only to the URL's origin (redirects elsewhere are refused). Or OAuth2
+    /// client credentials: `tokenURL`, `clientID`, `clientSecret`, optional `scopes` and
+    /// `audience`; an access token is then obtained and sent as a bearer token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretReference>,
     /// TLS material, with Flux's keys: `tls.crt` and `tls.key` (a client certificate, for

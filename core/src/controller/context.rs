@@ -14,6 +14,7 @@ use crate::controller::events::kubernetes::EventRecorder;
 use crate::controller::hooks::spec::HookDefaults;
 use crate::controller::publish::cache::ArtifactCache;
 use crate::controller::reconcile::backoff::Backoff;
+use crate::controller::reconcile::oauth2::token_cache::TokenCache;
 use crate::controller::reconcile::plan::Defaults;
 use crate::controller::runtime::memory::MemoryBudget;
 use crate::controller::runtime::metrics::Metrics;
@@ -107,6 +108,8 @@ pub struct Context {
     pub(super) restore: Option<Arc<RestorePass>>,
     /// ExternalArtifacts as last read or written, while the watch reports them unchanged.
     pub(super) artifacts: ArtifactCache,
+    /// OAuth2 access tokens of `secretRef` client credentials, until shortly before they expire.
+    pub(super) tokens: TokenCache,
 }
 
 impl Context {
@@ -145,6 +148,7 @@ impl Context {
             cleanup_attempts: DashMap::new(),
             restore: None,
             artifacts: ArtifactCache::default(),
+            tokens: TokenCache::default(),
         }
     }
 

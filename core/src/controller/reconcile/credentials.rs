@@ -1,13 +1,11 @@
 //! What a fetch takes from Secrets: raw headers (`headersSecretRef`), a CA bundle
 //! (`caBundleSecretRef`), and, with the key names of Flux's sources, basic or bearer credentials
 //! (`secretRef`), a client certificate and CA (`certSecretRef`) and a proxy (`proxySecretRef`).
+//! A `secretRef` may instead hold OAuth2 client credentials (see [`oauth2`](crate::controller::reconcile::oauth2)).
 //!
 //! A missing Secret or key is a configuration problem naming both (the source stalls until the
 //! Secret changes; the Secrets are watched). Values never appear in messages.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use reqwest::Url;
@@ -17,12 +15,12 @@ use crate::controller::conditions::Reason;
 use crate::controller::context::Context;
 use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::error::Stop;
+use crate::controller::reconcile::oauth2::{self, ClientCredentials};
 use crate::controller::reconcile::plan::{self, Plan};
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::secret_data::{AUTH_FIELD, Data, invalid, missing_key, text};
 use crate::controller::upstream::client::{ProxySettings, SecretBytes, TlsSettings};
-
-type Data = BTreeMap<String, ByteString>;
 
 /// Everything a fetch needs from Secrets.
 #[derive(Debug, Clone, Default)]
@@ -30,33 +28,14 @@ pub struct Credentials {
     pub headers: HeaderMap,
     pub tls: TlsSettings,
     pub proxy: Option<ProxySettings>,
+    /// `secretRef` asks for an OAuth2 access token (see [`oauth2`](crate::controller::reconcile::oauth2)) instead of
+    /// holding a static credential.
+    pub oauth2: Option<ClientCredentials>,
 }
 
-const AUTH_FIELD: &str = "spec.generator.http.secretRef";
 const CA_BUNDLE_FIELD: &str = "spec.generator.http.caBundleSecretRef";
 const CERT_FIELD: &str = "spec.generator.http.certSecretRef";
 const PROXY_FIELD: &str = "spec.generator.http.proxySecretRef";
-
-fn missing_key(field: &str, secret: &str, key: &str, why: &str) -> ConfigProblem {
-    ConfigProblem {
-        reason: Reason::SecretNotFound,
-        message: format!("{field}: Secret {secret:?} has no key {key:?} ({why})"),
-    }
-}
-
-fn invalid(field: &str, secret: &str, rule: &str) -> ConfigProblem {
-    ConfigProblem { reason: Reason::InvalidSpec, message: format!("{field}: Secret {secret:?} {rule}") }
-}
-
-/// A key's value as text without the trailing newline files often end with.
-fn text<'a>(field: &str, secret: &str, data: &'a Data, key: &str) -> Result<Option<&'a str>, ConfigProblem> {
-    match data.get(key) {
-        None => Ok(None),
-        Some(v) => std::str::from_utf8(&v.0)
-            .map(|s| Some(s.trim_end_matches(['\r', '\n'])))
-            .map_err(|_| invalid(field, secret, &format!("key {key:?} is not UTF-8 text"))),
-    }
-}
 
 /// `secretRef`: `username` + `password` (basic) or `bearerToken`, as an `Authorization` value.
 pub fn authorization(secret: &str, data: &Data) -> Result<HeaderValue, ConfigProblem> {
@@ -191,7 +170,13 @@ pub async fn read(
         out.headers = check!(plan::headers_from_secret(name, &data!("spec.generator.http.headersSecretRef", name)));
     }
     if let Some(name) = &plan.auth_secret {
-        let value = check!(authorization(name, &data!(AUTH_FIELD, name)));
+        let data = data!(AUTH_FIELD, name);
+        let value = if oauth2::requested(&data) {
+            out.oauth2 = Some(check!(oauth2::from_secret(name, &data)));
+            None
+        } else {
+            Some(check!(authorization(name, &data)))
+        };
         if out.headers.contains_key(AUTHORIZATION) {
             return Ok(Err(ConfigProblem::invalid(
                 AUTH_FIELD,
@@ -199,7 +184,9 @@ pub async fn read(
                 "conflicts with the Authorization key of the headersSecretRef Secret; set it in one place",
             )));
         }
-        out.headers.insert(AUTHORIZATION, value);
+        if let Some(value) = value {
+            out.headers.insert(AUTHORIZATION, value);
+        }
     }
     let mut ca = Vec::new();
     if let Some((name, key)) = &plan.ca_bundle {
@@ -230,7 +217,7 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> Data {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec()))).collect()
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), k8s_openapi::ByteString(v.as_bytes().to_vec()))).collect()
     }
 
     #[test]

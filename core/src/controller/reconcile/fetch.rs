@@ -9,6 +9,7 @@ use crate::controller::api::Artifact;
 use crate::controller::context::Context;
 use crate::controller::outcome::{self, Outcome, Unfetched};
 use crate::controller::reconcile::credentials::Credentials;
+use crate::controller::reconcile::oauth2;
 use crate::controller::reconcile::plan::{Packaging, Plan};
 use crate::controller::reconcile::scope::Scope;
 use crate::controller::runtime::memory::{Reservation, UNPACK_WORKSPACE};
@@ -38,8 +39,8 @@ pub async fn fetch(
     let same_spec = old.artifact_generation.is_some() && old.artifact_generation == scope.generation();
     let if_none_match = current.filter(|_| same_spec).and(old.last_handled_e_tag.clone());
     let sent_if_none_match = if_none_match.is_some();
-    let Credentials { headers, tls, proxy } = credentials;
-    let request = FetchRequest {
+    let Credentials { headers, tls, proxy, oauth2 } = credentials;
+    let mut request = FetchRequest {
         url: plan.url.clone(),
         method: plan.method.clone(),
         headers,
@@ -55,7 +56,15 @@ pub async fn fetch(
     };
     let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
-    let fetched = ctx.fetcher.fetch(&request, &mut memory).await;
+    let fetched = match &oauth2 {
+        None => ctx.fetcher.fetch(&request, &mut memory).await,
+        Some(client) => {
+            match oauth2::fetch_with_token(&ctx.fetcher, &ctx.tokens, ns, client, &mut request, &mut memory).await {
+                Ok(fetched) => fetched,
+                Err(e) => return Err(client.failure(&e)),
+            }
+        }
+    };
     ctx.metrics.observe_source_request(ns, name, started.elapsed());
     let result = match &fetched {
         Ok(FetchOutcome::NotModified) => "not_modified",

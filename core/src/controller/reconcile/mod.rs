@@ -18,10 +18,12 @@ mod fetch;
 pub mod finalizer;
 mod hooks;
 mod labels;
+pub mod oauth2;
 mod package;
 pub mod plan;
 pub mod problem;
 pub mod scope;
+mod secret_data;
 mod store;
 mod transform;
 

@@ -278,25 +278,48 @@ impl Fetcher {
         Ok(client)
     }
 
+    /// Checks a target before its request: IP literals here (names when they are resolved, by
+    /// the client's resolver), and through a proxy, which resolves names itself, the target's
+    /// own resolution too, so a proxy is no way around the egress policy's denied ranges.
+    pub(crate) async fn check_egress(&self, url: &Url, proxied: bool) -> Result<(), Denied> {
+        self.policy.check_literal(url)?;
+        if proxied || self.environment_proxy {
+            self.policy.check_resolved(url).await?;
+        }
+        Ok(())
+    }
+
+    /// The pooled client of these settings. Every request of a source goes through it (the
+    /// upstream fetch and the OAuth2 token request alike), so each obeys the same egress policy,
+    /// CA bundle, client certificate and proxy; a request carrying `secret_headers` (non-empty)
+    /// or a client certificate is not redirected to another origin.
+    pub(crate) fn client_for(
+        &self,
+        tls: &TlsSettings,
+        proxy: Option<&ProxySettings>,
+        secret_headers: &HeaderMap,
+    ) -> Result<reqwest::Client, FetchError> {
+        self.client(ClientKey {
+            tls: tls.clone(),
+            proxy: proxy.cloned(),
+            confine_redirects: Credential::of(secret_headers, tls.client_identity.is_some()),
+        })
+    }
+
+    /// The `User-Agent` every request sends.
+    pub(crate) fn user_agent(&self) -> &str {
+        &self.user_agent
+    }
+
     /// Performs the request; the body is read while counting decoded bytes against the cap.
     /// `memory` was reserved for a body of `req.max_size`; a declared length shrinks it.
     pub async fn fetch(&self, req: &FetchRequest, memory: &mut Reservation) -> Result<FetchOutcome, FetchError> {
         // The URL as messages show it: credentials in it are sent, never displayed.
         let url = redact_url(&req.url);
-        self.policy.check_literal(&req.url).map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
-        // Through a proxy, names are resolved by the proxy: check the target's own resolution
-        // too, so a proxy is no way around the egress policy's denied ranges.
-        if req.proxy.is_some() || self.environment_proxy {
-            self.policy
-                .check_resolved(&req.url)
-                .await
-                .map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
-        }
-        let client = self.client(ClientKey {
-            tls: req.tls.clone(),
-            proxy: req.proxy.clone(),
-            confine_redirects: Credential::of(&req.headers, req.tls.client_identity.is_some()),
-        })?;
+        self.check_egress(&req.url, req.proxy.is_some())
+            .await
+            .map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
+        let client = self.client_for(&req.tls, req.proxy.as_ref(), &req.headers)?;
         let mut builder = client
             .request(req.method.clone(), req.url.clone())
             .timeout(req.timeout)
@@ -357,7 +380,7 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
 }
 
 /// The error and its sources in one line (reqwest's top-level message hides the cause).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
