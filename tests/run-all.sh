@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs what the tests need, builds the real components
 # (etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
-# helm, SeaweedFS, Ory Hydra) into $HOME/.cache/externalsource, then lints and tests the workspace, checks
-# the deployment (kustomize overlays and the Helm chart, including a helm
+# helm, the flux CLI, SeaweedFS, Ory Hydra) into $HOME/.cache/externalsource, then lints and tests
+# the workspace, checks the deployment (kustomize overlays and the Helm chart, including a helm
 # install/upgrade/uninstall), builds and runs slim images, smoke-runs the benchmarks, and runs
 # the scenarios on a real single-node cluster (tests/cluster/run.sh: our images installed by
 # kustomize and Helm, consumed by Flux in the cluster, in a network namespace with no uplink).
@@ -57,7 +57,7 @@ done
 step "third-party backend example: its crate, behaviour suite (real nginx) and distribution binary"
 cargo test -p example-nginx-backend -- --test-threads=2
 
-step "workspace tests (real kube-apiserver, SeaweedFS, Flux kustomize-controller)"
+step "workspace tests (real kube-apiserver, SeaweedFS, Flux kustomize-controller, the flux CLI)"
 # Builds (and uplifts to target/debug) the all-features controller binary and the test-crate bins
 # the end-to-end tests, the deploy check and the benchmark smoke run use. The kubectl plugin's
 # binary, which tests/tests/kubectl_plugin.rs runs, is another package's: built first.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the real components the tests run against, once, into a cache outside the checkout:
 #   etcd, kube-apiserver, Flux kustomize-controller, helm-controller and notification-controller,
-#   the helm CLI (for the chart's install test), and the CRDs those need (Flux's,
+#   the flux CLI, the helm CLI (for the chart's install test), and the CRDs those need (Flux's,
 #   prometheus-operator's for the monitoring objects); for the single-node cluster of
 #   tests/cluster, kubelet, kube-proxy, kube-scheduler and kube-controller-manager (built with
 #   kube-apiserver) and CoreDNS.
@@ -15,6 +15,10 @@ ETCD_VERSION=3.6.16
 KUSTOMIZE_CONTROLLER_VERSION=1.9.4
 SOURCE_CONTROLLER_VERSION=1.9.1
 HELM_CONTROLLER_VERSION=1.6.0
+# The flux CLI (`flux get`, `flux trace`, `flux events` on our objects): the Flux 2.9 release
+# whose controller APIs match the controllers above; of flux2's releases the module proxy serves
+# v2.6.4 and v2.9.5, and v2.9.5 builds with Go 1.26.
+FLUX_CLI_VERSION=2.9.5
 # The receiver of our Flux events (controller.events_addr) in the alerting end-to-end test.
 NOTIFICATION_CONTROLLER_VERSION=1.9.0
 # The Helm v4 SDK helm-controller is built with (what fluxcd/pkg/chartutil v1.27.1 requires);
@@ -29,7 +33,7 @@ CACHE="${EXTERNALSOURCE_CACHE:-$HOME/.cache/externalsource}/testenv/k8s-${K8S_VE
 BIN="$CACHE/bin"
 CRDS="$CACHE/crds"
 # Names the versions the Flux binaries in $BIN were built at (older caches hold other ones).
-FLUX_MARKER="$BIN/.flux-kc${KUSTOMIZE_CONTROLLER_VERSION}-hc${HELM_CONTROLLER_VERSION}-helm${HELM_VERSION}"
+FLUX_MARKER="$BIN/.flux-kc${KUSTOMIZE_CONTROLLER_VERSION}-hc${HELM_CONTROLLER_VERSION}-helm${HELM_VERSION}-cli${FLUX_CLI_VERSION}"
 NOTIFICATION_MARKER="$BIN/.flux-nc${NOTIFICATION_CONTROLLER_VERSION}"
 # The Kubernetes binaries built together by build_kubernetes (one `go build`).
 K8S_COMMANDS="kube-apiserver kubelet kube-proxy kube-scheduler kube-controller-manager"
@@ -135,15 +139,29 @@ GO
   touch "$COREDNS_MARKER"
 }
 
-# Flux's kustomize-controller and helm-controller (the consumers in the end-to-end tests) and the
-# helm CLI (`helm lint`, `helm template` and the install/upgrade/uninstall test of deploy/chart),
-# from one wrapper module: they share client-go, controller-runtime and fluxcd/pkg, and
-# helm-controller brings the Helm v4 SDK the CLI is built from, so one `go build` compiles the
-# shared packages once. Versions are pinned by the go.mod below and the replace lines the
+# Flux's kustomize-controller and helm-controller (the consumers in the end-to-end tests), the
+# helm CLI (`helm lint`, `helm template` and the install/upgrade/uninstall test of deploy/chart)
+# and the flux CLI, from one wrapper module: they share client-go, controller-runtime, kustomize
+# and fluxcd/pkg, helm-controller brings the Helm v4 SDK the helm CLI is built from, so one
+# `go build` compiles the shared packages once. The flux CLI belongs here rather than in a module
+# of its own: flux2 v${FLUX_CLI_VERSION} is built on the same minor lines (k8s.io v0.36,
+# controller-runtime v0.24, Helm v4.2, kustomize api v0.21, the same fluxcd/pkg and controller API
+# modules), so adding it moves only patch versions (k8s.io v0.36.2 -> v0.36.4, the controllers'
+# api modules to the 2.9.5 patch releases) and costs its own packages only; in a module of its
+# own those patch versions would differ and client-go, the Kubernetes APIs, Helm and kustomize
+# would be compiled twice. Versions are pinned by the go.mod below and the replace lines the
 # controllers' own go.mod files carry.
 build_flux() {
   local dir="$CACHE/build/flux"
   rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
+  # flux2's cmd/flux embeds manifests/*.yaml (what `flux install` writes), which flux2's release
+  # build generates and its module does not ship: a copy of the module with one placeholder file
+  # there builds it. `flux install` and `flux bootstrap` are not used here.
+  local flux2
+  flux2=$(go mod download -json "github.com/fluxcd/flux2/v2@v${FLUX_CLI_VERSION}" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  cp -r "$flux2" flux2 && chmod -R u+w flux2
+  mkdir -p flux2/cmd/flux/manifests
+  echo "# flux install manifests are not part of this build" > flux2/cmd/flux/manifests/placeholder.yaml
   cat > go.mod <<GOMOD
 module example.invalid/flux-build
 
@@ -152,12 +170,15 @@ go 1.26.0
 require (
 	github.com/fluxcd/kustomize-controller v${KUSTOMIZE_CONTROLLER_VERSION}
 	github.com/fluxcd/helm-controller v${HELM_CONTROLLER_VERSION}
+	github.com/fluxcd/flux2/v2 v${FLUX_CLI_VERSION}
 	helm.sh/helm/v4 v${HELM_VERSION}
-	// helm-controller asks for v1.27.0, which the module proxy does not serve; v1.27.1 is its patch release.
+	// helm-controller asks for v1.27.0, which the module proxy does not serve; v1.27.1 is its
+	// patch release (flux2 v${FLUX_CLI_VERSION} raises it to v1.27.2).
 	github.com/fluxcd/pkg/chartutil v1.27.1
 )
 
 replace (
+	github.com/fluxcd/flux2/v2 => ./flux2
 	github.com/opencontainers/go-digest => github.com/opencontainers/go-digest v1.0.1-0.20231025023718-d50d2fec9c98
 	sigs.k8s.io/kustomize/api => sigs.k8s.io/kustomize/api v0.21.1
 	sigs.k8s.io/kustomize/kyaml => sigs.k8s.io/kustomize/kyaml v0.21.1
@@ -170,6 +191,7 @@ GOMOD
 package tools
 
 import (
+	_ "github.com/fluxcd/flux2/v2/cmd/flux"
 	_ "github.com/fluxcd/helm-controller"
 	_ "github.com/fluxcd/kustomize-controller"
 	_ "helm.sh/helm/v4/cmd/helm"
@@ -177,9 +199,11 @@ import (
 GO
   go mod tidy >&2
   mkdir -p out
-  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v${HELM_VERSION}" -o out/ \
-    github.com/fluxcd/kustomize-controller github.com/fluxcd/helm-controller helm.sh/helm/v4/cmd/helm
-  mv out/kustomize-controller out/helm-controller out/helm "$BIN/"
+  go build -trimpath -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=v${HELM_VERSION} \
+    -X main.VERSION=${FLUX_CLI_VERSION}" -o out/ \
+    github.com/fluxcd/kustomize-controller github.com/fluxcd/helm-controller helm.sh/helm/v4/cmd/helm \
+    github.com/fluxcd/flux2/v2/cmd/flux
+  mv out/kustomize-controller out/helm-controller out/helm out/flux "$BIN/"
   touch "$FLUX_MARKER"
 }
 
@@ -261,7 +285,7 @@ if [ "$want" = all ] || [ "$want" = cluster ]; then
   [ -f "$COREDNS_MARKER" ] || timed coredns build_coredns
 fi
 if [ "$want" = all ] || [ "$want" = flux ] || [ "$want" = cluster ]; then
-  [ -f "$FLUX_MARKER" ] || timed flux-controllers+helm build_flux
+  [ -f "$FLUX_MARKER" ] || timed flux-controllers+helm+flux-cli build_flux
   [ -f "$NOTIFICATION_MARKER" ] || timed notification-controller build_notification
 fi
 rm -rf "$CACHE/build"

@@ -5,6 +5,7 @@ pub mod binary;
 pub mod controller;
 pub mod controlplane;
 pub mod fixture;
+pub mod flux;
 pub mod oauth2_server;
 pub mod process;
 pub mod promql;

@@ -399,22 +399,7 @@ fn start_kustomize_controller(cache: &Path, kubeconfig: &Path, log: &Path) -> (C
 
 /// kustomize-controller or helm-controller, with the ExternalArtifact gate on, on loopback.
 fn start_flux_controller(cache: &Path, name: &str, kubeconfig: &Path, log: &Path) -> (ChildProcess, u16) {
-    let bin = cache.join("bin").join(name);
-    assert!(bin.is_file(), "{} missing: run `bash tests/testenv.sh flux`", bin.display());
-    let (metrics, health) = (free_port(), free_port());
-    let mut cmd = Command::new(bin);
-    // v1.9.4 has no `--kubeconfig` flag ("unknown flag: --kubeconfig"): controller-runtime reads KUBECONFIG.
-    cmd.arg("--feature-gates=ExternalArtifact=true")
-        .arg("--watch-all-namespaces=true")
-        .arg(format!("--metrics-addr=127.0.0.1:{metrics}"))
-        .arg(format!("--health-addr=127.0.0.1:{health}"))
-        .arg("--log-level=debug")
-        .arg("--log-encoding=console")
-        .arg("--http-retry=1")
-        .env("KUBECONFIG", kubeconfig)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost");
-    (ChildProcess::spawn(name, cmd, log), health)
+    externalsource_tests::flux::start_controller(cache, name, kubeconfig, log)
 }
 
 /// What the ExternalArtifact says.
