@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use externalsource_core::config::{Config, MemoryCheck};
+use externalsource_core::config::{Config, ControllerConfig, MemoryCheck, OpsConfig, ServerConfig};
 use externalsource_core::controller::context::Context;
 use externalsource_core::controller::runtime::leader::{LeaderElector, Timings};
 use externalsource_core::controller::runtime::metrics::Metrics;
@@ -69,7 +69,7 @@ impl AppError {
 /// under load the kernel would kill the pod, and with it the memory store of every tenant.
 pub(crate) fn check_memory(config: &Config, mode: Command) -> Result<(), AppError> {
     let limit = match config.controller.memory_limit {
-        Some(bytes) => Some(MemoryLimit { bytes, source: "controller.memory_limit".into() }),
+        Some(bytes) => Some(MemoryLimit { bytes, source: ControllerConfig::memory_limit.into() }),
         None => crate::limits::cgroup_memory_limit(),
     };
     let terms = config.memory_need(mode != Command::Serve);
@@ -182,7 +182,8 @@ fn warn_if_few_open_files(config: &Config) {
         tracing::warn!(
             open_file_limit = limit,
             max_connections = config.server.max_connections,
-            "the open-file limit is below server.max_connections plus headroom; accepts may fail before the cap"
+            "the open-file limit is below {} plus headroom; accepts may fail before the cap",
+            ServerConfig::max_connections
         );
     }
 }
@@ -224,7 +225,7 @@ async fn start_ops_server(
     readiness: &Readiness,
     stop: &CancellationToken,
 ) -> Result<JoinHandle<()>, AppError> {
-    let listener = bind("ops.port", &config.ops.bind_address, config.ops.port).await?;
+    let listener = bind(OpsConfig::port, &config.ops.bind_address, config.ops.port).await?;
     tracing::info!(addr = ?listener.local_addr().ok(), "ops server listening (/healthz, /readyz, /metrics, /metrics/totals)");
     let ops = OpsService::split(Arc::new(totals), Arc::new(per_object), readiness.clone());
     let token = stop.clone();
@@ -253,7 +254,7 @@ async fn start_artifact_server(
 ) -> Result<JoinHandle<()>, AppError> {
     let server = &config.server;
     let options = ServeOptions::from(server);
-    let listener = bind("server.port", &server.bind_address, server.port).await?;
+    let listener = bind(ServerConfig::port, &server.bind_address, server.port).await?;
     tracing::info!(addr = ?listener.local_addr().ok(), artifact_routes = routes.is_some(), "artifact server listening");
     let service = ArtifactService::new(routes);
     let token = stop.clone();
@@ -400,7 +401,8 @@ async fn ready_after_restore(pass: Arc<RestorePass>, restoring: Restoring, readi
             artifacts = pass.total(),
             sources_not_reconciled = pass.remaining(),
             ?timeout,
-            "the first pass did not reach every source within controller.restore_timeout; Ready anyway"
+            "the first pass did not reach every source within {}; Ready anyway",
+            ControllerConfig::restore_timeout
         );
     }
     readiness.set(true);
@@ -409,7 +411,8 @@ async fn ready_after_restore(pass: Arc<RestorePass>, restoring: Restoring, readi
     if left > 0 {
         tracing::warn!(
             artifacts = left,
-            "published artifacts still missing after controller.restore_timeout now answer 404"
+            "published artifacts still missing after {} now answer 404",
+            ControllerConfig::restore_timeout
         );
     }
 }

@@ -8,7 +8,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
-use externalsource_core::config::Config;
+use externalsource_core::config::{Config, HooksConfig};
 use externalsource_core::isolated::hook_executor::admission::Admission;
 use externalsource_core::isolated::hook_executor::protocol;
 use externalsource_core::isolated::hook_executor::run::ExecutorLimits;
@@ -22,17 +22,17 @@ const WHITELIST_RELOAD: std::time::Duration = std::time::Duration::from_secs(10)
 /// Why the executor could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
-    #[error("hooks.socket is not set: the executor needs the Unix socket path it listens on")]
+    #[error("{key} is not set: the executor needs the Unix socket path it listens on", key = HooksConfig::socket)]
     NoSocket,
     #[error(transparent)]
     Whitelist(#[from] WhitelistError),
-    #[error("cannot prepare hooks.run_dir = {path} (created mode 0700 if missing): {source}")]
+    #[error("cannot prepare {key} = {path} (created mode 0700 if missing): {source}", key = HooksConfig::run_dir)]
     RunDir {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot listen on hooks.socket = {path}: {source}")]
+    #[error("cannot listen on {key} = {path}: {source}", key = HooksConfig::socket)]
     Bind {
         path: String,
         #[source]

@@ -2,27 +2,42 @@
 //! so a Deployment may still set them: each one set is named once at start-up with what replaces
 //! it, instead of being ignored in silence (the predecessor's own habit with invalid values).
 
+use externalsource_core::config::{ControllerConfig, HooksConfig, OpsConfig, TransformConfig};
+
 /// Each variable the predecessor read and this controller does not, with what to use instead.
-const UNREAD: &[(&str, &str)] = &[
-    ("HTTP_MAX_IDLE_CONNS", "connections are pooled per TLS setting; there is nothing to set"),
-    ("HTTP_MAX_IDLE_CONNS_PER_HOST", "connections are pooled per TLS setting; there is nothing to set"),
-    ("HTTP_MAX_CONNS_PER_HOST", "fetches at once are bounded by controller.concurrency and namespace_concurrency"),
-    ("HTTP_IDLE_CONN_TIMEOUT", "idle upstream connections close after 90s; there is nothing to set"),
-    ("RETRY_MAX_ATTEMPTS", "a failed fetch is retried with backoff up to 5m (docs/operations.md, Failure semantics)"),
-    ("RETRY_BASE_DELAY", "a failed fetch is retried with backoff up to 5m (docs/operations.md, Failure semantics)"),
-    ("RETRY_MAX_DELAY", "a failed fetch is retried with backoff up to 5m (docs/operations.md, Failure semantics)"),
-    ("RETRY_JITTER_FACTOR", "a failed fetch is retried with backoff up to 5m (docs/operations.md, Failure semantics)"),
-    ("HOOK_WHITELIST_PATH", "set HOOK_WHITELIST on the hook-executor container (a TOML file)"),
-    ("HOOK_EXECUTOR_ENDPOINT", "set HOOK_EXECUTOR_SOCKET (the executor listens on a Unix socket)"),
-    ("HOOK_DEFAULT_TIMEOUT", "set hooks.default_timeout in the configuration file"),
-    ("METRICS_ENABLED", "metrics are always served on ops.port (/metrics)"),
-    ("METRICS_INTERVAL", "metrics are always served on ops.port (/metrics)"),
-    ("TRANSFORM_TIMEOUT", "set transform.timeout in the configuration file"),
-];
+fn unread_table() -> Vec<(&'static str, String)> {
+    let backoff = "a failed fetch is retried with backoff up to 5m (docs/operations.md, Failure semantics)";
+    let idle = "connections are pooled per TLS setting; there is nothing to set";
+    let metrics = format!("metrics are always served on {} (/metrics)", OpsConfig::port);
+    let in_file = |key: &str| format!("set {key} in the configuration file");
+    vec![
+        ("HTTP_MAX_IDLE_CONNS", idle.to_owned()),
+        ("HTTP_MAX_IDLE_CONNS_PER_HOST", idle.to_owned()),
+        (
+            "HTTP_MAX_CONNS_PER_HOST",
+            format!(
+                "fetches at once are bounded by {} and {}",
+                ControllerConfig::concurrency,
+                ControllerConfig::namespace_concurrency
+            ),
+        ),
+        ("HTTP_IDLE_CONN_TIMEOUT", "idle upstream connections close after 90s; there is nothing to set".to_owned()),
+        ("RETRY_MAX_ATTEMPTS", backoff.to_owned()),
+        ("RETRY_BASE_DELAY", backoff.to_owned()),
+        ("RETRY_MAX_DELAY", backoff.to_owned()),
+        ("RETRY_JITTER_FACTOR", backoff.to_owned()),
+        ("HOOK_WHITELIST_PATH", "set HOOK_WHITELIST on the hook-executor container (a TOML file)".to_owned()),
+        ("HOOK_EXECUTOR_ENDPOINT", "set HOOK_EXECUTOR_SOCKET (the executor listens on a Unix socket)".to_owned()),
+        ("HOOK_DEFAULT_TIMEOUT", in_file(HooksConfig::default_timeout)),
+        ("METRICS_ENABLED", metrics.clone()),
+        ("METRICS_INTERVAL", metrics),
+        ("TRANSFORM_TIMEOUT", in_file(TransformConfig::timeout)),
+    ]
+}
 
 /// The predecessor's variables set in `env`, each with what replaces it.
-pub fn unread(env: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, &'static str)> {
-    UNREAD.iter().copied().filter(|(name, _)| env(name).is_some()).collect()
+pub fn unread(env: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+    unread_table().into_iter().filter(|(name, _)| env(name).is_some()).collect()
 }
 
 /// Logs each of the predecessor's variables that is set, once.
@@ -48,8 +63,8 @@ mod tests {
 
     #[test]
     fn no_variable_listed_is_one_this_controller_reads() {
-        for (name, _) in UNREAD {
-            let read = externalsource_core::config::ENV_KEYS.iter().any(|(var, _)| var == name);
+        for (name, _) in unread_table() {
+            let read = externalsource_core::config::ENV_KEYS.iter().any(|(var, _)| *var == name);
             assert!(!read, "{name} is read by this controller");
         }
     }

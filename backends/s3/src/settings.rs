@@ -140,25 +140,9 @@ impl S3Settings {
     /// Validates the table and resolves what depends on several keys (an endpoint's scheme, the
     /// addressing style, the prefix's form).
     pub fn resolve(c: &S3Config) -> Result<Self, Invalid> {
-        let bucket = c.bucket.trim().to_owned();
-        if bucket.is_empty() {
-            return Err(Invalid::new("bucket", "", "is required: set bucket in [storage.s3] or S3_BUCKET"));
-        }
-        if !valid_bucket(&bucket) {
-            return Err(Invalid::new(
-                "bucket",
-                &bucket,
-                "must be an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending \
-                 with a letter or digit",
-            ));
-        }
-        if c.region.is_empty() || !c.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
-            return Err(Invalid::new(
-                "region",
-                &c.region,
-                "must be a region name of lowercase letters, digits and '-'",
-            ));
-        }
+        // In the order the keys are documented, so the first problem reported is the first key.
+        let bucket = checked_bucket(&c.bucket)?;
+        let region = checked_region(&c.region)?;
         let endpoint = match c.endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
             None => None,
             Some(e) => Some(
@@ -166,63 +150,93 @@ impl S3Settings {
                     .map_err(|rule| Invalid::new("endpoint", e, rule))?,
             ),
         };
-        let prefix = match c.prefix.as_deref().map(|p| p.trim().trim_end_matches('/')).filter(|p| !p.is_empty()) {
-            None => String::new(),
-            Some(p) => {
-                ObjectKey::parse(p)
-                    .map_err(|e| Invalid::new("prefix", p, format!("must be a relative key prefix: {e}")))?;
-                format!("{p}/")
-            }
-        };
-        let (timeout, connect_timeout) = (c.timeout.0, c.connect_timeout.0);
-        for (key, value, min) in [
-            ("timeout", timeout, Duration::from_millis(100)),
-            ("connect_timeout", connect_timeout, Duration::from_millis(10)),
-        ] {
-            if value < min {
-                return Err(Invalid::new(
-                    key,
-                    format_duration(value),
-                    format!("must be at least {}", format_duration(min)),
-                ));
-            }
-        }
-        if connect_timeout > timeout {
-            let rule = format!("must not exceed storage.s3.timeout ({})", format_duration(timeout));
-            return Err(Invalid::new("connect_timeout", format_duration(connect_timeout), rule));
-        }
+        let prefix = checked_prefix(c.prefix.as_deref())?;
+        check_timeouts(c.timeout.0, c.connect_timeout.0)?;
         if !(1..=10).contains(&c.max_attempts) {
             return Err(Invalid::new("max_attempts", c.max_attempts, "must be an integer from 1 to 10"));
         }
-        let credentials = match (&c.access_key_id, &c.secret_access_key) {
-            (None, None) => None,
-            (Some(id), Some(secret)) => {
-                Some(StaticCredentials { access_key_id: id.clone(), secret_access_key: secret.clone() })
-            }
-            (Some(id), None) => {
-                return Err(Invalid::new(
-                    "access_key_id",
-                    id,
-                    "needs secret_access_key (S3_SECRET_ACCESS_KEY) as well",
-                ));
-            }
-            (None, Some(_)) => {
-                return Err(Invalid::new("secret_access_key", "", "needs access_key_id (S3_ACCESS_KEY_ID) as well"));
-            }
-        };
         Ok(Self {
             bucket,
-            region: c.region.clone(),
+            region,
             path_style: c.path_style.unwrap_or(endpoint.is_some()),
             endpoint,
             prefix,
             mode: c.mode,
             public_url: c.public_url.as_ref().map(|u| u.as_str().to_owned()),
-            timeout,
-            connect_timeout,
+            timeout: c.timeout.0,
+            connect_timeout: c.connect_timeout.0,
             max_attempts: c.max_attempts,
-            credentials,
+            credentials: static_credentials(c)?,
         })
+    }
+}
+
+fn checked_bucket(raw: &str) -> Result<String, Invalid> {
+    let bucket = raw.trim().to_owned();
+    if bucket.is_empty() {
+        return Err(Invalid::new("bucket", "", "is required: set bucket in [storage.s3] or S3_BUCKET"));
+    }
+    if !valid_bucket(&bucket) {
+        return Err(Invalid::new(
+            "bucket",
+            &bucket,
+            "must be an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-', starting and ending \
+             with a letter or digit",
+        ));
+    }
+    Ok(bucket)
+}
+
+fn checked_region(region: &str) -> Result<String, Invalid> {
+    if region.is_empty() || !region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(Invalid::new("region", region, "must be a region name of lowercase letters, digits and '-'"));
+    }
+    Ok(region.to_owned())
+}
+
+/// The key prefix with one trailing `/`, or empty.
+fn checked_prefix(raw: Option<&str>) -> Result<String, Invalid> {
+    match raw.map(|p| p.trim().trim_end_matches('/')).filter(|p| !p.is_empty()) {
+        None => Ok(String::new()),
+        Some(p) => {
+            ObjectKey::parse(p)
+                .map_err(|e| Invalid::new("prefix", p, format!("must be a relative key prefix: {e}")))?;
+            Ok(format!("{p}/"))
+        }
+    }
+}
+
+fn check_timeouts(timeout: Duration, connect_timeout: Duration) -> Result<(), Invalid> {
+    for (key, value, min) in [
+        ("timeout", timeout, Duration::from_millis(100)),
+        ("connect_timeout", connect_timeout, Duration::from_millis(10)),
+    ] {
+        if value < min {
+            return Err(Invalid::new(
+                key,
+                format_duration(value),
+                format!("must be at least {}", format_duration(min)),
+            ));
+        }
+    }
+    if connect_timeout > timeout {
+        let rule = format!("must not exceed storage.s3.timeout ({})", format_duration(timeout));
+        return Err(Invalid::new("connect_timeout", format_duration(connect_timeout), rule));
+    }
+    Ok(())
+}
+
+/// Both keys or neither: half a key pair is a mistake, not a request for the default chain.
+fn static_credentials(c: &S3Config) -> Result<Option<StaticCredentials>, Invalid> {
+    match (&c.access_key_id, &c.secret_access_key) {
+        (None, None) => Ok(None),
+        (Some(id), Some(secret)) => {
+            Ok(Some(StaticCredentials { access_key_id: id.clone(), secret_access_key: secret.clone() }))
+        }
+        (Some(id), None) => {
+            Err(Invalid::new("access_key_id", id, "needs secret_access_key (S3_SECRET_ACCESS_KEY) as well"))
+        }
+        (None, Some(_)) => Err(Invalid::new("secret_access_key", "", "needs access_key_id (S3_ACCESS_KEY_ID) as well")),
     }
 }
 

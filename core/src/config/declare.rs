@@ -122,6 +122,13 @@ macro_rules! section {
             $($(#[doc = $doc])* pub $field: $ty,)*
         }
 
+        /// Each key's dotted name (`section.key`), for messages that name it: the name is written
+        /// here once, not again in every message.
+        #[allow(non_upper_case_globals)]
+        impl $name {
+            $(pub const $field: &'static str = concat!($section, ".", stringify!($field));)*
+        }
+
         impl $name {
             /// The section from the keys that were set, defaults for the others.
             #[allow(clippy::too_many_arguments)]

@@ -308,25 +308,29 @@ impl Config {
     pub fn check(&self) -> Result<(), Invalid> {
         let (server, ops, c) = (&self.server, &self.ops, &self.controller);
         if server.enabled && ops.port == server.port && ops.bind_address == server.bind_address {
-            return Err(Invalid::new("ops.port", ops.port, "must differ from server.port"));
+            return Err(Invalid::new(OpsConfig::port, ops.port, format!("must differ from {}", ServerConfig::port)));
         }
         if c.namespace_concurrency > c.concurrency {
             let rule = format!("must be an integer from 1 to {}", c.concurrency);
-            return Err(Invalid::new("controller.namespace_concurrency", c.namespace_concurrency, rule));
+            return Err(Invalid::new(ControllerConfig::namespace_concurrency, c.namespace_concurrency, rule));
         }
         // client-go's rule: a leader gives up renewing before its lease can lapse, and tries
         // more than once within that deadline.
         if c.renew_deadline >= c.lease_duration {
-            let rule =
-                format!("must be shorter than controller.lease_duration ({})", format_duration(c.lease_duration));
-            return Err(Invalid::new("controller.renew_deadline", format_duration(c.renew_deadline), rule));
+            let rule = format!(
+                "must be shorter than {} ({})",
+                ControllerConfig::lease_duration,
+                format_duration(c.lease_duration)
+            );
+            return Err(Invalid::new(ControllerConfig::renew_deadline, format_duration(c.renew_deadline), rule));
         }
         if c.retry_period.mul_f64(1.2) >= c.renew_deadline {
             let rule = format!(
-                "must be shorter than controller.renew_deadline ({}) divided by 1.2, so a renewal is retried in time",
+                "must be shorter than {} ({}) divided by 1.2, so a renewal is retried in time",
+                ControllerConfig::renew_deadline,
                 format_duration(c.renew_deadline)
             );
-            return Err(Invalid::new("controller.retry_period", format_duration(c.retry_period), rule));
+            return Err(Invalid::new(ControllerConfig::retry_period, format_duration(c.retry_period), rule));
         }
         self.check_limits()
     }
@@ -337,30 +341,31 @@ impl Config {
         // One body of the largest size and its packaged copy must fit.
         if fetch.memory_budget < fetch.max_size.saturating_mul(2) {
             let rule = format!(
-                "must be at least twice fetch.max_size ({}): a body of that size and its packaged copy",
+                "must be at least twice {} ({}): a body of that size and its packaged copy",
+                FetchConfig::max_size,
                 format_size(fetch.max_size)
             );
-            return Err(Invalid::new("fetch.memory_budget", format_size(fetch.memory_budget), rule));
+            return Err(Invalid::new(FetchConfig::memory_budget, format_size(fetch.memory_budget), rule));
         }
         if fetch.timeout > fetch.max_timeout {
-            let rule = format!("must not exceed fetch.max_timeout ({})", format_duration(fetch.max_timeout));
-            return Err(Invalid::new("fetch.timeout", format_duration(fetch.timeout), rule));
+            let rule = format!("must not exceed {} ({})", FetchConfig::max_timeout, format_duration(fetch.max_timeout));
+            return Err(Invalid::new(FetchConfig::timeout, format_duration(fetch.timeout), rule));
         }
         if t.concurrency > usize::from(self.controller.concurrency) {
             let rule = format!("must be an integer from 1 to {}", self.controller.concurrency);
-            return Err(Invalid::new("transform.concurrency", t.concurrency, rule));
+            return Err(Invalid::new(TransformConfig::concurrency, t.concurrency, rule));
         }
         if t.max_cpu > t.timeout {
-            let rule = format!("must not exceed transform.timeout ({})", format_duration(t.timeout));
-            return Err(Invalid::new("transform.max_cpu", format_duration(t.max_cpu), rule));
+            let rule = format!("must not exceed {} ({})", TransformConfig::timeout, format_duration(t.timeout));
+            return Err(Invalid::new(TransformConfig::max_cpu, format_duration(t.max_cpu), rule));
         }
         if h.namespace_concurrency > h.concurrency {
             let rule = format!("must be an integer from 1 to {}", h.concurrency);
-            return Err(Invalid::new("hooks.namespace_concurrency", h.namespace_concurrency, rule));
+            return Err(Invalid::new(HooksConfig::namespace_concurrency, h.namespace_concurrency, rule));
         }
         if h.default_timeout > h.max_timeout {
-            let rule = format!("must not exceed hooks.max_timeout ({})", format_duration(h.max_timeout));
-            return Err(Invalid::new("hooks.default_timeout", format_duration(h.default_timeout), rule));
+            let rule = format!("must not exceed {} ({})", HooksConfig::max_timeout, format_duration(h.max_timeout));
+            return Err(Invalid::new(HooksConfig::default_timeout, format_duration(h.default_timeout), rule));
         }
         Ok(())
     }
@@ -371,11 +376,13 @@ impl Config {
         let mut terms = vec![("baseline".to_owned(), BASELINE_MEMORY)];
         terms.extend(self.storage.resident_memory().filter(|(_, bytes)| *bytes > 0));
         if controller {
-            terms.push(("fetch.memory_budget".to_owned(), self.fetch.memory_budget));
+            terms.push((FetchConfig::memory_budget.to_owned(), self.fetch.memory_budget));
             let t = &self.transform;
             terms.push((
                 format!(
-                    "transform.concurrency × transform.max_memory ({} × {})",
+                    "{} × {} ({} × {})",
+                    TransformConfig::concurrency,
+                    TransformConfig::max_memory,
                     t.concurrency,
                     format_size(t.max_memory)
                 ),

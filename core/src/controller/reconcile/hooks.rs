@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 
+use crate::config::HooksConfig;
 use crate::controller::context::Context;
 use crate::controller::hooks::chain::{self, HookFailure, Phase};
 use crate::controller::hooks::spec::Hook;
@@ -63,7 +64,7 @@ async fn run(
         // The plan refuses hooks without an executor; this only guards a wiring mistake.
         let error = CallError::Failed {
             kind: FailureKind::BadRequest,
-            message: "no hook executor is configured (hooks.socket)".into(),
+            message: format!("no hook executor is configured ({})", HooksConfig::socket),
         };
         let hook = hooks.first().map(|h| h.name.clone()).unwrap_or_default();
         return Err(outcome::hook_failure(&HookFailure { hook, phase, attempts: 0, error }));

@@ -147,7 +147,7 @@ impl Metrics {
         );
         registry.register(
             "externalsource_flux_events",
-            "Flux events for notification-controller (controller.events_addr) by result: sent, duplicate, dropped (queue full), failed",
+            "Flux events for notification-controller (the controller's events address) by result: sent, duplicate, dropped (queue full), failed",
             self.flux_events.clone(),
         );
     }

@@ -14,9 +14,9 @@ use ipnet::IpNet;
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::config::default_deny_cidrs;
 #[cfg(test)]
 use crate::config::parse_cidr;
+use crate::config::{FetchConfig, default_deny_cidrs};
 
 /// Which networks fetches may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,12 +50,12 @@ impl EgressPolicy {
     pub fn check(&self, address: IpAddr) -> Result<(), Denied> {
         let address = address.to_canonical();
         if let Some(net) = self.deny.iter().find(|n| n.contains(&address)) {
-            return Err(Denied { address, rule: format!("fetch.deny_cidrs entry {net}") });
+            return Err(Denied { address, rule: format!("{} entry {net}", FetchConfig::deny_cidrs) });
         }
         match &self.allow {
             Some(allow) if !allow.iter().any(|n| n.contains(&address)) => {
                 let list = allow.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
-                Err(Denied { address, rule: format!("fetch.allow_cidrs (not in {list})") })
+                Err(Denied { address, rule: format!("{} (not in {list})", FetchConfig::allow_cidrs) })
             }
             _ => Ok(()),
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::config::HooksConfig;
 use crate::isolated::hook_executor::sandbox::{RunDir, RunLimits};
 use crate::isolated::hook_executor::whitelist::{Refusal, Whitelist};
 
@@ -69,7 +70,7 @@ impl Ran {
 pub enum RunError {
     #[error(transparent)]
     Refused(#[from] Refusal),
-    #[error("cannot make the run's private directory under hooks.run_dir = {dir}: {source}")]
+    #[error("cannot make the run's private directory under {} = {dir}: {source}", HooksConfig::run_dir)]
     RunDir {
         dir: String,
         #[source]

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::config::HooksConfig;
 use crate::isolated::child::{die_first, no_new_privs, set_rlimit};
 
 /// The kernel limits of each run.
@@ -59,11 +60,16 @@ impl RunLimits {
         let name = signal_name(signal);
         match signal {
             libc::SIGXCPU => {
-                format!("was killed by {name}: it used its CPU time limit of {}s (hooks.max_cpu)", self.cpu_secs())
+                format!(
+                    "was killed by {name}: it used its CPU time limit of {}s ({})",
+                    self.cpu_secs(),
+                    HooksConfig::max_cpu
+                )
             }
             libc::SIGKILL => format!(
-                "was killed by {name} (past its CPU time limit of {}s, hooks.max_cpu, or by the out-of-memory killer)",
-                self.cpu_secs()
+                "was killed by {name} (past its CPU time limit of {}s, {}, or by the out-of-memory killer)",
+                self.cpu_secs(),
+                HooksConfig::max_cpu
             ),
             libc::SIGABRT | libc::SIGSEGV | libc::SIGBUS => format!(
                 "was killed by {name}: most likely an allocation failed at its address-space limit of {} MiB \

@@ -12,6 +12,7 @@
 pub mod sandbox;
 pub mod worker;
 
+use crate::config::{FetchConfig, TransformConfig};
 use jaq_core::load::{Arena, File, Loader};
 use jaq_core::{Compiler, Ctx, Exn, Vars, data};
 use jaq_json::Val;
@@ -39,17 +40,17 @@ pub enum TransformError {
     Input(String),
     #[error("failed at run time: {0}")]
     Run(String),
-    #[error("its output exceeds the size limit of {0} bytes (spec.maxSize / fetch.max_size)")]
+    #[error("its output exceeds the size limit of {0} bytes (spec.maxSize / {key})", key = FetchConfig::max_size)]
     TooLarge(u64),
-    #[error("its output nests deeper than {0} levels (transform.max_depth)")]
+    #[error("its output nests deeper than {0} levels ({key})", key = TransformConfig::max_depth)]
     TooDeep(u32),
-    #[error("exceeded {0}s CPU (transform.max_cpu)")]
+    #[error("exceeded {0}s CPU ({key})", key = TransformConfig::max_cpu)]
     CpuExceeded(u64),
-    #[error("exceeded {} of memory (transform.max_memory)", crate::units::format_size(*.0))]
+    #[error("exceeded {} of memory ({})", crate::units::format_size(*.0), TransformConfig::max_memory)]
     MemoryExceeded(u64),
     #[error("recursed deeper than the worker's stack allows")]
     StackExceeded,
-    #[error("did not finish within {0:?} (transform.timeout)")]
+    #[error("did not finish within {0:?} ({key})", key = TransformConfig::timeout)]
     TimedOut(std::time::Duration),
     #[error("was killed ({0}), most likely by the kernel for lack of memory")]
     Killed(String),
