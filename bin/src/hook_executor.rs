@@ -3,7 +3,7 @@
 //! It holds no Kubernetes credentials (its container mounts no token), reads only its whitelist
 //! and listens only on a Unix socket in a volume shared with the controller container, so the
 //! only thing that can ask it to run anything is a process in the same pod. Each run is
-//! confined by `controller::hooks::sandbox` and admitted by `controller::hooks::admission`.
+//! confined by `isolated::hook_executor::sandbox` and admitted by `isolated::hook_executor::admission`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;

@@ -855,8 +855,9 @@ def check_monitoring(r: Report, scope: str, ren: Render) -> None:
     r.check(scope, "alerts ExternalSourceNotReady (15m) and ExternalSourceReconcileErrors",
             set(alerts) == {"ExternalSourceNotReady", "ExternalSourceReconcileErrors"}
             and alerts["ExternalSourceNotReady"].get("for") == "15m", f"{sorted(alerts)}")
-    exported = set(re.findall(r'"(externalsource_[a-z_]+)"', "".join(
-        f.read_text() for f in (REPO / "core" / "src" / "controller").glob("metrics.rs"))))
+    # Read by path, not globbed: if the file moves, this fails loudly instead of finding nothing.
+    exported = set(re.findall(r'"(externalsource_[a-z_]+)"',
+                              (REPO / "core" / "src" / "controller" / "runtime" / "metrics.rs").read_text()))
     for name, rule in alerts.items():
         used = set(re.findall(r"\b(externalsource_[a-z_]+?)(?:_total)?\b", str(rule.get("expr"))))
         r.check(scope, f"{name} uses only exported metrics", bool(used) and used <= exported,

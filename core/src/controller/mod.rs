@@ -2,7 +2,7 @@
 //!
 //! - [`api`] and [`conditions`]: the resource types, the names we use on them, the conditions;
 //! - [`context`]: what every reconcile shares;
-//! - [`reconcile`]: the entry point and its steps (plan, credentials, hooks, fetch, transform,
+//! - [`reconcile`](mod@reconcile): the entry point and its steps (plan, credentials, hooks, fetch, transform,
 //!   package, store), the finalizer and cleanup; [`outcome`]: the pure decisions between them;
 //! - [`finish`]: the single writer of a reconcile's results (statuses, garbage collection,
 //!   Event) and of when it runs next; [`publish`]: the ExternalArtifact; [`writer`]: how writes

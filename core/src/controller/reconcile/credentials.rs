@@ -1,7 +1,7 @@
 //! What a fetch takes from Secrets: raw headers (`headersSecretRef`), a CA bundle
 //! (`caBundleSecretRef`), and, with the key names of Flux's sources, basic or bearer credentials
 //! (`secretRef`), a client certificate and CA (`certSecretRef`) and a proxy (`proxySecretRef`).
-//! A `secretRef` may instead hold OAuth2 client credentials (see [`oauth2`](crate::controller::reconcile::oauth2)).
+//! A `secretRef` may instead hold OAuth2 client credentials (see [`oauth2`]).
 //!
 //! A missing Secret or key is a configuration problem naming both (the source stalls until the
 //! Secret changes; the Secrets are watched). Values never appear in messages.
@@ -28,7 +28,7 @@ pub struct Credentials {
     pub headers: HeaderMap,
     pub tls: TlsSettings,
     pub proxy: Option<ProxySettings>,
-    /// `secretRef` asks for an OAuth2 access token (see [`oauth2`](crate::controller::reconcile::oauth2)) instead of
+    /// `secretRef` asks for an OAuth2 access token (see [`oauth2`]) instead of
     /// holding a static credential.
     pub oauth2: Option<ClientCredentials>,
 }

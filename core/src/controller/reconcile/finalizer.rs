@@ -5,7 +5,7 @@
 //! every new source. Here the finalizer is added, and the object the API returns (finalizer on,
 //! new resourceVersion) goes straight on to [`Step::Apply`]. Nothing is stored before the
 //! finalizer is on, so a deletion can never miss an artifact; and the watch predicate
-//! ([`trigger_hash`](crate::controller::trigger_hash)) ignores our own addition, so it does not echo back as a reconcile.
+//! (`controller::trigger_hash`) ignores our own addition, so it does not echo back as a reconcile.
 //!
 //! Both writes are JSON patches that test what they change (the finalizer list as read), so a
 //! concurrent edit of the list by someone else fails the write instead of being overwritten.

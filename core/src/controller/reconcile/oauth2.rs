@@ -3,7 +3,7 @@
 //! A `secretRef` Secret that holds `tokenURL`, `clientID` and `clientSecret` (optionally
 //! `scopes`, space or comma separated, and `audience`) makes the controller get an access token
 //! from the token endpoint and send it as a bearer token. The token request goes through the
-//! source's own HTTP client (see [`Fetcher::client_for`]): the egress policy, the CA bundle, the
+//! source's own HTTP client (see `Fetcher::client_for`): the egress policy, the CA bundle, the
 //! client certificate and the proxy of the source apply to it as to the upstream fetch. The
 //! client authenticates with HTTP Basic (RFC 6749 §2.3.1), the parameters go in a form body.
 //!

@@ -25,7 +25,7 @@ pub const MAX_HEADER: usize = 64 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The longest a request waits for a slot ([`Admission`]) before it is refused as busy: within
-/// [`IO_TIMEOUT`], the margin the controller allows beyond the hook's own timeout.
+/// `IO_TIMEOUT`, the margin the controller allows beyond the hook's own timeout.
 pub const MAX_QUEUE_WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
