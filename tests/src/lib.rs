@@ -22,7 +22,20 @@ pub fn repo_root() -> std::path::PathBuf {
 }
 
 /// Polls `check` every 100 ms until it yields `Some`, or panics after `timeout` naming `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    match poll_until(timeout, check).await {
+        Some(v) => v,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 100 ms until it yields `Some`; `None` after `timeout` (for a caller that
+/// says itself what it saw instead).
+pub async fn poll_until<T, F, Fut>(timeout: std::time::Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
@@ -30,10 +43,10 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(v) = check().await {
-            return v;
+            return Some(v);
         }
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -23,7 +23,7 @@ use externalsource_tests::controlplane::testenv_cache;
 use externalsource_tests::flux::start_controller;
 use externalsource_tests::process::{target_dir, wait_http_ok};
 use externalsource_tests::sources::{request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Reply, Upstream};
+use externalsource_tests::{ControlPlane, Reply, Upstream, poll_until};
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
@@ -79,7 +79,7 @@ fn summary(obj: &DynamicObject) -> String {
 /// `ready` with `reason` (when Ready, for its current generation).
 async fn kustomization_at(api: &Api<DynamicObject>, revision: &str, ready: &str, reason: &str) -> DynamicObject {
     let last = std::sync::Mutex::new(String::new());
-    let found = eventually_opt(WAIT, || async {
+    let found = poll_until(WAIT, || async {
         let ks = api.get("sources").await.ok()?;
         *last.lock().expect("lock") = summary(&ks);
         let c = condition(&ks, "Ready")?;
@@ -92,24 +92,6 @@ async fn kustomization_at(api: &Api<DynamicObject>, revision: &str, ready: &str,
     .await;
     let last = last.into_inner().expect("lock");
     found.unwrap_or_else(|| panic!("Kustomization sources Ready={ready} ({reason}) at {revision}; last seen: {last}"))
-}
-
-/// `eventually` that returns `None` on timeout instead of panicking (the caller says what it saw).
-async fn eventually_opt<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 async fn annotate(api: &Api<DynamicObject>, name: &str, token: &str) {
