@@ -36,6 +36,17 @@ pub fn ready(es: &ExternalSource) -> Option<(String, String, String)> {
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
 }
 
+/// Waits for Ready=False with `reason` for the current generation and returns the message.
+pub async fn wait_failing(api: &Api<ExternalSource>, name: &str, reason: &str) -> String {
+    eventually(&format!("{name} Ready=False {reason}"), WAIT, || async {
+        let es = api.get(name).await.ok()?;
+        let current = es.status.as_ref()?.observed_generation == es.metadata.generation;
+        let (s, r, m) = ready(&es)?;
+        (s == "False" && r == reason && current).then_some(m)
+    })
+    .await
+}
+
 /// Waits until the source's Ready condition has `status` for the current generation.
 pub async fn wait_ready(api: &Api<ExternalSource>, name: &str, status: &str) -> ExternalSource {
     eventually(&format!("{name} Ready={status}"), WAIT, || async {

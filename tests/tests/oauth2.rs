@@ -16,8 +16,8 @@ use externalsource_core::controller::upstream::egress::EgressPolicy;
 use externalsource_tests::controller::Options;
 use externalsource_tests::fixture::mutual_tls_material;
 use externalsource_tests::oauth2_server::{OAuth2Server, ProtectedUpstream};
-use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, free_port, sha256};
+use externalsource_tests::sources::{artifact, download, ready, request_reconcile, source, wait_failing, wait_ready};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, free_port, sha256};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams, PostParams};
@@ -70,17 +70,6 @@ fn secret(name: &str, data: serde_json::Value) -> Secret {
 
 fn spec_with_secret(url: &str, secret: &str) -> serde_json::Value {
     json!({"generator": {"type": "http", "http": {"url": url, "secretRef": {"name": secret}}}})
-}
-
-/// Waits for Ready=False with `reason` for the current generation and returns the message.
-async fn wait_failing(api: &Api<ExternalSource>, name: &str, reason: &str) -> String {
-    eventually(&format!("{name} Ready=False {reason}"), WAIT, || async {
-        let es = api.get(name).await.ok()?;
-        let current = es.status.as_ref()?.observed_generation == es.metadata.generation;
-        let (s, r, m) = ready(&es)?;
-        (s == "False" && r == reason && current).then_some(m)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,8 @@ use externalsource_core::controller::api::ExternalSource;
 use externalsource_tests::controller::Options;
 use externalsource_tests::fixture::mutual_tls_material;
 use externalsource_tests::proxy::Proxy;
-use externalsource_tests::sources::{WAIT, artifact, download, ready, request_reconcile, source, wait_ready};
-use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, sha256};
+use externalsource_tests::sources::{artifact, download, request_reconcile, source, wait_failing, wait_ready};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, sha256};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -37,17 +37,6 @@ fn http_spec(url: &str, extra: serde_json::Value) -> serde_json::Value {
         http[k] = v.clone();
     }
     json!({"generator": {"type": "http", "http": http}})
-}
-
-/// Waits for Ready=False with `reason` and returns the message.
-async fn wait_failing(api: &Api<ExternalSource>, name: &str, reason: &str) -> String {
-    eventually(&format!("{name} Ready=False {reason}"), WAIT, || async {
-        let es = api.get(name).await.ok()?;
-        let current = es.status.as_ref()?.observed_generation == es.metadata.generation;
-        let (s, r, m) = ready(&es)?;
-        (s == "False" && r == reason && current).then_some(m)
-    })
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
