@@ -122,7 +122,7 @@ impl Context {
         metrics: Arc<Metrics>,
         transforms: Sandbox,
     ) -> Self {
-        let memory = MemoryBudget::new(settings.memory_budget);
+        let memory = MemoryBudget::reporting(settings.memory_budget, metrics.admission.clone());
         let hooks = settings.hook_socket.as_ref().map(|s| ExecutorClient::new(s, settings.defaults.max_size as usize));
         let flux_events = settings.events_addr.as_ref().map(|address| {
             FluxEvents::start(address.clone(), settings.reporting_instance.clone(), metrics.flux_events.clone())
