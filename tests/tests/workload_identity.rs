@@ -15,7 +15,7 @@ use externalsource_tests::protected_upstream::{ProtectedUpstream, authenticated_
 use externalsource_tests::sources::{
     WAIT, artifact, download, ready, request_reconcile, source, wait_failing, wait_ready,
 };
-use externalsource_tests::{ControlPlane, TestController, eventually, repo_root, sha256};
+use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, repo_root, sha256};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
@@ -69,10 +69,10 @@ async fn a_service_account_token_opens_an_upstream_that_reviews_it() {
     assert_eq!((code, sha256(&bytes)), (200, artifact(&es).digest));
     assert_eq!((upstream.tokens().len(), upstream.refused()), (1, 0), "one request, accepted");
     let first = upstream.tokens()[0].clone();
-    let claims = claims(&first);
-    assert_eq!(claims["aud"], json!([origin]), "the default audience is the URL's origin");
-    assert_eq!(claims["sub"], "system:serviceaccount:identity:reader");
-    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    let issued = claims(&first);
+    assert_eq!(issued["aud"], json!([origin]), "the default audience is the URL's origin");
+    assert_eq!(issued["sub"], "system:serviceaccount:identity:reader");
+    let lifetime = issued["exp"].as_i64().unwrap() - issued["iat"].as_i64().unwrap();
     assert_eq!(lifetime, 3600, "asked for an hour");
 
     // The next fetch reuses the cached token.
@@ -144,8 +144,22 @@ async fn a_service_account_token_opens_an_upstream_that_reviews_it() {
         "{message}"
     );
 
+    // The token goes to the URL's origin only: a redirect to another origin is refused.
+    let tokens_before = upstream.tokens().len();
+    let redirector = Upstream::start(Reply::status(302).with_header("location", &url)).await;
+    let moved = redirector.url("/moved");
+    api.create(&pp, &source("redirected", &moved, identity_spec(&moved, "reader"))).await.unwrap();
+    let message = wait_failing(&api, "redirected", "FetchFailed").await;
+    assert!(message.contains("redirect to another origin (scheme, host or port) refused"), "{message}");
+    assert!(message.contains("serviceAccountName"), "names what it protected: {message}");
+    assert_eq!(upstream.tokens().len(), tokens_before, "the other origin got no token");
+    let sent = redirector.requests()[0].headers.get("authorization").unwrap().to_str().unwrap().to_owned();
+    let sent = sent.strip_prefix("Bearer ").unwrap();
+    assert_eq!(claims(sent)["aud"], json!([redirector.url("")]), "a token for the URL's own origin");
+
     // No token in statuses, Events, metrics or the log.
-    let hidden = upstream.distinct_tokens();
+    let mut hidden = upstream.distinct_tokens();
+    hidden.push(sent.to_owned());
     assert!(hidden.len() >= 3, "{} tokens", hidden.len());
     let statuses: Vec<String> = api
         .list(&ListParams::default())
