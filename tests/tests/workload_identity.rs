@@ -144,6 +144,19 @@ async fn a_service_account_token_opens_an_upstream_that_reviews_it() {
         "{message}"
     );
 
+    // Nor with an Authorization header from headersSecretRef.
+    let headers = json!({"metadata": {"name": "hdrs"}, "stringData": {"Authorization": "Bearer static"}});
+    secrets.create(&pp, &serde_json::from_value(headers).unwrap()).await.unwrap();
+    let mut with_header = identity_spec(&url, "reader");
+    with_header["generator"]["http"]["headersSecretRef"] = json!({"name": "hdrs"});
+    api.create(&pp, &source("with-header", &url, with_header)).await.unwrap();
+    let message = wait_failing(&api, "with-header", "InvalidSpec").await;
+    assert!(
+        message.starts_with(&format!("{ACCOUNT_FIELD}: \"reader\" conflicts with the Authorization key"))
+            && message.contains("spec.generator.http.headersSecretRef"),
+        "{message}"
+    );
+
     // The token goes to the URL's origin only: a redirect to another origin is refused.
     let tokens_before = upstream.tokens().len();
     let redirector = Upstream::start(Reply::status(302).with_header("location", &url)).await;
