@@ -261,11 +261,12 @@ impl Issuer for TokenRequests<'_> {
     }
 }
 
-/// The lifetime left from `now` until `expiration` (none when it has passed, as with a clock
-/// far ahead of the API server's: such a token is used once, not cached).
+/// The lifetime left from `now` until `expiration`: none when it has passed (a clock far ahead of
+/// the API server's: such a token is used once, not cached), and never more than was asked for
+/// (a clock behind the API server's would otherwise keep a token past its renewal).
 fn lifetime_until(expiration: k8s_openapi::jiff::Timestamp, now: k8s_openapi::jiff::Timestamp) -> Duration {
     let secs = expiration.duration_since(now).as_secs();
-    Duration::from_secs(u64::try_from(secs).unwrap_or(0))
+    Duration::from_secs(u64::try_from(secs).unwrap_or(0)).min(REQUESTED_LIFETIME)
 }
 
 /// Fetches `request` with a token of `identity` (see the module). `Err` when no token could be
@@ -336,6 +337,10 @@ mod tests {
         let in_an_hour = now + k8s_openapi::jiff::SignedDuration::from_secs(3600);
         assert_eq!(lifetime_until(in_an_hour, now), REQUESTED_LIFETIME);
         assert_eq!(lifetime_until(now, in_an_hour), Duration::ZERO, "a clock ahead of the API server's");
+        let in_ten_minutes = now + k8s_openapi::jiff::SignedDuration::from_secs(600);
+        assert_eq!(lifetime_until(in_ten_minutes, now), Duration::from_secs(600), "a shorter grant");
+        let in_two_hours = now + k8s_openapi::jiff::SignedDuration::from_secs(7200);
+        assert_eq!(lifetime_until(in_two_hours, now), REQUESTED_LIFETIME, "a clock behind the API server's");
 
         let cache = TokenCache::default();
         let key = TokenKey::ServiceAccount(AccountKey::new("ns", "reader", "https://api.example.com"));
