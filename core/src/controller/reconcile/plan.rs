@@ -14,6 +14,7 @@ use crate::controller::hooks::spec::{HookDefaults, HookPlan};
 use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::workload_identity::{self, WorkloadIdentity};
 use crate::package::DestinationPath;
 use crate::package::archive::Layout;
 use crate::units::{format_duration, parse_duration, parse_size};
@@ -55,6 +56,8 @@ pub struct Defaults {
     pub max_size: u64,
     /// `[hooks]`: whether an executor runs `spec.hooks`, and their timeouts.
     pub hooks: HookDefaults,
+    /// `fetch.workload_identity`: whether `serviceAccountName` is honoured.
+    pub workload_identity: bool,
 }
 
 /// A validated spec.
@@ -82,6 +85,8 @@ pub struct Plan {
     pub transform: Option<Arc<str>>,
     /// `spec.hooks`, run through the hook executor.
     pub hooks: HookPlan,
+    /// `serviceAccountName`: a ServiceAccount token sent as a bearer token.
+    pub identity: Option<WorkloadIdentity>,
 }
 
 /// How the payload becomes the artifact (`spec.format`).
@@ -198,6 +203,7 @@ impl Plan {
             })?,
         };
         Ok(Self {
+            identity: workload_identity::from_spec(http, &url, defaults.workload_identity)?,
             url,
             method,
             interval,
@@ -269,6 +275,8 @@ mod tests {
                     cert_secret_ref: None,
                     proxy_secret_ref: None,
                     insecure_skip_verify: None,
+                    service_account_name: None,
+                    audience: None,
                 }),
             },
             timeout: None,
@@ -288,6 +296,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
             max_size: 1 << 20,
+            workload_identity: true,
         }
     }
 
