@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use externalsource_core::config::{Config, HooksConfig};
 use externalsource_core::isolated::hook_executor::admission::Admission;
-use externalsource_core::isolated::hook_executor::protocol;
 use externalsource_core::isolated::hook_executor::run::ExecutorLimits;
 use externalsource_core::isolated::hook_executor::sandbox::{self, RunLimits};
 use externalsource_core::isolated::hook_executor::whitelist::{LiveWhitelist, WhitelistError};
+use externalsource_core::isolated::hook_executor::{protocol, reaper};
 use tokio::net::UnixListener;
 
 /// How often the whitelist file is checked for changes.
@@ -38,11 +38,15 @@ pub enum ExecutorError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot become the reaper of what hooks leave running (prctl PR_SET_CHILD_SUBREAPER): {0}")]
+    Subreaper(#[source] std::io::Error),
 }
 
 pub async fn run(config: &Config) -> Result<(), ExecutorError> {
     let hooks = &config.hooks;
     let socket = hooks.socket.as_ref().ok_or(ExecutorError::NoSocket)?;
+    // Before the first run: a process a hook detaches comes back here to be killed.
+    reaper::become_subreaper().map_err(ExecutorError::Subreaper)?;
     let path = hooks.whitelist.display().to_string();
     let whitelist = Arc::new(LiveWhitelist::load(&hooks.whitelist)?);
     let bind_error = |source| ExecutorError::Bind { path: socket.display().to_string(), source };

@@ -424,6 +424,38 @@ async fn runaway_hooks_are_stopped_by_their_limits_and_the_executor_keeps_servin
     ctl.stop().await;
 }
 
+/// A hook whose child detaches into a new session (and whose grandchild does so again) leaves
+/// the run's process group, which the end of the run kills: the executor, their reaper, kills
+/// them too, while the hook itself succeeds.
+#[tokio::test]
+async fn processes_a_hook_detaches_into_a_new_session_end_with_its_run() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("hook-setsid").await;
+    let executor = start_executor();
+    let ctl = TestController::start(cp.client(), options(Some(&executor.socket))).await;
+    let upstream = Upstream::start(Reply::ok(r#"{"items": [1]}"#)).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    // The marker is in each process's command line (python3 -c CODE).
+    let escape = "import os, sys, time\n\
+                  def detach():\n    os.setsid()\n    [os.close(fd) for fd in (0, 1, 2)]\n\
+                  if os.fork() == 0:\n    detach()\n    if os.fork() == 0:\n        os.setsid()\n    \
+                  time.sleep(600)  # detached-from-the-run\n    os._exit(0)\n\
+                  sys.stdout.write(sys.stdin.read())\n";
+    let hook = json!({"name": "detach", "command": "/usr/bin/python3", "args": ["-c", escape], "timeout": "20s"});
+    let spec = json!({"hooks": {"postRequest": [hook]}});
+    api.create(&PostParams::default(), &source("detach", &upstream.url("/data"), spec)).await.unwrap();
+    let es = wait_ready(&api, "detach", "True").await;
+    assert_eq!(artifact(&es).digest, packaged_digest(br#"{"items": [1]}"#), "the hook itself passed its input on");
+    let own_uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap();
+    let uid = if running_as_root() { EXECUTOR_UID } else { own_uid };
+    eventually("the detached processes to be gone", Duration::from_secs(10), || async {
+        (processes_of(uid, "detached-from-the-run") == 0).then_some(())
+    })
+    .await;
+    executor._process.assert_running();
+    ctl.stop().await;
+}
+
 /// Processes of `uid` whose command line contains `marker`.
 fn processes_of(uid: u32, marker: &str) -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else { return 0 };

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use crate::config::HooksConfig;
+use crate::isolated::hook_executor::reaper;
 use crate::isolated::hook_executor::sandbox::{RunDir, RunLimits};
 use crate::isolated::hook_executor::whitelist::{Refusal, Whitelist};
 
@@ -101,7 +102,9 @@ pub async fn run(whitelist: &Whitelist, invocation: &Invocation, limits: &Execut
     let dir = RunDir::create(&limits.run_dir)
         .map_err(|source| RunError::RunDir { dir: limits.run_dir.display().to_string(), source })?;
     let result = run_in(&dir, invocation, limits).await;
-    // Every process of the run's group is gone by now (see `run_in`).
+    // Every process of the run's group is gone by now (see `run_in`), and so is anything that
+    // left the group.
+    reaper::sweep().await;
     dir.remove().await;
     result
 }
@@ -130,7 +133,8 @@ async fn run_in(dir: &RunDir, invocation: &Invocation, limits: &ExecutorLimits) 
     unsafe {
         cmd.pre_exec(move || run_limits.apply_in_child());
     }
-    let mut child = cmd.spawn().map_err(|source| RunError::Spawn { command: command.clone(), source })?;
+    let (mut child, _leader) =
+        reaper::spawn_leader(&mut cmd).map_err(|source| RunError::Spawn { command: command.clone(), source })?;
     let group = child.id().and_then(|id| i32::try_from(id).ok());
     let (Some(mut stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
     else {
