@@ -48,6 +48,8 @@ pub struct Options {
     pub watch_label_selector: Option<String>,
     /// notification-controller's event address (`controller.events_addr`).
     pub events_addr: Option<String>,
+    /// `fetch.require_https`: for the plan and for every request's hop.
+    pub require_https: bool,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -77,6 +79,7 @@ impl Default for Options {
             hook_socket: None,
             watch_label_selector: None,
             events_addr: None,
+            require_https: false,
         }
     }
 }
@@ -130,7 +133,10 @@ impl TestController {
         let ctx = Arc::new(Context::new(
             client.clone(),
             storage.clone(),
-            Fetcher::with_policy("externalsource-controller/test", options.egress.clone()),
+            Fetcher::with_policy(
+                "externalsource-controller/test",
+                options.egress.clone().requiring_https(options.require_https),
+            ),
             Settings {
                 defaults: Defaults {
                     min_interval: options.min_interval,
@@ -142,6 +148,7 @@ impl TestController {
                         default_timeout: Duration::from_secs(10),
                         max_timeout: Duration::from_secs(60),
                     },
+                    require_https: options.require_https,
                 },
                 retention: options.retention,
                 finalizer_attempts: options.finalizer_attempts,

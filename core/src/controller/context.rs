@@ -67,6 +67,7 @@ impl Settings {
                     default_timeout: hooks.default_timeout,
                     max_timeout: hooks.max_timeout,
                 },
+                require_https: fetch.require_https,
             },
             retention: controller.retention.into(),
             finalizer_attempts: controller.finalizer_attempts,
@@ -162,7 +163,8 @@ impl Context {
         transform_worker: std::path::PathBuf,
     ) -> Self {
         let fetch = &config.fetch;
-        let egress = EgressPolicy::new(fetch.deny_cidrs.clone(), fetch.allow_cidrs.clone());
+        let egress =
+            EgressPolicy::new(fetch.deny_cidrs.clone(), fetch.allow_cidrs.clone()).requiring_https(fetch.require_https);
         let recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, config.controller.pod_name.clone());
         Self::new(
             client,
