@@ -149,6 +149,7 @@ impl TestController {
                         max_timeout: Duration::from_secs(60),
                     },
                     require_https: options.require_https,
+                    max_pages: 100,
                 },
                 retention: options.retention,
                 finalizer_attempts: options.finalizer_attempts,

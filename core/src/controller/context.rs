@@ -68,6 +68,7 @@ impl Settings {
                     max_timeout: hooks.max_timeout,
                 },
                 require_https: fetch.require_https,
+                max_pages: fetch.max_pages,
             },
             retention: controller.retention.into(),
             finalizer_attempts: controller.finalizer_attempts,

@@ -1,5 +1,6 @@
 //! The fetch step: one request to the upstream, conditional on the recorded ETag while the
-//! published artifact is the one that ETag describes, within the memory budget.
+//! published artifact is the one that ETag describes, within the memory budget; or, for a paged
+//! source, every page (see [`pages`]), unconditionally.
 
 use std::time::Instant;
 
@@ -9,9 +10,9 @@ use crate::controller::api::Artifact;
 use crate::controller::context::Context;
 use crate::controller::outcome::{self, Outcome, Unfetched};
 use crate::controller::reconcile::credentials::Credentials;
-use crate::controller::reconcile::oauth2;
 use crate::controller::reconcile::plan::{Packaging, Plan};
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::{oauth2, pages};
 use crate::controller::runtime::memory::{Reservation, UNPACK_WORKSPACE};
 use crate::controller::runtime::metrics::ResultLabels;
 use crate::controller::upstream::client::{FetchOutcome, FetchRequest};
@@ -56,6 +57,11 @@ pub async fn fetch(
     };
     let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
+    if let Some(pagination) = &plan.pagination {
+        let paged = pages::fetch_all(ctx, ns, plan, pagination, request, oauth2.as_ref()).await;
+        ctx.metrics.observe_source_request(ns, name, started.elapsed());
+        return paged.map(|body| Fetched { body, etag: None, memory });
+    }
     let fetched = match &oauth2 {
         None => ctx.fetcher.fetch(&request, &mut memory).await,
         Some(client) => {
@@ -76,7 +82,7 @@ pub async fn fetch(
 
     let recorded_etag = old.last_handled_e_tag.as_deref();
     match fetched {
-        Ok(FetchOutcome::Fetched { body, etag }) => Ok(Fetched { body, etag, memory }),
+        Ok(FetchOutcome::Fetched { body, etag, .. }) => Ok(Fetched { body, etag, memory }),
         Ok(FetchOutcome::NotModified) => {
             Err(outcome::after_fetch(current, recorded_etag, sent_if_none_match, Unfetched::NotModified))
         }

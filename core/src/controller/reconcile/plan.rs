@@ -13,6 +13,7 @@ use crate::controller::api::{ExternalSourceSpec, GeneratorType, PayloadFormat};
 use crate::controller::conditions::Reason;
 use crate::controller::hooks::spec::{HookDefaults, HookPlan};
 use crate::controller::outcome::Outcome;
+use crate::controller::reconcile::pages::spec::Pagination;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
 use crate::controller::upstream::https;
@@ -60,6 +61,8 @@ pub struct Defaults {
     pub hooks: HookDefaults,
     /// `fetch.require_https`: a plain `http://` source URL is a configuration problem.
     pub require_https: bool,
+    /// `fetch.max_pages`: the most pages a paged source may ask for.
+    pub max_pages: u32,
 }
 
 /// A validated spec.
@@ -87,6 +90,8 @@ pub struct Plan {
     pub transform: Option<Arc<str>>,
     /// `spec.hooks`, run through the hook executor.
     pub hooks: HookPlan,
+    /// `spec.generator.http.pagination`: the pages to follow and merge.
+    pub pagination: Option<Pagination>,
 }
 
 /// How the payload becomes the artifact (`spec.format`).
@@ -210,6 +215,7 @@ impl Plan {
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
             transform,
             hooks,
+            pagination: Pagination::from_spec(spec, defaults.max_pages)?,
         })
     }
 
@@ -284,6 +290,7 @@ mod tests {
                     cert_secret_ref: None,
                     proxy_secret_ref: None,
                     insecure_skip_verify: None,
+                    pagination: None,
                 }),
             },
             timeout: None,
@@ -304,6 +311,7 @@ mod tests {
             max_timeout: Duration::from_secs(120),
             max_size: 1 << 20,
             require_https: false,
+            max_pages: 100,
         }
     }
 

@@ -71,6 +71,12 @@ pub struct Reservation {
 }
 
 impl Reservation {
+    /// Holds nothing: for a request whose bytes another reservation already counts (a page of
+    /// a paged source, within the source's own reservation for all its pages).
+    pub fn detached() -> Self {
+        Self { permit: None, extra_units: 0 }
+    }
+
     /// The bytes held.
     pub fn bytes(&self) -> u64 {
         self.permit.as_ref().map_or(0, |p| p.num_permits() as u64 * UNIT)

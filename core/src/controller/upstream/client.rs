@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, LINK, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
 
 use crate::controller::runtime::memory::Reservation;
@@ -71,6 +71,8 @@ pub enum FetchOutcome {
     Fetched {
         body: Bytes,
         etag: Option<String>,
+        /// The `Link` header values (RFC 8288), for paged sources.
+        links: Vec<String>,
     },
 }
 
@@ -376,6 +378,8 @@ impl Fetcher {
             memory.shrink_to_body(n);
         }
         let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let links =
+            response.headers().get_all(LINK).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
         // Pre-sized when the length is declared: no reallocation holding two buffers at once.
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
@@ -384,7 +388,7 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(FetchOutcome::Fetched { body: body.freeze(), etag })
+        Ok(FetchOutcome::Fetched { body: body.freeze(), etag, links })
     }
 }
 
