@@ -139,5 +139,23 @@ async fn pages_like_a_cursor_api_and_refuses_other_origins_and_endless_pages() {
     );
     assert_eq!(upstream.requests().iter().filter(|r| r.path == "/endless").count(), 3);
     assert!(api.get("endless").await.unwrap().status.unwrap().artifact.is_none(), "a truncated list is not published");
+
+    // spec.maxSize bounds the pages together: two pages of 320 bytes fit in 700, a third does not.
+    let big = |next: &str| Reply::ok(json!({"items": ["x".repeat(300)], "next": next}).to_string());
+    upstream.route("/big", big("/big?p=2"));
+    upstream.route("/big?p=2", big("/big?p=3"));
+    upstream.route("/big?p=3", Reply::ok(json!({"items": ["x".repeat(300)], "next": null}).to_string()));
+    let spec = json!({"maxSize": "700", "generator": {"type": "http", "http": {"url": upstream.url("/big"),
+        "pagination": {"type": "jq", "next": ".next", "items": ".items"}}}});
+    api.create(&PostParams::default(), &source("big", &upstream.url("/big"), spec)).await.unwrap();
+    let message = wait_failing(&api, "big", "FetchFailed").await;
+    assert!(
+        message.starts_with(&format!(
+            "spec.generator.http.pagination: page 3 ({}): the pages together exceed the size limit of 700 bytes \
+             (spec.maxSize)",
+            upstream.url("/big?p=redacted")
+        )),
+        "{message}"
+    );
     ctl.stop().await;
 }
