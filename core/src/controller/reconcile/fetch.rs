@@ -60,6 +60,7 @@ pub async fn fetch(
     if let Some(pagination) = &plan.pagination {
         let paged = pages::fetch_all(ctx, ns, plan, pagination, request, oauth2.as_ref()).await;
         ctx.metrics.observe_source_request(ns, name, started.elapsed());
+        count_request(ctx, scope, if paged.is_ok() { "success" } else { "error" });
         return paged.map(|body| Fetched { body, etag: None, memory });
     }
     let fetched = match &oauth2 {
@@ -77,8 +78,7 @@ pub async fn fetch(
         Ok(_) => "success",
         Err(_) => "error",
     };
-    let labels = ResultLabels { namespace: ns.clone(), name: name.clone(), result: result.into() };
-    ctx.metrics.source_requests.get_or_create(&labels).inc();
+    count_request(ctx, scope, result);
 
     let recorded_etag = old.last_handled_e_tag.as_deref();
     match fetched {
@@ -88,4 +88,11 @@ pub async fn fetch(
         }
         Err(e) => Err(outcome::after_fetch(current, recorded_etag, sent_if_none_match, Unfetched::Failed(&e))),
     }
+}
+
+/// One more fetch of the source in `externalsource_source_requests_total` (a paged source's
+/// pages count as one).
+fn count_request(ctx: &Context, scope: &Scope<'_>, result: &str) {
+    let labels = ResultLabels { namespace: scope.namespace.clone(), name: scope.name.clone(), result: result.into() };
+    ctx.metrics.source_requests.get_or_create(&labels).inc();
 }

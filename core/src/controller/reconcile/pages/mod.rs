@@ -115,7 +115,7 @@ pub async fn fetch_all(
         let output_cap = plan.max_size.saturating_sub(merged.finished_len()).max(64);
         let out = match ctx.transforms.run(&program, &body, output_cap).await {
             Ok(out) => merge::read_output(out).map_err(|e| failed(PageError::Output(e), &request.url))?,
-            Err(e) if e.is_spec_error() => return Err(program_problem(&e)),
+            Err(e) if e.is_spec_error() => return Err(program_problem(&pagination.next, &e)),
             Err(TransformError::TooLarge(_)) => {
                 return Err(failed(PageError::TooLarge { limit: plan.max_size }, &request.url));
             }
@@ -186,10 +186,48 @@ fn failure(page: u32, url: &Url, e: PageError) -> Outcome {
 
 /// A `next` or `items` expression that does not compile: a spec problem, checked again at the
 /// interval (the sandbox finds it only when a page arrives).
-fn program_problem(e: &TransformError) -> Outcome {
-    let problem = ConfigProblem {
-        reason: Reason::InvalidSpec,
-        message: format!("{FIELD}.next / {FIELD}.items: the expressions {e}"),
+fn program_problem(next: &NextPage, e: &TransformError) -> Outcome {
+    let fields = match next {
+        NextPage::Link => format!("{FIELD}.items"),
+        NextPage::Jq(_) => format!("{FIELD}.next or {FIELD}.items"),
     };
+    let problem = ConfigProblem { reason: Reason::InvalidSpec, message: format!("{fields}: {e}") };
     Outcome::Stalled { problem, recheck_at_interval: true }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_the_page_its_redacted_url_and_the_rule() {
+        let url = Url::parse("https://api.example/items?page=4&token=t0k").unwrap();
+        let Outcome::Failed(f) = failure(4, &url, PageError::TooMany { max: 4 }) else { panic!("not a failure") };
+        assert_eq!(
+            f.message,
+            "spec.generator.http.pagination: page 4 (https://api.example/items?page=redacted&token=redacted): \
+             it names a next page, beyond maxPages (4); a truncated list is not published"
+        );
+        assert_eq!((f.reason, f.retry, f.kind), (Reason::FetchFailed, Retry::AtInterval, "pagination"));
+        let transient = PageError::Fetch(FetchError::Timeout { url: "u".into(), timeout: Default::default() });
+        assert!(matches!(transient.retry(), Retry::Backoff { .. }), "a timeout is retried soon");
+        let e = PageError::OtherOrigin { next: "https://evil.example/x".into(), origin: "https://api.example".into() };
+        assert_eq!(e.retry(), Retry::AtInterval);
+    }
+
+    #[test]
+    fn an_expression_that_does_not_compile_is_a_spec_problem() {
+        let compile = TransformError::Compile("1 parse error(s)".into());
+        let Outcome::Stalled { problem, recheck_at_interval: true } = program_problem(&NextPage::Link, &compile) else {
+            panic!("not stalled")
+        };
+        assert_eq!(problem.reason, Reason::InvalidSpec);
+        assert_eq!(problem.message, "spec.generator.http.pagination.items: does not compile: 1 parse error(s)");
+        let Outcome::Stalled { problem, .. } = program_problem(&NextPage::Jq(".n".into()), &compile) else {
+            panic!("not stalled")
+        };
+        assert!(
+            problem.message.starts_with("spec.generator.http.pagination.next or spec.generator.http.pagination.items:")
+        );
+    }
 }
