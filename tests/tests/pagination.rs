@@ -79,6 +79,18 @@ async fn pages_like_github_with_link_headers_and_a_failed_page_keeps_the_artifac
     );
     assert_eq!(artifact(&es), good, "the last good artifact stays published");
     assert_eq!(published_data(&es).await.trim_end(), "[1,2,3,4,5]", "and served");
+
+    // Page 2 answers 200 with an HTML login page: refused, naming the page; the artifact stays.
+    gh.route("/issues?per_page=2&page=2", Reply::ok("<html>sign in</html>"));
+    let es = request_reconcile(&api, "issues", "page-2-html").await;
+    let (_, _, message) = externalsource_tests::sources::ready(&es).unwrap();
+    assert!(
+        message.starts_with(&format!(
+            "spec.generator.http.pagination: page 2 ({shown}): the page is not one JSON document"
+        )),
+        "{message}"
+    );
+    assert_eq!(artifact(&es), good);
     ctl.stop().await;
 }
 

@@ -43,6 +43,8 @@ pub enum PageError {
     Fetch(FetchError),
     #[error("the upstream answered 304 Not Modified to a request without If-None-Match")]
     NotModified,
+    #[error("the page is not one JSON document: {0}")]
+    NotJson(String),
     #[error("the next expression or items expression {0}")]
     Program(TransformError),
     #[error("{0}")]
@@ -116,6 +118,7 @@ pub async fn fetch_all(
         let out = match ctx.transforms.run(&program, &body, output_cap).await {
             Ok(out) => merge::read_output(out).map_err(|e| failed(PageError::Output(e), &request.url))?,
             Err(e) if e.is_spec_error() => return Err(program_problem(&pagination.next, &e)),
+            Err(TransformError::Input(reason)) => return Err(failed(PageError::NotJson(reason), &request.url)),
             Err(TransformError::TooLarge(_)) => {
                 return Err(failed(PageError::TooLarge { limit: plan.max_size }, &request.url));
             }
