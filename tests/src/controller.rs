@@ -48,6 +48,8 @@ pub struct Options {
     pub watch_label_selector: Option<String>,
     /// notification-controller's event address (`controller.events_addr`).
     pub events_addr: Option<String>,
+    /// `fetch.workload_identity`: whether `serviceAccountName` is honoured.
+    pub workload_identity: bool,
     /// `fetch.require_https`: for the plan and for every request's hop.
     pub require_https: bool,
 }
@@ -79,6 +81,7 @@ impl Default for Options {
             hook_socket: None,
             watch_label_selector: None,
             events_addr: None,
+            workload_identity: true,
             require_https: false,
         }
     }
@@ -148,6 +151,7 @@ impl TestController {
                         default_timeout: Duration::from_secs(10),
                         max_timeout: Duration::from_secs(60),
                     },
+                    workload_identity: options.workload_identity,
                     require_https: options.require_https,
                     max_pages: 100,
                 },

@@ -6,9 +6,11 @@ pub mod controller;
 pub mod controlplane;
 pub mod fixture;
 pub mod flux;
+pub mod log_capture;
 pub mod oauth2_server;
 pub mod process;
 pub mod promql;
+pub mod protected_upstream;
 pub mod proxy;
 pub mod sources;
 

@@ -9,6 +9,7 @@
 
 mod announce;
 pub mod backoff;
+pub mod bearer;
 mod cleanup;
 pub mod credentials;
 mod current;
@@ -26,6 +27,7 @@ pub mod scope;
 mod secret_data;
 mod store;
 mod transform;
+pub mod workload_identity;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

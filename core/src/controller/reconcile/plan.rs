@@ -16,6 +16,7 @@ use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::pages::spec::Pagination;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::workload_identity::{self, WorkloadIdentity};
 use crate::controller::upstream::https;
 use crate::controller::upstream::redact::redact_url;
 use crate::package::DestinationPath;
@@ -59,6 +60,8 @@ pub struct Defaults {
     pub max_size: u64,
     /// `[hooks]`: whether an executor runs `spec.hooks`, and their timeouts.
     pub hooks: HookDefaults,
+    /// `fetch.workload_identity`: whether `serviceAccountName` is honoured.
+    pub workload_identity: bool,
     /// `fetch.require_https`: a plain `http://` source URL is a configuration problem.
     pub require_https: bool,
     /// `fetch.max_pages`: the most pages a paged source may ask for.
@@ -90,6 +93,8 @@ pub struct Plan {
     pub transform: Option<Arc<str>>,
     /// `spec.hooks`, run through the hook executor.
     pub hooks: HookPlan,
+    /// `serviceAccountName`: a ServiceAccount token sent as a bearer token.
+    pub identity: Option<WorkloadIdentity>,
     /// `spec.generator.http.pagination`: the pages to follow and merge.
     pub pagination: Option<Pagination>,
 }
@@ -200,6 +205,7 @@ impl Plan {
             })?,
         };
         Ok(Self {
+            identity: workload_identity::from_spec(http, &url, defaults.workload_identity)?,
             url,
             method,
             interval,
@@ -290,6 +296,8 @@ mod tests {
                     cert_secret_ref: None,
                     proxy_secret_ref: None,
                     insecure_skip_verify: None,
+                    service_account_name: None,
+                    audience: None,
                     pagination: None,
                 }),
             },
@@ -310,6 +318,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
             max_size: 1 << 20,
+            workload_identity: true,
             require_https: false,
             max_pages: 100,
         }

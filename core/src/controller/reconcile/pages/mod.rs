@@ -3,8 +3,8 @@
 //! hooks and `spec.transform` see it.
 //!
 //! Every page is an ordinary request of the source: the egress policy, `fetch.require_https` and
-//! the redirect checks apply to each. The source's credentials (the `secretRef` or OAuth2
-//! `Authorization`, the `headersSecretRef` headers, the client certificate) are meant for the
+//! the redirect checks apply to each. The source's credentials (the `secretRef`, OAuth2 or
+//! ServiceAccount token, the `headersSecretRef` headers, the client certificate) are meant for the
 //! first page's origin, so a next URL on another origin (scheme, host or port) is refused, never
 //! fetched, with or without them. `spec.maxSize` bounds the bytes of all pages together, and the
 //! merged array too; a page beyond `maxPages` fails the fetch rather than publishing a truncated
@@ -27,6 +27,7 @@ use crate::controller::outcome::{Failure, Outcome, Retry};
 use crate::controller::reconcile::oauth2::{self, ClientCredentials};
 use crate::controller::reconcile::plan::Plan;
 use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::reconcile::workload_identity;
 use crate::controller::runtime::memory::Reservation;
 use crate::controller::upstream::client::{FetchError, FetchOutcome, FetchRequest};
 use crate::controller::upstream::redact::redact_url;
@@ -106,7 +107,7 @@ pub async fn fetch_all(
             return Err(failed(PageError::TooLarge { limit: plan.max_size }, &request.url));
         }
         request.max_size = remaining;
-        let (body, links) = match one_page(ctx, namespace, &mut request, oauth2).await? {
+        let (body, links) = match one_page(ctx, namespace, plan, &mut request, oauth2).await? {
             Ok(page) => page,
             Err(PageError::Fetch(FetchError::TooLarge { .. })) if page > 1 => {
                 return Err(failed(PageError::TooLarge { limit: plan.max_size }, &request.url));
@@ -151,24 +152,31 @@ pub async fn fetch_all(
     Err(failure(pagination.max_pages, &request.url, PageError::TooMany { max: pagination.max_pages }))
 }
 
-/// One page, with the OAuth2 token when the source has one. The outer `Err` is a token failure
-/// (reported as for an unpaged source); the inner one the page's.
+/// One page, with the OAuth2 or ServiceAccount token when the source has one. The outer `Err`
+/// is a token failure (reported as for an unpaged source); the inner one the page's.
 async fn one_page(
     ctx: &Context,
     namespace: &str,
+    plan: &Plan,
     request: &mut FetchRequest,
     oauth2: Option<&ClientCredentials>,
 ) -> Result<Result<(Bytes, Vec<String>), PageError>, Outcome> {
     // The source's reservation counts every page; a page's declared length must not shrink it.
     let mut memory = Reservation::detached();
-    let fetched = match oauth2 {
-        None => ctx.fetcher.fetch(request, &mut memory).await,
-        Some(client) => {
+    let fetched = match (oauth2, &plan.identity) {
+        (Some(client), _) => {
             match oauth2::fetch_with_token(&ctx.fetcher, &ctx.tokens, namespace, client, request, &mut memory).await {
                 Ok(fetched) => fetched,
                 Err(e) => return Err(client.failure(&e)),
             }
         }
+        (None, Some(identity)) => {
+            match workload_identity::fetch_with_identity(ctx, namespace, identity, request, &mut memory).await {
+                Ok(fetched) => fetched,
+                Err(e) => return Err(e.failure()),
+            }
+        }
+        (None, None) => ctx.fetcher.fetch(request, &mut memory).await,
     };
     Ok(match fetched {
         Ok(FetchOutcome::Fetched { body, links, .. }) => Ok((body, links)),
