@@ -50,6 +50,7 @@ pub enum PageError {
     Program(TransformError),
     #[error("{0}")]
     Output(UnexpectedOutput),
+    /// `next` is shown without its query (which may carry a signature or a token) and cut short.
     #[error("its next URL {next:?} is not a URL reference: {reason}")]
     BadNext { next: String, reason: String },
     #[error(
@@ -138,10 +139,9 @@ pub async fn fetch_all(
         if page == pagination.max_pages {
             return Err(failed(PageError::TooMany { max: pagination.max_pages }, &request.url));
         }
-        let next_url = request
-            .url
-            .join(&next)
-            .map_err(|e| failed(PageError::BadNext { next, reason: e.to_string() }, &request.url))?;
+        let next_url = request.url.join(&next).map_err(|e| {
+            failed(PageError::BadNext { next: shown_reference(&next), reason: e.to_string() }, &request.url)
+        })?;
         if next_url.origin() != origin {
             let e = PageError::OtherOrigin { next: redact_url(&next_url), origin: origin.ascii_serialization() };
             return Err(failed(e, &request.url));
@@ -150,6 +150,16 @@ pub async fn fetch_all(
     }
     // `max_pages` is at least 1, and the last round returns.
     Err(failure(pagination.max_pages, &request.url, PageError::TooMany { max: pagination.max_pages }))
+}
+
+/// A next URL that did not parse, as a message may show it: no query, at most 200 characters.
+fn shown_reference(next: &str) -> String {
+    let path = next.split(['?', '#']).next().unwrap_or_default();
+    let mut shown: String = path.chars().filter(|c| !c.is_control()).take(200).collect();
+    if path.len() < next.len() {
+        shown.push_str("?…");
+    }
+    shown
 }
 
 /// One page, with the OAuth2 or ServiceAccount token when the source has one. The outer `Err`
@@ -224,6 +234,14 @@ mod tests {
         assert!(matches!(transient.retry(), Retry::Backoff { .. }), "a timeout is retried soon");
         let e = PageError::OtherOrigin { next: "https://evil.example/x".into(), origin: "https://api.example".into() };
         assert_eq!(e.retry(), Retry::AtInterval);
+    }
+
+    #[test]
+    fn an_unparsable_next_url_is_shown_without_its_query() {
+        assert_eq!(shown_reference("http://[::1/x?sig=s3cret"), "http://[::1/x?…");
+        assert_eq!(shown_reference("http://[::1/x"), "http://[::1/x");
+        let page = Url::parse("https://api.example/items").unwrap();
+        assert!(page.join("http://[::1/x?sig=s3cret").is_err(), "the case above does not parse");
     }
 
     #[test]
