@@ -283,6 +283,20 @@ fn config_errors_never_print_secret_values() {
 }
 
 #[test]
+fn require_https_is_off_by_default_and_set_by_file_env_or_flag() {
+    let off = printed(&run(&["--print-config"], &[]));
+    assert_eq!(get(&off, "fetch.require_https").as_bool(), Some(false));
+    let by_flag = printed(&run(&["--print-config", "--fetch-require-https", "true"], &[]));
+    assert_eq!(get(&by_flag, "fetch.require_https").as_bool(), Some(true));
+    let by_env = printed(&run(&["--print-config"], &[("FETCH_REQUIRE_HTTPS", "true")]));
+    assert_eq!(get(&by_env, "fetch.require_https").as_bool(), Some(true));
+    let file = config_file("[fetch]\nrequire_https = true\nmax_pages = 500\n");
+    let by_file = printed(&run(&["--config", file.path().to_str().unwrap(), "--print-config"], &[]));
+    assert_eq!(get(&by_file, "fetch.require_https").as_bool(), Some(true));
+    assert_eq!(get(&by_file, "fetch.max_pages").as_integer(), Some(500));
+}
+
+#[test]
 fn a_configuration_that_does_not_fit_the_memory_limit_is_refused() {
     let file = config_file("[storage.memory]\nmax_bytes = \"256MiB\"\n[fetch]\nmemory_budget = \"256MiB\"\n");
     let path = file.path().to_str().unwrap();

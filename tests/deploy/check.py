@@ -1049,7 +1049,7 @@ def check_examples(r: Report, scope: str) -> None:
     r.check(scope, "deploy/examples has the examples users look for",
             {"first-source.yaml", "authenticated-api.yaml", "custom-ca.yaml", "jq-transform.yaml", "hooks.yaml",
              "helm-chart.yaml", "release-archive.yaml", "alerts.yaml", "oauth2-client-credentials.yaml",
-             "workload-identity.yaml"}
+             "workload-identity.yaml", "paged-api.yaml"}
             <= {f.name for f in by_file}, f"{sorted(f.name for f in by_file)}")
     for f, docs in by_file.items():
         sources = [d for d in docs if d.get("kind") == "ExternalSource"]

@@ -50,6 +50,8 @@ pub struct Options {
     pub events_addr: Option<String>,
     /// `fetch.workload_identity`: whether `serviceAccountName` is honoured.
     pub workload_identity: bool,
+    /// `fetch.require_https`: for the plan and for every request's hop.
+    pub require_https: bool,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -80,6 +82,7 @@ impl Default for Options {
             watch_label_selector: None,
             events_addr: None,
             workload_identity: true,
+            require_https: false,
         }
     }
 }
@@ -133,7 +136,10 @@ impl TestController {
         let ctx = Arc::new(Context::new(
             client.clone(),
             storage.clone(),
-            Fetcher::with_policy("externalsource-controller/test", options.egress.clone()),
+            Fetcher::with_policy(
+                "externalsource-controller/test",
+                options.egress.clone().requiring_https(options.require_https),
+            ),
             Settings {
                 defaults: Defaults {
                     min_interval: options.min_interval,
@@ -146,6 +152,8 @@ impl TestController {
                         max_timeout: Duration::from_secs(60),
                     },
                     workload_identity: options.workload_identity,
+                    require_https: options.require_https,
+                    max_pages: 100,
                 },
                 retention: options.retention,
                 finalizer_attempts: options.finalizer_attempts,

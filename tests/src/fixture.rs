@@ -72,6 +72,8 @@ impl Reply {
 pub struct Recorded {
     pub method: String,
     pub path: String,
+    /// The query string, if any (pages of a paged API differ only in it).
+    pub query: Option<String>,
     pub headers: HeaderMap,
     /// Status the fixture answered with.
     pub status: u16,
@@ -84,6 +86,8 @@ pub const MAX_RECORDED_BODY: usize = 1 << 20;
 
 struct State {
     reply: Reply,
+    /// Replies for one path and query (`/items?page=2`), in place of `reply`.
+    routes: std::collections::HashMap<String, Reply>,
     requests: Vec<Recorded>,
 }
 
@@ -150,7 +154,8 @@ impl Upstream {
     async fn start_inner(reply: Reply, tls: Option<tokio_rustls::TlsAcceptor>, ip: &str) -> Self {
         let listener = TcpListener::bind((ip, 0)).await.expect("bind fixture");
         let addr = listener.local_addr().expect("addr");
-        let state = Arc::new(Mutex::new(State { reply, requests: Vec::new() }));
+        let state =
+            Arc::new(Mutex::new(State { reply, routes: std::collections::HashMap::new(), requests: Vec::new() }));
         let stop = CancellationToken::new();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (st, token) = (state.clone(), stop.clone());
@@ -194,6 +199,11 @@ impl Upstream {
         self.state.lock().expect("fixture state").reply = reply;
     }
 
+    /// Answers requests for exactly `path_and_query` (such as `/items?page=2`) with `reply`.
+    pub fn route(&self, path_and_query: &str, reply: Reply) {
+        self.state.lock().expect("fixture state").routes.insert(path_and_query.to_owned(), reply);
+    }
+
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.lock().expect("fixture state").requests.clone()
     }
@@ -225,7 +235,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp
 /// The response, and how long to hold it back (the reply's delay), from one look at the state.
 fn respond(state: &Mutex<State>, req: &Request<Bytes>) -> (Response<Full<Bytes>>, Option<std::time::Duration>) {
     let mut st = state.lock().expect("fixture state");
-    let reply = st.reply.clone();
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let reply = st.routes.get(path_and_query).unwrap_or(&st.reply).clone();
     let not_modified = reply.status == 200
         && reply.etag.as_deref().is_some_and(|etag| {
             req.headers().get(http::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag)
@@ -243,6 +254,7 @@ fn respond(state: &Mutex<State>, req: &Request<Bytes>) -> (Response<Full<Bytes>>
     st.requests.push(Recorded {
         method: req.method().to_string(),
         path: req.uri().path().to_owned(),
+        query: req.uri().query().map(str::to_owned),
         headers: req.headers().clone(),
         status,
         body: req.body().clone(),

@@ -28,6 +28,8 @@ pub type Verify = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = bool> + Send
 #[derive(Debug, Default)]
 struct UpstreamState {
     payload: Bytes,
+    /// Payloads for one path and query (`/items?page=2`), in place of `payload`: a paged API.
+    pages: std::collections::HashMap<String, Bytes>,
     /// Every bearer token presented, in order.
     tokens: Vec<String>,
     /// Answers of 401.
@@ -89,6 +91,12 @@ impl ProtectedUpstream {
         format!("http://127.0.0.1:{}{path}", self.addr.port())
     }
 
+    /// Serves `payload` for exactly `path_and_query`, to the same tokens.
+    pub fn set_page(&self, path_and_query: &str, payload: &str) {
+        let mut st = self.state.lock().expect("upstream state");
+        st.pages.insert(path_and_query.to_owned(), Bytes::from(payload.to_owned()));
+    }
+
     pub fn set_payload(&self, payload: &str) {
         self.state.lock().expect("upstream state").payload = Bytes::from(payload.to_owned());
     }
@@ -136,12 +144,13 @@ async fn handle(
         Some(token) => verify(token.clone()).await,
         None => false,
     };
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let mut st = state.lock().expect("upstream state");
     if let Some(token) = token {
         st.tokens.push(token);
     }
     let response = if accepted {
-        Response::new(Full::new(st.payload.clone()))
+        Response::new(Full::new(st.pages.get(&path_and_query).unwrap_or(&st.payload).clone()))
     } else {
         st.refused += 1;
         let mut r = Response::new(Full::new(Bytes::new()));

@@ -224,6 +224,8 @@ fn context_on(api: &MockApiServer, storage: Arc<dyn Storage>) -> Arc<Context> {
             max_size: 1 << 20,
             hooks,
             workload_identity: true,
+            require_https: false,
+            max_pages: 100,
         },
         retention: 2,
         finalizer_attempts: 5,

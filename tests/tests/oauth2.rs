@@ -228,3 +228,34 @@ async fn the_token_request_uses_the_sources_ca_and_client_certificate() {
     assert_eq!(token.request_count(), 1, "the handshake failed before any request");
     assert_eq!(upstream.request_count(), fetches, "nothing was fetched without a token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_of_a_paged_source_carries_one_cached_token() {
+    let hydra = OAuth2Server::start().await;
+    hydra.create_client(CLIENT_ID, CLIENT_SECRET, "read").await;
+    let upstream = ProtectedUpstream::start(&hydra, "read", "{}").await;
+    upstream.set_page("/items", r#"{"items":[{"id":1}],"next":"/items?page=2"}"#);
+    upstream.set_page("/items?page=2", r#"{"items":[{"id":2}],"next":"/items?page=3"}"#);
+    upstream.set_page("/items?page=3", r#"{"items":[{"id":3}],"next":null}"#);
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("oauth2-pages").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let secrets: Api<Secret> = Api::namespaced(cp.client(), &ns);
+    let creds =
+        json!({"tokenURL": hydra.token_url(), "clientID": CLIENT_ID, "clientSecret": CLIENT_SECRET, "scopes": "read"});
+    secrets.create(&PostParams::default(), &secret("oauth", creds)).await.unwrap();
+    let url = upstream.url("/items");
+    let mut spec = spec_with_secret(&url, "oauth");
+    spec["generator"]["http"]["pagination"] = json!({"type": "jq", "next": ".next", "items": ".items"});
+    spec["transform"] = json!({"jq": "map(.id)"});
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    api.create(&PostParams::default(), &source("paged", &url, spec)).await.unwrap();
+    let es = wait_ready(&api, "paged", "True").await;
+    let (code, bytes) = download(&artifact(&es).url).await;
+    assert_eq!((code, sha256(&bytes)), (200, artifact(&es).digest));
+    // Three pages (a reconcile that follows the first may have begun by now).
+    assert!(upstream.tokens().len() >= 3, "{} requests", upstream.tokens().len());
+    assert_eq!(upstream.refused(), 0, "every page carried a token the upstream accepted");
+    assert_eq!(upstream.distinct_tokens().len(), 1, "one token, obtained once, for all pages");
+    ctl.stop().await;
+}

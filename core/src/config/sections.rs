@@ -165,6 +165,12 @@ section! {
         /// When set, the only networks fetches connect to (the deny list still applies). A TOML
         /// array, or one comma-separated string.
         allow_cidrs: Option<Vec<IpNet>> as Opt<Cidrs> = None;
+        /// Refuse plain `http://`: a source URL with it is a configuration problem, and a
+        /// redirect to it (or an OAuth2 token URL with it) fails the fetch. Proxy addresses are
+        /// exempt (an `https://` target is tunnelled through them with TLS end to end).
+        require_https: bool as Bool = false, env "FETCH_REQUIRE_HTTPS", flag "fetch-require-https";
+        /// The most pages a paged source (`spec.generator.http.pagination.maxPages`) may ask for.
+        max_pages: u32 as Int<u32, 1, 10_000> = 100;
         /// Bytes of fetched bodies in memory at once, each counted twice (the body and its
         /// packaged copy); at least twice `max_size`.
         memory_budget: u64 as Size<1> = max_size.saturating_mul(2).max(DEFAULT_MEMORY_BUDGET),

@@ -209,6 +209,38 @@ pub struct HttpGeneratorSpec {
     /// `https://api.example.com`); only with `serviceAccountName`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audience: Option<String>,
+    /// Follows the upstream's pages and merges their items into one JSON array.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagination: Option<PaginationSpec>,
+}
+
+/// How the next page is found, and which part of each page is kept.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PaginationSpec {
+    /// `link`: the RFC 8288 `Link: <url>; rel="next"` header (GitHub, GitLab). `jq`: the `next`
+    /// expression over each page.
+    #[serde(rename = "type")]
+    pub type_: PaginationType,
+    /// With `type: jq`: a jq expression over each page yielding the next page's URL (relative
+    /// URLs are resolved against the page's) or null on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// A jq expression selecting each page's array of items (default `.`, the page itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<String>,
+    /// Pages fetched at most (default 10, at most the controller's `fetch.max_pages`); a next
+    /// page beyond it fails the fetch rather than publishing a truncated list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pages: Option<u32>,
+}
+
+/// How a paged upstream names its next page.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PaginationType {
+    Link,
+    Jq,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -68,6 +68,8 @@ impl Settings {
                     max_timeout: hooks.max_timeout,
                 },
                 workload_identity: fetch.workload_identity,
+                require_https: fetch.require_https,
+                max_pages: fetch.max_pages,
             },
             retention: controller.retention.into(),
             finalizer_attempts: controller.finalizer_attempts,
@@ -164,7 +166,8 @@ impl Context {
         transform_worker: std::path::PathBuf,
     ) -> Self {
         let fetch = &config.fetch;
-        let egress = EgressPolicy::new(fetch.deny_cidrs.clone(), fetch.allow_cidrs.clone());
+        let egress =
+            EgressPolicy::new(fetch.deny_cidrs.clone(), fetch.allow_cidrs.clone()).requiring_https(fetch.require_https);
         let recorder = EventRecorder::new(client.clone(), REPORTING_CONTROLLER, config.controller.pod_name.clone());
         Self::new(
             client,

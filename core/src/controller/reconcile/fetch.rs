@@ -1,5 +1,6 @@
 //! The fetch step: one request to the upstream, conditional on the recorded ETag while the
-//! published artifact is the one that ETag describes, within the memory budget.
+//! published artifact is the one that ETag describes, within the memory budget; or, for a paged
+//! source, every page (see [`pages`]), unconditionally.
 
 use std::time::Instant;
 
@@ -9,10 +10,9 @@ use crate::controller::api::Artifact;
 use crate::controller::context::Context;
 use crate::controller::outcome::{self, Outcome, Unfetched};
 use crate::controller::reconcile::credentials::Credentials;
-use crate::controller::reconcile::oauth2;
 use crate::controller::reconcile::plan::{Packaging, Plan};
 use crate::controller::reconcile::scope::Scope;
-use crate::controller::reconcile::workload_identity;
+use crate::controller::reconcile::{oauth2, pages, workload_identity};
 use crate::controller::runtime::memory::{Reservation, UNPACK_WORKSPACE};
 use crate::controller::runtime::metrics::ResultLabels;
 use crate::controller::upstream::client::{FetchOutcome, FetchRequest};
@@ -57,6 +57,12 @@ pub async fn fetch(
     };
     let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
+    if let Some(pagination) = &plan.pagination {
+        let paged = pages::fetch_all(ctx, ns, plan, pagination, request, oauth2.as_ref()).await;
+        ctx.metrics.observe_source_request(ns, name, started.elapsed());
+        count_request(ctx, scope, if paged.is_ok() { "success" } else { "error" });
+        return paged.map(|body| Fetched { body, etag: None, memory });
+    }
     let fetched = match (&oauth2, &plan.identity) {
         (Some(client), _) => {
             match oauth2::fetch_with_token(&ctx.fetcher, &ctx.tokens, ns, client, &mut request, &mut memory).await {
@@ -78,15 +84,21 @@ pub async fn fetch(
         Ok(_) => "success",
         Err(_) => "error",
     };
-    let labels = ResultLabels { namespace: ns.clone(), name: name.clone(), result: result.into() };
-    ctx.metrics.source_requests.get_or_create(&labels).inc();
+    count_request(ctx, scope, result);
 
     let recorded_etag = old.last_handled_e_tag.as_deref();
     match fetched {
-        Ok(FetchOutcome::Fetched { body, etag }) => Ok(Fetched { body, etag, memory }),
+        Ok(FetchOutcome::Fetched { body, etag, .. }) => Ok(Fetched { body, etag, memory }),
         Ok(FetchOutcome::NotModified) => {
             Err(outcome::after_fetch(current, recorded_etag, sent_if_none_match, Unfetched::NotModified))
         }
         Err(e) => Err(outcome::after_fetch(current, recorded_etag, sent_if_none_match, Unfetched::Failed(&e))),
     }
+}
+
+/// One more fetch of the source in `externalsource_source_requests_total` (a paged source's
+/// pages count as one).
+fn count_request(ctx: &Context, scope: &Scope<'_>, result: &str) {
+    let labels = ResultLabels { namespace: scope.namespace.clone(), name: scope.name.clone(), result: result.into() };
+    ctx.metrics.source_requests.get_or_create(&labels).inc();
 }

@@ -20,6 +20,7 @@ mod hooks;
 mod labels;
 pub mod oauth2;
 mod package;
+pub mod pages;
 pub mod plan;
 pub mod problem;
 pub mod scope;

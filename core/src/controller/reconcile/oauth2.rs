@@ -3,7 +3,8 @@
 //! A `secretRef` Secret that holds `tokenURL`, `clientID` and `clientSecret` (optionally
 //! `scopes`, space or comma separated, and `audience`) makes the controller get an access token
 //! from the token endpoint and send it as a bearer token. The token request goes through the
-//! source's own HTTP client (see `Fetcher::client_for`): the egress policy, the CA bundle, the
+//! source's own HTTP client (see `Fetcher::client_for`): the egress policy (`fetch.require_https`
+//! included), the CA bundle, the
 //! client certificate and the proxy of the source apply to it as to the upstream fetch. The
 //! client authenticates with HTTP Basic (RFC 6749 §2.3.1), the parameters go in a form body.
 //!
@@ -35,6 +36,7 @@ use crate::controller::upstream::client::{
     FetchError, FetchOutcome, FetchRequest, Fetcher, ProxySettings, SecretBytes, TlsSettings, error_chain,
 };
 use crate::controller::upstream::egress::{self, Denied};
+use crate::controller::upstream::https::{self, PlainHttp};
 use crate::controller::upstream::redact::redact_url;
 
 pub const TOKEN_URL: &str = "tokenURL";
@@ -192,6 +194,9 @@ impl ClientCredentials {
 pub enum TokenError {
     #[error("the token endpoint {url} is refused: {denied}")]
     Denied { url: String, denied: Denied },
+    /// `fetch.require_https` refused the token URL or a redirect of it.
+    #[error("the token endpoint is refused: {0}")]
+    PlainHttp(PlainHttp),
     #[error("the token endpoint {url} did not answer within {timeout:?}")]
     Timeout { url: String, timeout: Duration },
     #[error("the token endpoint {url} is unreachable: {message}")]
@@ -222,7 +227,11 @@ impl TokenError {
         match self {
             Self::Rejected { status, .. } | Self::Status { status, .. } => permanent_status(status),
             Self::Malformed { status, .. } => status.is_success(),
-            Self::Denied { .. } | Self::TooLarge { .. } | Self::UnsupportedTokenType { .. } | Self::Client(_) => true,
+            Self::Denied { .. }
+            | Self::PlainHttp(_)
+            | Self::TooLarge { .. }
+            | Self::UnsupportedTokenType { .. }
+            | Self::Client(_) => true,
             Self::Timeout { .. } | Self::Transport { .. } => false,
         }
     }
@@ -231,6 +240,7 @@ impl TokenError {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Denied { .. } => "egress_denied",
+            Self::PlainHttp(_) => "https_required",
             Self::Client(e) => e.kind(),
             _ => "oauth2_token",
         }
@@ -253,6 +263,7 @@ async fn request_token(
     timeout: Duration,
 ) -> Result<Issued, TokenError> {
     let url = redact_url(&client.token_url);
+    fetcher.check_scheme(&client.token_url).map_err(TokenError::PlainHttp)?;
     fetcher
         .check_egress(&client.token_url, proxy.is_some())
         .await
@@ -263,6 +274,8 @@ async fn request_token(
     let transport = |e: reqwest::Error| {
         if let Some(denied) = egress::denied_in(&e) {
             TokenError::Denied { url: url.clone(), denied: denied.clone() }
+        } else if let Some(refused) = https::refused_in(&e) {
+            TokenError::PlainHttp(refused.clone())
         } else if e.is_timeout() {
             TokenError::Timeout { url: url.clone(), timeout }
         } else {
@@ -543,5 +556,27 @@ mod tests {
         assert_eq!((f.reason, f.kind, f.retry), (Reason::FetchFailed, "oauth2_token", Retry::AtInterval));
         assert!(f.message.starts_with("spec.generator.http.secretRef: Secret \"oauth\""), "{}", f.message);
         assert!(f.message.contains("\"invalid_client\"") && !f.message.contains(SECRET), "{}", f.message);
+    }
+
+    #[tokio::test]
+    async fn require_https_refuses_a_plain_http_token_url() {
+        use crate::controller::upstream::egress::EgressPolicy;
+        let mut pairs = full();
+        pairs[0] = ("tokenURL", "http://192.0.2.1:9/oauth2/token");
+        let client = from_secret("oauth", &data(&pairs)).unwrap();
+        let strict = Fetcher::with_policy("t", EgressPolicy::default().requiring_https(true));
+        let e =
+            request_token(&strict, &client, &TlsSettings::default(), None, Duration::from_secs(1)).await.unwrap_err();
+        assert!(matches!(e, TokenError::PlainHttp(_)), "{e}");
+        assert!(e.is_permanent());
+        let message = client.failure(&e).message();
+        assert!(
+            message.contains(
+                "the token endpoint is refused: http://192.0.2.1:9/oauth2/token is plain http://; \
+                 fetch.require_https allows only https:// URLs; retrying at the next interval"
+            ),
+            "{message}"
+        );
+        assert!(!message.contains(SECRET));
     }
 }

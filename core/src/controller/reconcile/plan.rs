@@ -8,13 +8,17 @@ use std::time::Duration;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
+use crate::config::FetchConfig;
 use crate::controller::api::{ExternalSourceSpec, GeneratorType, PayloadFormat};
 use crate::controller::conditions::Reason;
 use crate::controller::hooks::spec::{HookDefaults, HookPlan};
 use crate::controller::outcome::Outcome;
+use crate::controller::reconcile::pages::spec::Pagination;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
 use crate::controller::reconcile::workload_identity::{self, WorkloadIdentity};
+use crate::controller::upstream::https;
+use crate::controller::upstream::redact::redact_url;
 use crate::package::DestinationPath;
 use crate::package::archive::Layout;
 use crate::units::{format_duration, parse_duration, parse_size};
@@ -58,6 +62,10 @@ pub struct Defaults {
     pub hooks: HookDefaults,
     /// `fetch.workload_identity`: whether `serviceAccountName` is honoured.
     pub workload_identity: bool,
+    /// `fetch.require_https`: a plain `http://` source URL is a configuration problem.
+    pub require_https: bool,
+    /// `fetch.max_pages`: the most pages a paged source may ask for.
+    pub max_pages: u32,
 }
 
 /// A validated spec.
@@ -87,6 +95,8 @@ pub struct Plan {
     pub hooks: HookPlan,
     /// `serviceAccountName`: a ServiceAccount token sent as a bearer token.
     pub identity: Option<WorkloadIdentity>,
+    /// `spec.generator.http.pagination`: the pages to follow and merge.
+    pub pagination: Option<Pagination>,
 }
 
 /// How the payload becomes the artifact (`spec.format`).
@@ -157,15 +167,7 @@ impl Plan {
         let http = spec.generator.http.as_ref().ok_or_else(|| {
             ConfigProblem::invalid("spec.generator.http", "", "is required when spec.generator.type is http")
         })?;
-        let url = Url::parse(&http.url)
-            .map_err(|e| ConfigProblem::invalid("spec.generator.http.url", &http.url, format!("is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(ConfigProblem::invalid(
-                "spec.generator.http.url",
-                &crate::controller::upstream::redact::redact_url(&url),
-                "must be an http:// or https:// URL with a host",
-            ));
-        }
+        let url = source_url(&http.url, defaults.require_https)?;
         let method_text = http.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
         if !METHODS.contains(&method_text.as_str()) {
             return Err(ConfigProblem::invalid(
@@ -219,6 +221,7 @@ impl Plan {
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
             transform,
             hooks,
+            pagination: Pagination::from_spec(spec, defaults.max_pages)?,
         })
     }
 
@@ -228,6 +231,24 @@ impl Plan {
             format!("spec.interval {from:?} is below the controller minimum; using {}", format_duration(self.interval))
         })
     }
+}
+
+/// `spec.generator.http.url`: an absolute `http(s)://` URL with a host, and `https://` under
+/// `fetch.require_https`. Shown redacted once parsed.
+fn source_url(raw: &str, require_https: bool) -> Result<Url, ConfigProblem> {
+    const FIELD: &str = "spec.generator.http.url";
+    let url = Url::parse(raw).map_err(|e| ConfigProblem::invalid(FIELD, raw, format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ConfigProblem::invalid(FIELD, &redact_url(&url), "must be an http:// or https:// URL with a host"));
+    }
+    https::check(require_https, &url, false).map_err(|refused| {
+        ConfigProblem::invalid(
+            FIELD,
+            &refused.url,
+            format!("is plain http://; {} allows only https:// URLs", FetchConfig::require_https),
+        )
+    })?;
+    Ok(url)
 }
 
 /// Builds request headers from a Secret's data; names and values are checked, values never shown.
@@ -277,6 +298,7 @@ mod tests {
                     insecure_skip_verify: None,
                     service_account_name: None,
                     audience: None,
+                    pagination: None,
                 }),
             },
             timeout: None,
@@ -297,6 +319,8 @@ mod tests {
             max_timeout: Duration::from_secs(120),
             max_size: 1 << 20,
             workload_identity: true,
+            require_https: false,
+            max_pages: 100,
         }
     }
 
@@ -367,5 +391,20 @@ mod tests {
         s.archive = Some(ArchiveSpec::default());
         let e = Plan::from_spec(&s, &defaults()).unwrap_err();
         assert!(e.message.contains("applies only with spec.format: archive"), "{}", e.message);
+    }
+
+    #[test]
+    fn require_https_refuses_a_plain_http_url_naming_field_value_and_rule() {
+        let strict = Defaults { require_https: true, ..defaults() };
+        let p = Plan::from_spec(&spec("5m", None, "https://api.example/items"), &strict).unwrap();
+        assert_eq!(p.url.as_str(), "https://api.example/items");
+        let e = Plan::from_spec(&spec("5m", None, "http://bob:pw@api.example/items?key=k3y"), &strict).unwrap_err();
+        assert_eq!(e.reason, Reason::InvalidSpec);
+        assert_eq!(
+            e.message,
+            "spec.generator.http.url: \"http://redacted@api.example/items?key=redacted\" is plain http://; \
+             fetch.require_https allows only https:// URLs"
+        );
+        assert!(Plan::from_spec(&spec("5m", None, "http://api.example/items"), &defaults()).is_ok(), "off by default");
     }
 }

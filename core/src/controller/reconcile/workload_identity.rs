@@ -308,6 +308,7 @@ mod tests {
             insecure_skip_verify: None,
             service_account_name: account.map(Into::into),
             audience: audience.map(Into::into),
+            pagination: None,
         }
     }
 

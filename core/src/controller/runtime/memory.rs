@@ -119,6 +119,12 @@ impl Drop for Reservation {
 }
 
 impl Reservation {
+    /// Holds nothing: for a request whose bytes another reservation already counts (a page of
+    /// a paged source, within the source's own reservation for all its pages).
+    pub fn detached() -> Self {
+        Self { permit: None, extra_units: 0, reserved: Gauge::default() }
+    }
+
     /// The bytes held.
     pub fn bytes(&self) -> u64 {
         self.permit.as_ref().map_or(0, |p| p.num_permits() as u64 * UNIT)

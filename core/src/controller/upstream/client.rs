@@ -4,18 +4,20 @@
 //! whose codec added 0.2 MB to the binary for no payload gzip cannot carry), so a small gzip bomb
 //! is refused like a large body. Headers from a Secret are never sent to another origin: the
 //! redirect policy of clients that carry them refuses redirects to another scheme, host or port.
-//! Every hop obeys the [egress policy](crate::controller::upstream::egress).
+//! Every hop obeys the [egress policy](crate::controller::upstream::egress), `fetch.require_https`
+//! included.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, LINK, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
 
 use crate::controller::runtime::memory::Reservation;
 use crate::controller::upstream::egress::{self, Denied, EgressPolicy};
+use crate::controller::upstream::https::{self, PlainHttp};
 use crate::controller::upstream::redact::redact_url;
 
 /// What to fetch and how.
@@ -69,6 +71,8 @@ pub enum FetchOutcome {
     Fetched {
         body: Bytes,
         etag: Option<String>,
+        /// The `Link` header values (RFC 8288), for paged sources.
+        links: Vec<String>,
     },
 }
 
@@ -85,6 +89,9 @@ pub enum FetchError {
     Transport { url: String, message: String },
     #[error("request to {url} refused: {denied}")]
     Denied { url: String, denied: Denied },
+    /// `fetch.require_https` refused the URL or a redirect hop.
+    #[error("request to {url} refused: {refused}")]
+    PlainHttp { url: String, refused: PlainHttp },
     #[error("invalid CA bundle: {0}")]
     InvalidCaBundle(String),
     /// `certSecretRef`'s `tls.crt` / `tls.key` do not form a usable identity.
@@ -105,6 +112,7 @@ impl FetchError {
             }
             Self::TooLarge { .. }
             | Self::Denied { .. }
+            | Self::PlainHttp { .. }
             | Self::InvalidCaBundle(_)
             | Self::InvalidClientCertificate(_)
             | Self::Client(_) => true,
@@ -118,6 +126,7 @@ impl FetchError {
             Self::Status { .. } => "fetch_status",
             Self::TooLarge { .. } => "fetch_too_large",
             Self::Denied { .. } => "egress_denied",
+            Self::PlainHttp { .. } => "https_required",
             Self::Timeout { .. } => "fetch_timeout",
             Self::Transport { .. } => "fetch_transport",
             Self::InvalidCaBundle(_) => "invalid_ca_bundle",
@@ -229,6 +238,9 @@ impl Fetcher {
             if !matches!(scheme.as_str(), "http" | "https") {
                 return attempt.error(format!("redirect to non-HTTP scheme {scheme:?} refused"));
             }
+            if let Err(refused) = egress.check_scheme(attempt.url(), true) {
+                return attempt.error(refused);
+            }
             if let Err(denied) = egress.check_literal(attempt.url()) {
                 return attempt.error(denied);
             }
@@ -278,6 +290,11 @@ impl Fetcher {
         Ok(client)
     }
 
+    /// Whether `url` may be requested under `fetch.require_https`.
+    pub(crate) fn check_scheme(&self, url: &Url) -> Result<(), PlainHttp> {
+        self.policy.check_scheme(url, false)
+    }
+
     /// Checks a target before its request: IP literals here (names when they are resolved, by
     /// the client's resolver), and through a proxy, which resolves names itself, the target's
     /// own resolution too, so a proxy is no way around the egress policy's denied ranges.
@@ -316,6 +333,7 @@ impl Fetcher {
     pub async fn fetch(&self, req: &FetchRequest, memory: &mut Reservation) -> Result<FetchOutcome, FetchError> {
         // The URL as messages show it: credentials in it are sent, never displayed.
         let url = redact_url(&req.url);
+        self.check_scheme(&req.url).map_err(|refused| FetchError::PlainHttp { url: url.clone(), refused })?;
         self.check_egress(&req.url, req.proxy.is_some())
             .await
             .map_err(|denied| FetchError::Denied { url: url.clone(), denied })?;
@@ -331,6 +349,8 @@ impl Fetcher {
         let transport = |e: reqwest::Error| {
             if let Some(denied) = egress::denied_in(&e) {
                 FetchError::Denied { url: url.clone(), denied: denied.clone() }
+            } else if let Some(refused) = https::refused_in(&e) {
+                FetchError::PlainHttp { url: url.clone(), refused: refused.clone() }
             } else if e.is_timeout() {
                 FetchError::Timeout { url: url.clone(), timeout: req.timeout }
             } else {
@@ -358,6 +378,8 @@ impl Fetcher {
             memory.shrink_to_body(n);
         }
         let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let links =
+            response.headers().get_all(LINK).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
         // Pre-sized when the length is declared: no reallocation holding two buffers at once.
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
@@ -366,7 +388,7 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(FetchOutcome::Fetched { body: body.freeze(), etag })
+        Ok(FetchOutcome::Fetched { body: body.freeze(), etag, links })
     }
 }
 
@@ -415,5 +437,29 @@ mod tests {
         assert!(!status(429).is_permanent());
         assert!(!status(500).is_permanent());
         assert!(!status(503).is_permanent());
+    }
+
+    #[tokio::test]
+    async fn require_https_refuses_a_plain_http_request_before_connecting() {
+        use crate::controller::runtime::memory::MemoryBudget;
+        let fetcher = Fetcher::with_policy("t", EgressPolicy::default().requiring_https(true));
+        let budget = MemoryBudget::new(1 << 20);
+        let mut memory = budget.reserve(1024).await;
+        let request = |url: &str| FetchRequest {
+            url: Url::parse(url).unwrap(),
+            method: Method::GET,
+            headers: HeaderMap::new(),
+            tls: TlsSettings::default(),
+            timeout: Duration::from_secs(1),
+            max_size: 1024,
+            if_none_match: None,
+            proxy: None,
+        };
+        // Port 9 on a TEST-NET address: never contacted, the refusal comes first.
+        let e = fetcher.fetch(&request("http://192.0.2.1:9/x?t=s3cret"), &mut memory).await.unwrap_err();
+        assert!(matches!(&e, FetchError::PlainHttp { refused, .. } if !refused.redirect), "{e}");
+        assert!(e.is_permanent());
+        assert_eq!(e.kind(), "https_required");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 }

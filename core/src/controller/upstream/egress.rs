@@ -17,18 +17,21 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 #[cfg(test)]
 use crate::config::parse_cidr;
 use crate::config::{FetchConfig, default_deny_cidrs};
+use crate::controller::upstream::https::{self, PlainHttp};
 
 /// Which networks fetches may connect to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressPolicy {
     deny: Vec<IpNet>,
     allow: Option<Vec<IpNet>>,
+    /// `fetch.require_https`: plain `http://` is refused on every hop (see [`https`]).
+    require_https: bool,
 }
 
 impl Default for EgressPolicy {
     /// The default deny list (link-local and metadata addresses), no allow list.
     fn default() -> Self {
-        Self { deny: default_deny_cidrs(), allow: None }
+        Self { deny: default_deny_cidrs(), allow: None, require_https: false }
     }
 }
 
@@ -42,7 +45,18 @@ pub struct Denied {
 
 impl EgressPolicy {
     pub fn new(deny: Vec<IpNet>, allow: Option<Vec<IpNet>>) -> Self {
-        Self { deny, allow }
+        Self { deny, allow, require_https: false }
+    }
+
+    /// The same policy, refusing plain `http://` when `require_https` (`fetch.require_https`).
+    pub fn requiring_https(mut self, require_https: bool) -> Self {
+        self.require_https = require_https;
+        self
+    }
+
+    /// Whether a request (or a redirect hop, with `redirect`) may go to `url`'s scheme.
+    pub fn check_scheme(&self, url: &Url, redirect: bool) -> Result<(), PlainHttp> {
+        https::check(self.require_https, url, redirect)
     }
 
     /// Whether fetches may connect to `address`. IPv4-mapped IPv6 addresses are checked as the

@@ -1,6 +1,7 @@
-//! The upstream side of a fetch: the HTTP [`client`], the [`egress`] policy it enforces, and
-//! the [`redact`]ion of URLs before they are shown.
+//! The upstream side of a fetch: the HTTP [`client`], the [`egress`] policy it enforces (with
+//! the [`https`] rule), and the [`redact`]ion of URLs before they are shown.
 
 pub mod client;
 pub mod egress;
+pub mod https;
 pub mod redact;
