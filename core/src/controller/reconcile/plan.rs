@@ -13,6 +13,7 @@ use crate::controller::conditions::Reason;
 use crate::controller::hooks::spec::{HookDefaults, HookPlan};
 use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::reconcile::receiver::{self, ReceiverPlan};
 use crate::controller::reconcile::scope::Scope;
 use crate::package::DestinationPath;
 use crate::package::archive::Layout;
@@ -82,6 +83,8 @@ pub struct Plan {
     pub transform: Option<Arc<str>>,
     /// `spec.hooks`, run through the hook executor.
     pub hooks: HookPlan,
+    /// `spec.receiver`: the webhook that asks for a fetch at once.
+    pub receiver: Option<ReceiverPlan>,
 }
 
 /// How the payload becomes the artifact (`spec.format`).
@@ -213,6 +216,7 @@ impl Plan {
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
             transform,
             hooks,
+            receiver: receiver::plan(spec)?,
         })
     }
 
@@ -273,6 +277,7 @@ mod tests {
             },
             timeout: None,
             max_size: None,
+            receiver: None,
             transform: None,
         }
     }
