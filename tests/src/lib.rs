@@ -10,6 +10,7 @@ pub mod oauth2_server;
 pub mod process;
 pub mod promql;
 pub mod proxy;
+pub mod receiver;
 pub mod sources;
 
 pub use controller::TestController;
