@@ -58,7 +58,7 @@ async fn new_artifact_served(api: &Api<ExternalSource>, name: &str, old: &str) -
 /// A number from 0 to 1, different each call (no dependency for one random offset per round).
 fn unit_random(round: usize) -> f64 {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-    let mut x = u64::from(nanos) ^ ((round as u64 + 1) * 0x9E37_79B9_7F4A_7C15);
+    let mut x = u64::from(nanos) ^ (round as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;
