@@ -13,8 +13,9 @@ use externalsource_tests::receiver::{
 use externalsource_tests::sources::{artifact, download, source, wait_ready};
 use externalsource_tests::{ControlPlane, Reply, Upstream, eventually, sha256};
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 
@@ -88,6 +89,21 @@ async fn a_push_serves_the_new_revision_at_once_and_a_bad_one_fetches_nothing() 
     assert_eq!(sha256(&bytes), updated.digest, "the served artifact is the new revision");
     eprintln!("push to new artifact served: {:?}", pushed_at.elapsed());
 
+    // A new token publishes a new path (the Secret is watched); the old one is unknown.
+    let rotated = "generic-token-rotated-3e8b-not-for-logs";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let patch = json!({"stringData": {"token": rotated}});
+    secrets.patch("generic-hook", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("rotate token");
+    let new_path = expected_path(rotated, "pushed", &ns);
+    eventually("the rotated webhook path", Duration::from_secs(20), || async {
+        (api.get("pushed").await.ok()?.status?.webhook_path.as_deref() == Some(new_path.as_str())).then_some(())
+    })
+    .await;
+    let before = upstream.request_count();
+    assert_eq!(push_when_known(&http, &controller.url(&new_path), &[], b"").await, 202);
+    fetched(&upstream, before + 1).await;
+    assert_eq!(push(&http, &url, &[], b"").await, 404, "the old token's path after rotation");
+
     // generic-hmac: the path is known, the body's signature is what counts.
     let signed_upstream = Upstream::start(Reply::ok(r#"{"s":1}"#)).await;
     create_token_secret(&client, &ns, "hmac-hook", HMAC_TOKEN).await;
@@ -123,7 +139,7 @@ async fn a_push_serves_the_new_revision_at_once_and_a_bad_one_fetches_nothing() 
     fetched(&github_upstream, 2).await;
 
     let log = controller.process.log_text();
-    for token in [GENERIC_TOKEN, HMAC_TOKEN, GITHUB_TOKEN] {
+    for token in [GENERIC_TOKEN, rotated, HMAC_TOKEN, GITHUB_TOKEN] {
         assert!(!log.contains(token), "a receiver token is in the controller's log");
     }
 }
