@@ -9,7 +9,7 @@ use externalsource_core::config::{Config, ControllerConfig, MemoryCheck, OpsConf
 use externalsource_core::controller::context::Context;
 use externalsource_core::controller::receiver::Receiver;
 use externalsource_core::controller::runtime::leader::{LeaderElector, Timings};
-use externalsource_core::controller::runtime::metrics::Metrics;
+use externalsource_core::controller::runtime::metrics::{Metrics, PushLabels};
 use externalsource_core::controller::runtime::restore_pass::RestorePass;
 use externalsource_core::controller::{self, StartError};
 use externalsource_core::restore::Restoring;
@@ -18,6 +18,8 @@ use externalsource_core::{BuildError, Storage};
 use externalsource_server::{
     ArtifactRoutes, ArtifactService, OpsService, Readiness, ReceiverService, ServeOptions, ServerMetrics,
 };
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -163,7 +165,8 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
         _ => Some(kube::Client::try_default().await.map_err(AppError::Kube)?),
     };
     if let Some(client) = client.as_ref().filter(|_| config.receiver.enabled) {
-        servers.push(start_receiver(&config, client.clone(), &servers_stop).await?);
+        let pushes = telemetry.metrics.receiver_pushes.clone();
+        servers.push(start_receiver(&config, client.clone(), pushes, &servers_stop).await?);
     }
     stop_servers_after_delay(&config, &shutdown, &servers_stop, &readiness);
     let result = match client {
@@ -282,12 +285,13 @@ async fn start_artifact_server(
 async fn start_receiver(
     config: &Config,
     client: kube::Client,
+    pushes: Family<PushLabels, Counter>,
     stop: &CancellationToken,
 ) -> Result<JoinHandle<()>, AppError> {
     let r = &config.receiver;
     let listener = bind(ReceiverConfig::port, &r.bind_address, r.port).await?;
     tracing::info!(addr = ?listener.local_addr().ok(), "receiver listening (POST /hook/<digest>)");
-    let receiver = Receiver::new(client, r.max_body);
+    let receiver = Receiver::new(client, r.max_body, pushes);
     let options = ServeOptions { max_connections: r.max_connections as usize, ..ServeOptions::from(&config.server) };
     let selector = config.controller.watch_label_selector.clone();
     let token = stop.clone();

@@ -31,9 +31,11 @@ impl ReceiverService {
 
     async fn respond(self, request: Request<Incoming>) -> Response<Body> {
         let Some(target) = self.0.target(request.uri().path()) else {
+            self.0.count("not_found");
             return text(StatusCode::NOT_FOUND, "not found\n");
         };
         if request.method() != Method::POST {
+            self.0.count("method_not_allowed");
             let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
             return response;
@@ -42,6 +44,7 @@ impl ReceiverService {
         let (parts, body) = request.into_parts();
         let announced = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if announced.is_some_and(|len| len > max) {
+            self.0.count("too_large");
             return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
         }
         let body = if needs_body(target.kind) {
@@ -49,15 +52,25 @@ impl ReceiverService {
             match Limited::new(body, limit).collect().await {
                 Ok(collected) => collected.to_bytes(),
                 // Too large, or the client went away mid-body.
-                Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large or incomplete\n"),
+                Err(_) => {
+                    self.0.count("too_large");
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large or incomplete\n");
+                }
             }
         } else {
             bytes::Bytes::new()
         };
-        match self.0.push(&target, &parts.headers, &body).await {
-            Verdict::Accepted(Requested::Patching | Requested::Coalesced) => {
-                text(StatusCode::ACCEPTED, "reconcile requested\n")
-            }
+        let verdict = self.0.push(&target, &parts.headers, &body).await;
+        self.0.count(match verdict {
+            Verdict::Accepted(Requested::Patching) => "accepted",
+            Verdict::Accepted(Requested::Coalesced) => "coalesced",
+            Verdict::Ping => "ping",
+            Verdict::Refused(_) => "refused",
+            Verdict::Stale => "not_found",
+            Verdict::Unavailable => "unavailable",
+        });
+        match verdict {
+            Verdict::Accepted(_) => text(StatusCode::ACCEPTED, "reconcile requested\n"),
             Verdict::Ping => text(StatusCode::OK, "pong\n"),
             Verdict::Refused(_) => text(StatusCode::UNAUTHORIZED, "unauthorized\n"),
             Verdict::Stale => text(StatusCode::NOT_FOUND, "not found\n"),

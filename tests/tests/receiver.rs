@@ -174,6 +174,22 @@ async fn a_flood_of_pushes_costs_at_most_two_fetches() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     let extra = upstream.request_count() - before;
     let patches = requests.distinct();
+    let metrics = http
+        .get(format!("http://127.0.0.1:{}/metrics/totals", controller.ops_port))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics");
+    let counted = |result: &str| {
+        let series = format!("externalsource_receiver_pushes_total{{result=\"{result}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    let (accepted, coalesced) = (counted("accepted"), counted("coalesced"));
+    eprintln!("metrics: {accepted} accepted, {coalesced} coalesced");
+    assert_eq!(accepted + coalesced, 201, "every authenticated push counted once:\n{metrics}");
+    assert!(coalesced >= 100, "most of the burst joined a request in flight ({coalesced} coalesced)");
     eprintln!("200 pushes: {patches} reconcile requests written, {extra} fetches");
     assert!((1..=2).contains(&extra), "200 pushes caused {extra} fetches; at most 2 (one in flight, one queued)");
     assert!(

@@ -13,11 +13,14 @@ pub mod trigger;
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use reqwest::header::HeaderMap;
 
 use self::index::{Index, Target};
 use self::signature::{Authenticated, Refused, verify};
 use self::trigger::{Requested, Trigger};
+use crate::controller::runtime::metrics::PushLabels;
 
 /// What the receiver answers to a push at a known path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,11 +44,19 @@ pub struct Receiver {
     trigger: Trigger,
     client: kube::Client,
     max_body: u64,
+    pushes: Family<PushLabels, Counter>,
 }
 
 impl Receiver {
-    pub fn new(client: kube::Client, max_body: u64) -> Arc<Self> {
-        Arc::new(Self { index: Index::default(), trigger: Trigger::new(client.clone()), client, max_body })
+    /// Counts pushes into `pushes` (`externalsource_receiver_pushes_total`).
+    pub fn new(client: kube::Client, max_body: u64, pushes: Family<PushLabels, Counter>) -> Arc<Self> {
+        let trigger = Trigger::new(client.clone());
+        Arc::new(Self { index: Index::default(), trigger, client, max_body, pushes })
+    }
+
+    /// Counts one push by its answer (`accepted`, `not_found`, `too_large`, …).
+    pub fn count(&self, result: &'static str) {
+        self.pushes.get_or_create(&PushLabels { result }).inc();
     }
 
     /// Keeps the paths current; run it beside the listener (it never returns by itself).
