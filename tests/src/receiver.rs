@@ -27,16 +27,40 @@ pub struct ReceiverController {
 impl ReceiverController {
     /// Starts it with `min_interval` and waits for `/readyz`. Its log goes to `dir`.
     pub async fn start(cp: &ControlPlane, namespace: &str, dir: &Path, min_interval: &str) -> Self {
+        let controller = Self::spawn(cp, namespace, dir, min_interval, None);
+        let ready = format!("http://127.0.0.1:{}/readyz", controller.ops_port);
+        wait_http_ok(&controller.process, &ready, Duration::from_secs(60)).await;
+        controller
+    }
+
+    /// One of several replicas electing a leader as `identity` (Lease in `namespace`); waits for
+    /// `/healthz` only, since a replica that does not lead a private store is never Ready.
+    pub async fn start_replica(cp: &ControlPlane, namespace: &str, dir: &Path, identity: &str) -> Self {
+        let controller = Self::spawn(cp, namespace, dir, "1s", Some(identity));
+        let health = format!("http://127.0.0.1:{}/healthz", controller.ops_port);
+        wait_http_ok(&controller.process, &health, Duration::from_secs(60)).await;
+        controller
+    }
+
+    fn spawn(cp: &ControlPlane, namespace: &str, dir: &Path, min_interval: &str, identity: Option<&str>) -> Self {
         let (server_port, ops_port, receiver_port) = (free_port(), free_port(), free_port());
+        let election = match identity {
+            Some(name) => format!(
+                "leader_election = true\npod_name = \"{name}\"\nlease_duration = \"4s\"\nrenew_deadline = \"2s\"\n\
+                 retry_period = \"500ms\"\n"
+            ),
+            None => "leader_election = false\n".to_owned(),
+        };
+        let name = identity.unwrap_or("controller");
         let text = format!(
             "[server]\nbind_address = \"127.0.0.1\"\nport = {server_port}\nshutdown_delay = \"0s\"\n\
              advertise_url = \"http://127.0.0.1:{server_port}\"\n\
              [ops]\nbind_address = \"127.0.0.1\"\nport = {ops_port}\n\
              [receiver]\nenabled = true\nbind_address = \"127.0.0.1\"\nport = {receiver_port}\n\
-             [controller]\nleader_election = false\nmin_interval = \"{min_interval}\"\n\
+             [controller]\n{election}min_interval = \"{min_interval}\"\n\
              [log]\nlevel = \"info,externalsource_core::controller::receiver=debug\"\n[storage]\nbackend = \"memory\"\n"
         );
-        let config: PathBuf = dir.join("controller.toml");
+        let config: PathBuf = dir.join(format!("{name}.toml"));
         std::fs::write(&config, text).expect("write config");
         let mut cmd = Command::new(controller_binary());
         cmd.args(["run", "--config"]).arg(&config);
@@ -48,8 +72,7 @@ impl ReceiverController {
             .env("NO_COLOR", "1")
             .env("NO_PROXY", "127.0.0.1,localhost")
             .env("no_proxy", "127.0.0.1,localhost");
-        let process = ChildProcess::spawn("controller", cmd, &dir.join("controller.log"));
-        wait_http_ok(&process, &format!("http://127.0.0.1:{ops_port}/readyz"), Duration::from_secs(60)).await;
+        let process = ChildProcess::spawn(name, cmd, &dir.join(format!("{name}.log")));
         Self { process, receiver_port, server_port, ops_port }
     }
 

@@ -13,6 +13,7 @@ use externalsource_tests::receiver::{
 use externalsource_tests::sources::{artifact, download, source, wait_ready};
 use externalsource_tests::{ControlPlane, Reply, Upstream, eventually, sha256};
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -35,6 +36,17 @@ async fn create(api: &Api<ExternalSource>, name: &str, url: &str, kind: &str, se
 async fn fetched(upstream: &Upstream, count: usize) {
     eventually(&format!("{count} fetches"), Duration::from_secs(20), || async {
         (upstream.request_count() >= count).then_some(())
+    })
+    .await;
+}
+
+/// Waits until the upstream has seen no request for 1.5 s: reconciles a source's creation may
+/// still cause (its Secret's watch event can arrive after the source's) are over.
+async fn settle(upstream: &Upstream) {
+    eventually("the upstream to settle", Duration::from_secs(20), || async {
+        let before = upstream.request_count();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        (upstream.request_count() == before).then_some(())
     })
     .await;
 }
@@ -67,6 +79,7 @@ async fn a_push_serves_the_new_revision_at_once_and_a_bad_one_fetches_nothing() 
     let url = controller.url(&path);
     assert_eq!(push_when_known(&http, &url, &[], b"").await, 202);
     fetched(&upstream, 2).await;
+    settle(&upstream).await;
 
     let guessed = controller.url(&expected_path("guessed-token", "pushed", &ns));
     assert_eq!(push(&http, &guessed, &[], b"").await, 404, "a path of another token is unknown");
@@ -110,6 +123,7 @@ async fn a_push_serves_the_new_revision_at_once_and_a_bad_one_fetches_nothing() 
     create(&api, "signed", &signed_upstream.url("/data"), "generic-hmac", "hmac-hook").await;
     wait_ready(&api, "signed", "True").await;
     let signed_url = controller.url(&webhook_path(&api, "signed").await);
+    settle(&signed_upstream).await;
     let body = br#"{"event":"changed"}"#;
     let forged = [("X-Signature", signature("not-the-token", body))];
     assert_eq!(push_when_known(&http, &signed_url, &forged, body).await, 401, "a wrong key's signature");
@@ -120,8 +134,9 @@ async fn a_push_serves_the_new_revision_at_once_and_a_bad_one_fetches_nothing() 
     let large_signed = [("X-Signature", signature(HMAC_TOKEN, &large))];
     assert_eq!(push(&http, &signed_url, &large_signed, &large).await, 413, "a body over receiver.max_body");
     no_fetch_for(&signed_upstream, Duration::from_secs(2), "a refused push").await;
+    let before = signed_upstream.request_count();
     assert_eq!(push(&http, &signed_url, &good, body).await, 202);
-    fetched(&signed_upstream, 2).await;
+    fetched(&signed_upstream, before + 1).await;
 
     // github: X-Hub-Signature-256; a ping is answered and fetches nothing.
     let github_upstream = Upstream::start(Reply::ok(r#"{"g":1}"#)).await;
@@ -129,14 +144,16 @@ async fn a_push_serves_the_new_revision_at_once_and_a_bad_one_fetches_nothing() 
     create(&api, "from-github", &github_upstream.url("/data"), "github", "github-hook").await;
     wait_ready(&api, "from-github", "True").await;
     let github_url = controller.url(&webhook_path(&api, "from-github").await);
+    settle(&github_upstream).await;
     let ping = br#"{"zen":"Keep it logically awesome."}"#;
     let headers = [("X-GitHub-Event", "ping".to_owned()), ("X-Hub-Signature-256", signature(GITHUB_TOKEN, ping))];
     assert_eq!(push_when_known(&http, &github_url, &headers, ping).await, 200);
     no_fetch_for(&github_upstream, Duration::from_secs(2), "GitHub's ping").await;
     let event = br#"{"ref":"refs/heads/main"}"#;
     let headers = [("X-GitHub-Event", "push".to_owned()), ("X-Hub-Signature-256", signature(GITHUB_TOKEN, event))];
+    let before = github_upstream.request_count();
     assert_eq!(push(&http, &github_url, &headers, event).await, 202);
-    fetched(&github_upstream, 2).await;
+    fetched(&github_upstream, before + 1).await;
 
     let log = controller.process.log_text();
     for token in [GENERIC_TOKEN, rotated, HMAC_TOKEN, GITHUB_TOKEN] {
@@ -162,7 +179,7 @@ async fn a_flood_of_pushes_costs_at_most_two_fetches() {
     let http = reqwest::Client::new();
     assert_eq!(push_when_known(&http, &url, &[], b"").await, 202);
     fetched(&upstream, 2).await;
-    no_fetch_for(&upstream, Duration::from_secs(3), "nothing").await;
+    settle(&upstream).await;
 
     let requests = RequestedAt::record(&api, "flooded").listed().await;
     let before = upstream.request_count();
@@ -239,4 +256,46 @@ impl RequestedAt {
         self.task.abort();
         self.seen.lock().unwrap().len()
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_does_not_lead_takes_the_push_and_the_leader_fetches() {
+    let _serial = SERIAL.lock().await;
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("replicas").await;
+    let client = cp.client();
+    let dir = tempfile::tempdir().unwrap();
+    let leader = ReceiverController::start_replica(&cp, &ns, dir.path(), "replica-a").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
+    let holder = || async {
+        let lease = leases.get_opt("externalsource-controller-leader").await.ok()??;
+        lease.spec?.holder_identity
+    };
+    eventually("replica-a to lead", Duration::from_secs(30), || async {
+        (holder().await.as_deref() == Some("replica-a")).then_some(())
+    })
+    .await;
+    let standby = ReceiverController::start_replica(&cp, &ns, dir.path(), "replica-b").await;
+
+    let api: Api<ExternalSource> = Api::namespaced(client.clone(), &ns);
+    let upstream = Upstream::start(Reply::ok(r#"{"v":1}"#)).await;
+    create_token_secret(&client, &ns, "hook", GENERIC_TOKEN).await;
+    create(&api, "replicated", &upstream.url("/data"), "generic", "hook").await;
+    let first = wait_ready(&api, "replicated", "True").await;
+    let path = webhook_path(&api, "replicated").await;
+
+    upstream.set(Reply::ok(r#"{"v":2}"#));
+    let http = reqwest::Client::new();
+    assert_eq!(push_when_known(&http, &standby.url(&path), &[], b"").await, 202, "the standby's receiver answers");
+    let old_revision = artifact(&first).revision;
+    let updated = eventually("the pushed revision", Duration::from_secs(10), || async {
+        let a = api.get("replicated").await.ok()?.status?.artifact?;
+        (a.revision != old_revision).then_some(a)
+    })
+    .await;
+    assert!(updated.url.contains(&format!(":{}/", leader.server_port)), "the leader fetched and serves it");
+    let (status, bytes) = download(&updated.url).await;
+    assert_eq!((status, sha256(&bytes)), (200, updated.digest.clone()));
+    assert_eq!(holder().await.as_deref(), Some("replica-a"), "leadership did not move meanwhile");
+    assert!(!standby.process.log_text().contains("controller starting"), "the standby never reconciled");
 }
