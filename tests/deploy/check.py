@@ -122,6 +122,7 @@ REQUIRED_CLUSTER_GRANTS = [
     ("source.toolkit.fluxcd.io", "externalartifacts", ["get", "list", "watch", "create", "update", "patch", "delete"]),
     ("source.toolkit.fluxcd.io", "externalartifacts/status", ["get", "update", "patch"]),
     ("", "secrets", ["get", "list", "watch"]),
+    ("", "serviceaccounts/token", ["create"]),
     ("events.k8s.io", "events", ["create", "patch"]),
     ("", "events", ["create", "patch"]),
 ]
@@ -1049,7 +1050,8 @@ def check_examples(r: Report, scope: str) -> None:
         by_file.setdefault(f, []).append(d)
     r.check(scope, "deploy/examples has the examples users look for",
             {"first-source.yaml", "authenticated-api.yaml", "custom-ca.yaml", "jq-transform.yaml", "hooks.yaml",
-             "helm-chart.yaml", "release-archive.yaml", "alerts.yaml", "oauth2-client-credentials.yaml"}
+             "helm-chart.yaml", "release-archive.yaml", "alerts.yaml", "oauth2-client-credentials.yaml",
+             "workload-identity.yaml"}
             <= {f.name for f in by_file}, f"{sorted(f.name for f in by_file)}")
     for f, docs in by_file.items():
         sources = [d for d in docs if d.get("kind") == "ExternalSource"]
@@ -1070,6 +1072,11 @@ def check_examples(r: Report, scope: str) -> None:
                 ok = (data is not None and (not alternatives or any(set(a) <= keys for a in alternatives))
                       and ("key" not in ref or ref["key"] in keys))
                 r.check(scope, f"{f.name}: {name_of(es)}.{field} names a Secret (and key) of the example", ok, f"{ref}")
+            if "serviceAccountName" in http:
+                accounts = {(ns_of(d), name_of(d)) for d in docs if d.get("kind") == "ServiceAccount"}
+                r.check(scope, f"{f.name}: {name_of(es)}.serviceAccountName names a ServiceAccount of the example",
+                        (ns_of(es), http["serviceAccountName"]) in accounts and "secretRef" not in http,
+                        f"{http['serviceAccountName']}")
             # Hooks of an example run under the shipped whitelist: command listed, every argument
             # matching one of its (anchored) patterns, every env name listed by the entry.
             shipped = {c["path"]: c for c in tomllib.loads((DEPLOY / "components" / "hooks" / "whitelist.toml").read_text())

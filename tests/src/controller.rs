@@ -48,6 +48,8 @@ pub struct Options {
     pub watch_label_selector: Option<String>,
     /// notification-controller's event address (`controller.events_addr`).
     pub events_addr: Option<String>,
+    /// `fetch.workload_identity`: whether `serviceAccountName` is honoured.
+    pub workload_identity: bool,
 }
 
 /// Sandbox limits small enough for a hostile filter to hit them quickly.
@@ -77,6 +79,7 @@ impl Default for Options {
             hook_socket: None,
             watch_label_selector: None,
             events_addr: None,
+            workload_identity: true,
         }
     }
 }
@@ -142,6 +145,7 @@ impl TestController {
                         default_timeout: Duration::from_secs(10),
                         max_timeout: Duration::from_secs(60),
                     },
+                    workload_identity: options.workload_identity,
                 },
                 retention: options.retention,
                 finalizer_attempts: options.finalizer_attempts,

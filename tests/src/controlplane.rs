@@ -146,7 +146,7 @@ impl ControlPlane {
         let apiserver_bin = cache.join("bin/kube-apiserver");
         let apiserver = spawn(&apiserver_bin, &apiserver_args, &dir.path().join("apiserver.log"));
         let url = format!("https://127.0.0.1:{api_port}");
-        let kubeconfig = kubeconfig(&url);
+        let kubeconfig = kubeconfig(&url, TOKEN);
         std::fs::write(dir.path().join("kubeconfig"), serde_yaml::to_string(&kubeconfig).expect("kubeconfig yaml"))
             .expect("write kubeconfig");
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("config");
@@ -282,6 +282,15 @@ impl ControlPlane {
         (client, log)
     }
 
+    /// A client that authenticates with `token` (a ServiceAccount's, say), so a test runs with
+    /// that identity's permissions instead of the administrator's.
+    pub async fn client_with_token(&self, token: &str) -> Client {
+        let config = Config::from_custom_kubeconfig(kubeconfig(&self.url, token), &KubeConfigOptions::default())
+            .await
+            .expect("config");
+        Client::try_from(config).expect("client")
+    }
+
     /// A kubeconfig file for subprocesses (our binary, kubectl, Flux controllers).
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.dir.path().join("kubeconfig")
@@ -300,10 +309,10 @@ impl ControlPlane {
     }
 }
 
-fn kubeconfig(url: &str) -> Kubeconfig {
+fn kubeconfig(url: &str, token: &str) -> Kubeconfig {
     let yaml = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {url}\n    insecure-skip-tls-verify: true\n\
-         users:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n\
+         users:\n- name: admin\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: admin\n\
          current-context: test\n"
     );
     serde_yaml::from_str(&yaml).expect("kubeconfig")

@@ -1,26 +1,18 @@
 //! A real OAuth2 server for the client-credentials tests, Ory Hydra (built by
 //! `tests/oauth2/hydra.sh`, found through `OAUTH2_SERVER_BIN`), on loopback with its in-memory
-//! store; and an upstream API on loopback that serves its payload only to a bearer token that
-//! Hydra's introspection endpoint (RFC 7662) calls active with the scope it requires, and answers
-//! 401 to anything else, as a resource server behind an OAuth2 server does.
+//! store; and a [`ProtectedUpstream`] that serves its payload only to a bearer token that Hydra's
+//! introspection endpoint (RFC 7662) calls active with the scope it requires, and answers 401 to
+//! anything else, as a resource server behind an OAuth2 server does.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::process::ChildProcess;
+pub use crate::protected_upstream::ProtectedUpstream;
+use crate::protected_upstream::Verify;
 use crate::{eventually, free_port};
 
 /// The Hydra binary: `OAUTH2_SERVER_BIN`, as `tests/oauth2/hydra.sh` prints it.
@@ -119,114 +111,16 @@ impl OAuth2Server {
     }
 }
 
-/// What the protected upstream saw.
-#[derive(Debug, Default)]
-struct UpstreamState {
-    payload: Bytes,
-    /// Every bearer token presented, in order.
-    tokens: Vec<String>,
-    /// Answers of 401.
-    refused: usize,
-}
-
-/// The protected upstream API; stops when dropped.
-pub struct ProtectedUpstream {
-    addr: SocketAddr,
-    state: Arc<Mutex<UpstreamState>>,
-    stop: CancellationToken,
-}
-
 impl ProtectedUpstream {
     /// Serves `payload` to tokens `server` calls active with `scope`.
     pub async fn start(server: &OAuth2Server, scope: &str, payload: &str) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
-        let addr = listener.local_addr().expect("addr");
-        let state =
-            Arc::new(Mutex::new(UpstreamState { payload: Bytes::from(payload.to_owned()), ..Default::default() }));
-        let stop = CancellationToken::new();
         let introspect = Arc::new((reqwest::Client::new(), server.introspection_url(), scope.to_owned()));
-        let (st, token) = (state.clone(), stop.clone());
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = tokio::select! {
-                    accepted = listener.accept() => match accepted { Ok(s) => s, Err(_) => continue },
-                    _ = token.cancelled() => return,
-                };
-                let (st, introspect) = (st.clone(), introspect.clone());
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| handle(st.clone(), introspect.clone(), req));
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    let _ = builder.serve_connection(TokioIo::new(stream), service).await;
-                });
-            }
+        let verify: Verify = Arc::new(move |token: String| {
+            let introspect = introspect.clone();
+            Box::pin(async move { active_with_scope(&introspect, &token).await })
         });
-        Self { addr, state, stop }
+        Self::start_verifying(|_origin| verify, payload).await
     }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.addr.port())
-    }
-
-    pub fn set_payload(&self, payload: &str) {
-        self.state.lock().expect("upstream state").payload = Bytes::from(payload.to_owned());
-    }
-
-    /// Every bearer token presented, in order.
-    pub fn tokens(&self) -> Vec<String> {
-        self.state.lock().expect("upstream state").tokens.clone()
-    }
-
-    /// Distinct bearer tokens presented, in the order first seen.
-    pub fn distinct_tokens(&self) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
-        for t in self.tokens() {
-            if !out.contains(&t) {
-                out.push(t);
-            }
-        }
-        out
-    }
-
-    /// How many requests were answered 401.
-    pub fn refused(&self) -> usize {
-        self.state.lock().expect("upstream state").refused
-    }
-}
-
-impl Drop for ProtectedUpstream {
-    fn drop(&mut self) {
-        self.stop.cancel();
-    }
-}
-
-async fn handle(
-    state: Arc<Mutex<UpstreamState>>,
-    introspect: Arc<(reqwest::Client, String, String)>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
-    let token = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::to_owned);
-    let active = match &token {
-        Some(token) => active_with_scope(&introspect, token).await,
-        None => false,
-    };
-    let mut st = state.lock().expect("upstream state");
-    if let Some(token) = token {
-        st.tokens.push(token);
-    }
-    let response = if active {
-        Response::new(Full::new(st.payload.clone()))
-    } else {
-        st.refused += 1;
-        let mut r = Response::new(Full::new(Bytes::new()));
-        *r.status_mut() = StatusCode::UNAUTHORIZED;
-        r
-    };
-    Ok(response)
 }
 
 /// Whether the OAuth2 server calls `token` active and granted `scope` (RFC 7662).

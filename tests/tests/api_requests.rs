@@ -223,6 +223,7 @@ fn context_on(api: &MockApiServer, storage: Arc<dyn Storage>) -> Arc<Context> {
             max_timeout: std::time::Duration::from_secs(600),
             max_size: 1 << 20,
             hooks,
+            workload_identity: true,
         },
         retention: 2,
         finalizer_attempts: 5,

@@ -731,3 +731,51 @@ fn reconciles(ctl: &TestController, namespace: &str, name: &str) -> u64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
+
+/// Flux's tools ask the object they know, the ExternalArtifact, for a reconcile: the request
+/// reaches its ExternalSource, which fetches and records it as handled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconcile_requested_on_the_external_artifact_reaches_its_source() {
+    let cp = ControlPlane::start().await;
+    let ns = cp.namespace("requested").await;
+    let ctl = TestController::start(cp.client(), Options::default()).await;
+    let fixture = Upstream::start(Reply::ok("v1")).await;
+    let api: Api<ExternalSource> = Api::namespaced(cp.client(), &ns);
+    let eas: Api<ExternalArtifact> = Api::namespaced(cp.client(), &ns);
+    // An hour's interval: nothing but the request can make the next fetch.
+    api.create(&PostParams::default(), &source("r", &fixture.url("/"), json!({}))).await.unwrap();
+    let first = artifact(&wait_ready(&api, "r", "True").await);
+    fixture.set(Reply::ok("v2"));
+    let fetched = fixture.request_count();
+
+    let request = |value: &str| json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": value}}});
+    eas.patch("r", &PatchParams::default(), &Patch::Merge(request("from-flux-1"))).await.unwrap();
+    let handled = eventually("the ExternalSource to handle the artifact's request", WAIT, || async {
+        let es = api.get("r").await.ok()?;
+        let status = es.status.as_ref()?;
+        (status.last_handled_reconcile_at.as_deref() == Some("from-flux-1")).then_some(es)
+    })
+    .await;
+    assert_eq!(fixture.request_count(), fetched + 1, "the request made one fetch");
+    let second = artifact(&handled);
+    assert_ne!(second.digest, first.digest, "the fetch published the upstream's new content");
+    let ea = eas.get("r").await.unwrap();
+    assert_eq!(ea.status.and_then(|s| s.artifact).map(|a| a.digest), Some(second.digest), "and the artifact is it");
+
+    // A value already handled is not a new request: an unrelated edit of the artifact, which
+    // the watch reports with the old value still on it, fetches nothing.
+    let labelled = json!({"metadata": {"labels": {"unrelated": "edit"}}});
+    eas.patch("r", &PatchParams::default(), &Patch::Merge(labelled)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fixture.request_count(), fetched + 1, "an old request is not handed on again");
+
+    // A second request is handed on as well.
+    eas.patch("r", &PatchParams::default(), &Patch::Merge(request("from-flux-2"))).await.unwrap();
+    eventually("the second request to be handled", WAIT, || async {
+        let es = api.get("r").await.ok()?;
+        (es.status?.last_handled_reconcile_at.as_deref() == Some("from-flux-2")).then_some(())
+    })
+    .await;
+    assert_eq!(fixture.request_count(), fetched + 2);
+    ctl.stop().await;
+}

@@ -100,7 +100,7 @@ async fn secret_headers_never_follow_a_scheme_downgrade() {
     assert_eq!(reason, "FetchFailed");
     assert!(message.contains("another origin"), "{message}");
     assert!(
-        message.contains("headers from a Secret (headersSecretRef or secretRef)"),
+        message.contains("credential headers (headersSecretRef, secretRef or serviceAccountName)"),
         "names what it protected: {message}"
     );
     assert!(!message.contains("t0k"), "{message}");

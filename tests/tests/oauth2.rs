@@ -7,14 +7,12 @@
 //! source's TLS settings reaching the token request, which needs a server that requires a client
 //! certificate, not a second OAuth2 implementation.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use externalsource_core::config::parse_cidr;
 use externalsource_core::controller::api::ExternalSource;
 use externalsource_core::controller::upstream::egress::EgressPolicy;
 use externalsource_tests::controller::Options;
 use externalsource_tests::fixture::mutual_tls_material;
+use externalsource_tests::log_capture::Captured;
 use externalsource_tests::oauth2_server::{OAuth2Server, ProtectedUpstream};
 use externalsource_tests::sources::{artifact, download, ready, request_reconcile, source, wait_failing, wait_ready};
 use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, free_port, sha256};
@@ -26,43 +24,6 @@ use serde_json::json;
 const CLIENT_ID: &str = "flux-reader";
 const CLIENT_SECRET: &str = "client-secret-9f3a7c1e-not-for-logs";
 const WRONG_SECRET: &str = "wrong-secret-5b2d-not-for-logs";
-
-/// Everything the controller logs, at debug level, kept to search for secrets.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    /// The process's one log subscriber (each test file is its own process).
-    fn install() -> Self {
-        static CAPTURED: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-        CAPTURED
-            .get_or_init(|| {
-                let captured = Self::default();
-                let writer = captured.clone();
-                tracing_subscriber::fmt()
-                    .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
-                    .with_ansi(false)
-                    .with_writer(move || writer.clone())
-                    .init();
-                captured
-            })
-            .clone()
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn secret(name: &str, data: serde_json::Value) -> Secret {
     serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap()

@@ -190,6 +190,11 @@ section! {
         /// packaged copy); at least twice `max_size`.
         memory_budget: u64 as Size<1> = max_size.saturating_mul(2).max(DEFAULT_MEMORY_BUDGET),
             shown "`256MiB` or twice `max_size`, whichever is more";
+        /// Whether sources may fetch with a token of a ServiceAccount of their namespace
+        /// (`spec.generator.http.serviceAccountName`, through the TokenRequest API; the RBAC of
+        /// `deploy/` grants `create` on `serviceaccounts/token`). `false`: such a source is not
+        /// Ready, naming this key.
+        workload_identity: bool as Bool = true;
     }
 }
 

@@ -228,6 +228,15 @@ pub struct HttpGeneratorSpec {
     /// Skips TLS verification; for tests only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub insecure_skip_verify: Option<bool>,
+    /// Workload identity: a ServiceAccount of the source's namespace whose short-lived token
+    /// (TokenRequest API) is sent as a bearer token, only to the URL's origin. Cannot be combined
+    /// with `secretRef`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// The audience of the ServiceAccount token (default: the URL's origin, such as
+    /// `https://api.example.com`); only with `serviceAccountName`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -14,7 +14,7 @@ use crate::controller::events::kubernetes::EventRecorder;
 use crate::controller::hooks::spec::HookDefaults;
 use crate::controller::publish::cache::ArtifactCache;
 use crate::controller::reconcile::backoff::Backoff;
-use crate::controller::reconcile::oauth2::token_cache::TokenCache;
+use crate::controller::reconcile::bearer::token_cache::TokenCache;
 use crate::controller::reconcile::plan::Defaults;
 use crate::controller::runtime::memory::MemoryBudget;
 use crate::controller::runtime::metrics::Metrics;
@@ -67,6 +67,7 @@ impl Settings {
                     default_timeout: hooks.default_timeout,
                     max_timeout: hooks.max_timeout,
                 },
+                workload_identity: fetch.workload_identity,
             },
             retention: controller.retention.into(),
             finalizer_attempts: controller.finalizer_attempts,
@@ -108,7 +109,8 @@ pub struct Context {
     pub(super) restore: Option<Arc<RestorePass>>,
     /// ExternalArtifacts as last read or written, while the watch reports them unchanged.
     pub(super) artifacts: ArtifactCache,
-    /// OAuth2 access tokens of `secretRef` client credentials, until shortly before they expire.
+    /// Bearer tokens the controller obtained (OAuth2 access tokens of `secretRef` client
+    /// credentials, ServiceAccount tokens of `serviceAccountName`), until they are due for renewal.
     pub(super) tokens: TokenCache,
 }
 
@@ -122,7 +124,7 @@ impl Context {
         metrics: Arc<Metrics>,
         transforms: Sandbox,
     ) -> Self {
-        let memory = MemoryBudget::new(settings.memory_budget);
+        let memory = MemoryBudget::reporting(settings.memory_budget, metrics.admission.clone());
         let hooks = settings.hook_socket.as_ref().map(|s| ExecutorClient::new(s, settings.defaults.max_size as usize));
         let flux_events = settings.events_addr.as_ref().map(|address| {
             FluxEvents::start(address.clone(), settings.reporting_instance.clone(), metrics.flux_events.clone())

@@ -24,6 +24,7 @@ pub mod outcome;
 pub mod publish;
 pub mod receiver;
 pub mod reconcile;
+pub mod requests;
 pub mod revision;
 pub mod runtime;
 pub mod upstream;
@@ -159,12 +160,20 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
 /// (owner, generation, UID): the API server sends no status, we parse none.
 ///
 /// Every version it sees goes to the [`publish::cache::ArtifactCache`], which is what lets a reconcile skip
-/// reading an ExternalArtifact nobody changed.
+/// reading an ExternalArtifact nobody changed, and a reconcile request set on one is handed on to
+/// its ExternalSource (see [`requests`]).
 fn artifact_changes(
     client: kube::Client,
     config: watcher::Config,
     ctx: Arc<Context>,
+    sources: reflector::Store<ExternalSource>,
 ) -> impl futures::Stream<Item = Result<PartialObjectMeta<ExternalArtifact>, watcher::Error>> + Send + 'static {
+    let requester = ctx.client.clone();
+    let hand_on = move |ea: &PartialObjectMeta<ExternalArtifact>| {
+        if let Some(request) = requests::forward(ea, &sources) {
+            tokio::spawn(request.send(requester.clone()));
+        }
+    };
     watcher(Api::<PartialObjectMeta<ExternalArtifact>>::all(client), config).default_backoff().filter_map(
         move |event| {
             let cache = &ctx.artifacts;
@@ -175,6 +184,7 @@ fn artifact_changes(
                 }
                 Ok(watcher::Event::InitApply(ea)) => {
                     cache.relisted(&ea);
+                    hand_on(&ea);
                     None
                 }
                 Ok(watcher::Event::InitDone) => {
@@ -182,7 +192,10 @@ fn artifact_changes(
                     None
                 }
                 // A spec edit of a known ExternalArtifact (see `ArtifactCache::observed`).
-                Ok(watcher::Event::Apply(ea)) => cache.observed(&ea).then_some(Ok(ea)),
+                Ok(watcher::Event::Apply(ea)) => {
+                    hand_on(&ea);
+                    cache.observed(&ea).then_some(Ok(ea))
+                }
                 Ok(watcher::Event::Delete(ea)) => {
                     cache.deleted(&ea);
                     Some(Ok(ea))
@@ -231,8 +244,9 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
             .map(|es| ObjectRef::from_obj(es.as_ref()))
             .collect::<Vec<_>>()
     };
+    let artifacts = artifact_changes(client, shard(watcher::Config::default()), ctx.clone(), reader.clone());
     Controller::for_stream(sources, reader)
-        .owns_stream(artifact_changes(client, shard(watcher::Config::default()), ctx.clone()))
+        .owns_stream(artifacts)
         .watches_stream(secrets, secret_mapper)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)

@@ -25,8 +25,7 @@ pub async fn collect_garbage(
     for object in
         outcome::garbage(objects, &status.published_paths, &old.published_paths, legacy, ctx.settings.retention)
     {
-        let deleted = ctx.storage.delete(&object.key).await;
-        ctx.metrics.operation("delete", deleted.is_ok());
+        let deleted = ctx.metrics.storage_call("delete", ctx.storage.delete(&object.key)).await;
         match deleted {
             Ok(()) => tracing::info!(key = %object.key, "deleted a revision beyond retention"),
             Err(e) => tracing::warn!(key = %object.key, error = %e, "deleting an old revision failed"),

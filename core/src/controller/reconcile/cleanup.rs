@@ -86,8 +86,7 @@ async fn delete_stored(ctx: &Context, ns: &str, name: &str) -> Result<(), (Stora
     let mut first_error = None;
     let mut left = Vec::new();
     for object in objects {
-        let deleted = ctx.storage.delete(&object.key).await;
-        ctx.metrics.operation("delete", deleted.is_ok());
+        let deleted = ctx.metrics.storage_call("delete", ctx.storage.delete(&object.key)).await;
         match deleted {
             Ok(()) | Err(StorageError::StoreMissing { .. } | StorageError::NotFound(_)) => {}
             Err(e) => {

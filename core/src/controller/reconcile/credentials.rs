@@ -20,6 +20,7 @@ use crate::controller::reconcile::plan::{self, Plan};
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
 use crate::controller::reconcile::secret_data::{AUTH_FIELD, Data, invalid, missing_key, text};
+use crate::controller::reconcile::workload_identity;
 use crate::controller::upstream::client::{ProxySettings, SecretBytes, TlsSettings};
 
 /// Everything a fetch needs from Secrets.
@@ -33,6 +34,7 @@ pub struct Credentials {
     pub oauth2: Option<ClientCredentials>,
 }
 
+const HEADERS_FIELD: &str = "spec.generator.http.headersSecretRef";
 const CA_BUNDLE_FIELD: &str = "spec.generator.http.caBundleSecretRef";
 const CERT_FIELD: &str = "spec.generator.http.certSecretRef";
 const PROXY_FIELD: &str = "spec.generator.http.proxySecretRef";
@@ -167,7 +169,16 @@ pub async fn read(
         };
     }
     if let Some(name) = &plan.headers_secret {
-        out.headers = check!(plan::headers_from_secret(name, &data!("spec.generator.http.headersSecretRef", name)));
+        out.headers = check!(plan::headers_from_secret(name, &data!(HEADERS_FIELD, name)));
+        if let Some(identity) = plan.identity.as_ref().filter(|_| out.headers.contains_key(AUTHORIZATION)) {
+            return Ok(Err(ConfigProblem::invalid(
+                workload_identity::ACCOUNT_FIELD,
+                &identity.account,
+                format!(
+                    "conflicts with the Authorization key of the {HEADERS_FIELD} Secret {name:?}; keep one of them"
+                ),
+            )));
+        }
     }
     if let Some(name) = &plan.auth_secret {
         let data = data!(AUTH_FIELD, name);

@@ -12,6 +12,7 @@ use crate::controller::reconcile::credentials::Credentials;
 use crate::controller::reconcile::oauth2;
 use crate::controller::reconcile::plan::{Packaging, Plan};
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::workload_identity;
 use crate::controller::runtime::memory::{Reservation, UNPACK_WORKSPACE};
 use crate::controller::runtime::metrics::ResultLabels;
 use crate::controller::upstream::client::{FetchOutcome, FetchRequest};
@@ -56,14 +57,20 @@ pub async fn fetch(
     };
     let mut memory = ctx.memory.reserve_with(plan.max_size, unpacked).await;
     let started = Instant::now();
-    let fetched = match &oauth2 {
-        None => ctx.fetcher.fetch(&request, &mut memory).await,
-        Some(client) => {
+    let fetched = match (&oauth2, &plan.identity) {
+        (Some(client), _) => {
             match oauth2::fetch_with_token(&ctx.fetcher, &ctx.tokens, ns, client, &mut request, &mut memory).await {
                 Ok(fetched) => fetched,
                 Err(e) => return Err(client.failure(&e)),
             }
         }
+        (None, Some(identity)) => {
+            match workload_identity::fetch_with_identity(ctx, ns, identity, &mut request, &mut memory).await {
+                Ok(fetched) => fetched,
+                Err(e) => return Err(e.failure()),
+            }
+        }
+        (None, None) => ctx.fetcher.fetch(&request, &mut memory).await,
     };
     ctx.metrics.observe_source_request(ns, name, started.elapsed());
     let result = match &fetched {

@@ -10,6 +10,7 @@
 
 mod announce;
 pub mod backoff;
+pub mod bearer;
 mod cleanup;
 pub mod credentials;
 mod current;
@@ -27,6 +28,7 @@ pub mod scope;
 mod secret_data;
 mod store;
 mod transform;
+pub mod workload_identity;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -7,23 +7,27 @@
 //! client certificate and the proxy of the source apply to it as to the upstream fetch. The
 //! client authenticates with HTTP Basic (RFC 6749 §2.3.1), the parameters go in a form body.
 //!
-//! Tokens are cached (see [`token_cache`]) until shortly before they expire; an upstream 401 to a
+//! Tokens are cached (see [`client_key`]) until shortly before they expire; an upstream 401 to a
 //! cached token drops it, and the fetch is retried once with a new one. A 401 to a token just
 //! issued is the upstream's answer and is reported as such (a new token would be refused too).
 //!
 //! Neither the client secret nor a token is ever part of a message: errors name the Secret, the
 //! token endpoint (redacted like every URL shown) and the OAuth2 `error` code.
 
-pub mod token_cache;
+pub mod client_key;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, USER_AGENT};
 use reqwest::{StatusCode, Url};
 
+use client_key::{ClientKey, usable_for};
+
 use crate::controller::conditions::Reason;
 use crate::controller::outcome::{Failure, Outcome, Retry};
+use crate::controller::reconcile::bearer::token_cache::{TokenCache, TokenKey};
+use crate::controller::reconcile::bearer::{self, Bearer, Issuer};
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::secret_data::{AUTH_FIELD, Data, invalid, missing_key, text};
 use crate::controller::runtime::memory::Reservation;
@@ -32,7 +36,6 @@ use crate::controller::upstream::client::{
 };
 use crate::controller::upstream::egress::{self, Denied};
 use crate::controller::upstream::redact::redact_url;
-use token_cache::{TokenCache, TokenKey};
 
 pub const TOKEN_URL: &str = "tokenURL";
 pub const CLIENT_ID: &str = "clientID";
@@ -132,8 +135,8 @@ fn parse_scopes(raw: &str) -> Result<Vec<String>, ()> {
 }
 
 impl ClientCredentials {
-    fn key(&self, namespace: &str) -> TokenKey {
-        TokenKey::new(
+    fn key(&self, namespace: &str) -> ClientKey {
+        ClientKey::new(
             namespace,
             &self.secret,
             self.token_url.as_str(),
@@ -358,28 +361,38 @@ fn shown_description(d: &str, client_secret: &SecretBytes) -> Option<String> {
     (!shown.trim().is_empty()).then_some(shown)
 }
 
-/// A token for `client`, from the cache or the endpoint; `true` when it came from the cache.
-async fn token(
-    fetcher: &Fetcher,
-    tokens: &TokenCache,
-    key: &TokenKey,
-    client: &ClientCredentials,
-    request: &FetchRequest,
-    use_cache: bool,
-) -> Result<(HeaderValue, bool), TokenError> {
-    if use_cache && let Some(cached) = tokens.get(key, Instant::now()) {
-        return Ok((cached, true));
+/// The token endpoint of one client, as the issuer of a source's bearer tokens.
+struct Endpoint<'a> {
+    fetcher: &'a Fetcher,
+    client: &'a ClientCredentials,
+    namespace: &'a str,
+}
+
+impl std::fmt::Display for Endpoint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the OAuth2 client of Secret {:?}", self.client.secret)
     }
-    let timeout = request.timeout.min(MAX_TOKEN_TIMEOUT);
-    let issued = request_token(fetcher, client, &request.tls, request.proxy.as_ref(), timeout).await?;
-    tracing::debug!(secret = %client.secret, expires_in = ?issued.expires_in, "obtained an OAuth2 access token");
-    tokens.insert(key.clone(), issued.authorization.clone(), issued.expires_in, Instant::now());
-    Ok((issued.authorization, false))
+}
+
+impl Issuer for Endpoint<'_> {
+    type Error = TokenError;
+
+    fn key(&self) -> TokenKey {
+        TokenKey::Client(self.client.key(self.namespace))
+    }
+
+    async fn issue(&self, request: &FetchRequest) -> Result<Bearer, TokenError> {
+        let timeout = request.timeout.min(MAX_TOKEN_TIMEOUT);
+        let issued = request_token(self.fetcher, self.client, &request.tls, request.proxy.as_ref(), timeout).await?;
+        tracing::debug!(secret = %self.client.secret, expires_in = ?issued.expires_in, "obtained an OAuth2 access token");
+        Ok(Bearer { authorization: issued.authorization, usable_for: usable_for(issued.expires_in) })
+    }
 }
 
 /// Fetches `request` with a bearer token of `client`: a cached one while it is usable, else a
-/// new one. A 401 to a cached token drops it; the fetch is then retried once with a new token.
-/// `Err` when no token could be had (see [`ClientCredentials::failure`]).
+/// new one; a 401 to a cached token drops it and the fetch is retried once with a new token
+/// (see [`bearer`](crate::controller::reconcile::bearer)). `Err` when no token could be had
+/// (see [`ClientCredentials::failure`]).
 pub async fn fetch_with_token(
     fetcher: &Fetcher,
     tokens: &TokenCache,
@@ -388,21 +401,7 @@ pub async fn fetch_with_token(
     request: &mut FetchRequest,
     memory: &mut Reservation,
 ) -> Result<Result<FetchOutcome, FetchError>, TokenError> {
-    let key = client.key(namespace);
-    let (authorization, cached) = token(fetcher, tokens, &key, client, request, true).await?;
-    request.headers.insert(AUTHORIZATION, authorization);
-    let fetched = fetcher.fetch(request, memory).await;
-    if !matches!(&fetched, Err(FetchError::Status { status, .. }) if *status == StatusCode::UNAUTHORIZED) {
-        return Ok(fetched);
-    }
-    tokens.invalidate(&key);
-    if !cached {
-        return Ok(fetched);
-    }
-    tracing::debug!(secret = %client.secret, "the upstream refused a cached OAuth2 token; getting a new one");
-    let (authorization, _) = token(fetcher, tokens, &key, client, request, false).await?;
-    request.headers.insert(AUTHORIZATION, authorization);
-    Ok(fetcher.fetch(request, memory).await)
+    bearer::fetch_with_bearer(fetcher, tokens, &Endpoint { fetcher, client, namespace }, request, memory).await
 }
 
 #[cfg(test)]

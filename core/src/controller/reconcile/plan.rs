@@ -15,6 +15,7 @@ use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::receiver::{self, ReceiverPlan};
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::workload_identity::{self, WorkloadIdentity};
 use crate::package::DestinationPath;
 use crate::package::archive::Layout;
 use crate::units::{format_duration, parse_duration, parse_size};
@@ -56,6 +57,8 @@ pub struct Defaults {
     pub max_size: u64,
     /// `[hooks]`: whether an executor runs `spec.hooks`, and their timeouts.
     pub hooks: HookDefaults,
+    /// `fetch.workload_identity`: whether `serviceAccountName` is honoured.
+    pub workload_identity: bool,
 }
 
 /// A validated spec.
@@ -83,6 +86,8 @@ pub struct Plan {
     pub transform: Option<Arc<str>>,
     /// `spec.hooks`, run through the hook executor.
     pub hooks: HookPlan,
+    /// `serviceAccountName`: a ServiceAccount token sent as a bearer token.
+    pub identity: Option<WorkloadIdentity>,
     /// `spec.receiver`: the webhook that asks for a fetch at once.
     pub receiver: Option<ReceiverPlan>,
 }
@@ -150,7 +155,6 @@ impl Plan {
         };
         let packaging = Packaging::from_spec(spec)?;
         let hooks = HookPlan::from_spec(spec, &defaults.hooks)?;
-        let transform = spec.transform.as_ref().map(|t| Arc::from(t.jq.as_str()));
         let GeneratorType::Http = spec.generator.type_;
         let http = spec.generator.http.as_ref().ok_or_else(|| {
             ConfigProblem::invalid("spec.generator.http", "", "is required when spec.generator.type is http")
@@ -201,6 +205,7 @@ impl Plan {
             })?,
         };
         Ok(Self {
+            identity: workload_identity::from_spec(http, &url, defaults.workload_identity)?,
             url,
             method,
             interval,
@@ -214,7 +219,7 @@ impl Plan {
             cert_secret: http.cert_secret_ref.as_ref().map(|r| r.name.clone()),
             proxy_secret: http.proxy_secret_ref.as_ref().map(|r| r.name.clone()),
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
-            transform,
+            transform: spec.transform.as_ref().map(|t| Arc::from(t.jq.as_str())),
             hooks,
             receiver: receiver::plan(spec)?,
         })
@@ -273,6 +278,8 @@ mod tests {
                     cert_secret_ref: None,
                     proxy_secret_ref: None,
                     insecure_skip_verify: None,
+                    service_account_name: None,
+                    audience: None,
                 }),
             },
             timeout: None,
@@ -293,6 +300,7 @@ mod tests {
             timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(120),
             max_size: 1 << 20,
+            workload_identity: true,
         }
     }
 

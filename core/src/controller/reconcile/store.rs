@@ -74,21 +74,19 @@ async fn put_making_room(
     digest: &Digest,
 ) -> Result<ObjectMeta, StorageError> {
     let namespace = &scope.namespace;
-    let put = match within_quota(ctx, namespace, key, bytes.len() as u64).await {
-        Ok(()) => ctx.storage.put(key, bytes.clone(), digest).await,
-        Err(e) => Err(e),
-    };
-    ctx.metrics.operation("put", put.is_ok());
-    match put {
+    // A put refused by the quota counts (and is timed) as a failed put.
+    let put = ctx.metrics.storage_call("put", async {
+        within_quota(ctx, namespace, key, bytes.len() as u64).await?;
+        ctx.storage.put(key, bytes.clone(), digest).await
+    });
+    match put.await {
         Err(e) if e.class() == FailureClass::OutOfSpace => {
             tracing::info!(key = %key, error = %e, "store or quota is full; deleting this source's unpublished and older revisions");
             if make_room(scope, ctx, key).await == 0 {
                 return Err(e);
             }
             within_quota(ctx, namespace, key, bytes.len() as u64).await?;
-            let put = ctx.storage.put(key, bytes, digest).await;
-            ctx.metrics.operation("put", put.is_ok());
-            put
+            ctx.metrics.storage_call("put", ctx.storage.put(key, bytes, digest)).await
         }
         other => other,
     }
@@ -134,8 +132,7 @@ async fn make_room(scope: &Scope<'_>, ctx: &Context, incoming: &ObjectKey) -> us
     };
     let mut deleted = 0;
     for object in objects.iter().filter(|o| o.key != *incoming && !keep.contains(&o.key.as_str())) {
-        let result = ctx.storage.delete(&object.key).await;
-        ctx.metrics.operation("delete", result.is_ok());
+        let result = ctx.metrics.storage_call("delete", ctx.storage.delete(&object.key)).await;
         match result {
             Ok(()) => {
                 deleted += 1;

@@ -11,6 +11,7 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// What unpacking an archive holds beside the body and its output: inflate and deflate states,
@@ -27,17 +28,35 @@ pub fn cost_of_body(body: u64) -> u64 {
     body.saturating_mul(2)
 }
 
+/// What the budget shows a dashboard: whether admission is what holds fetches back.
+#[derive(Debug, Clone, Default)]
+pub struct AdmissionGauges {
+    /// The budget itself (`fetch.memory_budget`), in bytes.
+    pub budget: Gauge,
+    /// Bytes reserved by fetches now.
+    pub reserved: Gauge,
+    /// Fetches waiting for room.
+    pub waiting: Gauge,
+}
+
 /// The global budget.
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     units: Arc<Semaphore>,
     total_units: u32,
+    gauges: AdmissionGauges,
 }
 
 impl MemoryBudget {
     pub fn new(bytes: u64) -> Self {
+        Self::reporting(bytes, AdmissionGauges::default())
+    }
+
+    /// A budget of `bytes` that keeps `gauges` up to date.
+    pub fn reporting(bytes: u64, gauges: AdmissionGauges) -> Self {
         let total_units = units(bytes).max(1);
-        Self { units: Arc::new(Semaphore::new(total_units as usize)), total_units }
+        gauges.budget.set(gauge_bytes(total_units));
+        Self { units: Arc::new(Semaphore::new(total_units as usize)), total_units, gauges }
     }
 
     /// What is not reserved now, in bytes.
@@ -56,9 +75,30 @@ impl MemoryBudget {
     pub async fn reserve_with(&self, max_body: u64, extra: u64) -> Reservation {
         let extra_units = units(extra);
         let wanted = units(cost_of_body(max_body)).saturating_add(extra_units).min(self.total_units);
+        // Counted while waiting, also when the waiting reconcile is dropped (shutdown).
+        let waiting = Waiting::on(&self.gauges.waiting);
         // The semaphore is never closed, so acquiring only waits.
         let permit = self.units.clone().acquire_many_owned(wanted).await.ok();
-        Reservation { permit, extra_units }
+        drop(waiting);
+        let reserved = self.gauges.reserved.clone();
+        reserved.inc_by(gauge_bytes(permit.as_ref().map_or(0, |p| p.num_permits() as u32)));
+        Reservation { permit, extra_units, reserved }
+    }
+}
+
+/// One fetch waiting for room, counted in a gauge for as long as it lives.
+struct Waiting<'a>(&'a Gauge);
+
+impl<'a> Waiting<'a> {
+    fn on(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -68,6 +108,14 @@ pub struct Reservation {
     permit: Option<OwnedSemaphorePermit>,
     /// Held whatever the body turns out to be.
     extra_units: u32,
+    /// The budget's gauge of reserved bytes, given back to as the reservation shrinks and ends.
+    reserved: Gauge,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.reserved.dec_by(gauge_bytes(self.permit.as_ref().map_or(0, |p| p.num_permits() as u32)));
+    }
 }
 
 impl Reservation {
@@ -81,9 +129,16 @@ impl Reservation {
         let Some(permit) = self.permit.as_mut() else { return };
         let needed = units(cost_of_body(body)).saturating_add(self.extra_units) as usize;
         if permit.num_permits() > needed {
-            drop(permit.split(permit.num_permits() - needed));
+            let released = permit.num_permits() - needed;
+            drop(permit.split(released));
+            self.reserved.dec_by(gauge_bytes(released as u32));
         }
     }
+}
+
+/// `units` in bytes, as a gauge holds them.
+fn gauge_bytes(units: u32) -> i64 {
+    i64::from(units) * UNIT as i64
 }
 
 fn units(bytes: u64) -> u32 {
@@ -143,5 +198,42 @@ mod tests {
         let budget = MemoryBudget::new(100 * MIB);
         let r = budget.reserve(64 * MIB).await;
         assert_eq!((r.bytes(), budget.available()), (100 * MIB, 0));
+    }
+
+    #[tokio::test]
+    async fn the_gauges_follow_reservations_and_waiters() {
+        let gauges = AdmissionGauges::default();
+        let budget = MemoryBudget::reporting(256 * MIB, gauges.clone());
+        let mib = |n: u64| (n * MIB) as i64;
+        assert_eq!(gauges.budget.get(), mib(256));
+        let mut a = budget.reserve(64 * MIB).await;
+        let b = budget.reserve(64 * MIB).await;
+        assert_eq!((gauges.reserved.get(), gauges.waiting.get()), (mib(256), 0));
+        let waiter = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(64 * MIB).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(gauges.waiting.get(), 1, "the third fetch waits and is counted");
+        a.shrink_to_body(MIB);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(gauges.waiting.get(), 1, "126 MiB given back is not enough for 128");
+        drop(a);
+        let c = waiter.await.unwrap();
+        assert_eq!((gauges.reserved.get(), gauges.waiting.get()), (mib(256), 0));
+        drop((b, c));
+        assert_eq!(gauges.reserved.get(), 0, "everything is given back");
+        // A waiting fetch that is dropped (its reconcile cancelled) is no longer counted.
+        let held = budget.reserve(128 * MIB).await;
+        let cancelled = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.reserve(MIB).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(gauges.waiting.get(), 1);
+        cancelled.abort();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!((gauges.waiting.get(), gauges.reserved.get()), (0, mib(256)));
+        drop(held);
     }
 }

@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::controller::runtime::memory::AdmissionGauges;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ObjectLabels {
     pub namespace: String,
@@ -59,6 +61,11 @@ pub struct PushLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationNameLabels {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: String,
     pub result: String,
@@ -77,6 +84,10 @@ pub struct Metrics {
     pub source_requests: Family<ResultLabels, Counter>,
     pub source_request_duration: Family<ObjectLabels, Histogram>,
     pub artifact_operations: Family<OperationLabels, Counter>,
+    /// How long storage operations take, by operation (not by source: the store is shared).
+    pub artifact_operation_duration: Family<OperationNameLabels, Histogram>,
+    /// The memory budget's size, what fetches reserve of it, and how many wait for room.
+    pub admission: AdmissionGauges,
     pub active_reconciliations: Gauge,
     pub storage_bytes: Family<ObjectLabels, Gauge>,
     /// 1 while the last reconcile left the source Ready (or suspended), 0 while it is stalled or
@@ -123,6 +134,8 @@ impl Metrics {
             source_requests: Family::default(),
             source_request_duration: Family::new_with_constructor(histogram),
             artifact_operations: Family::default(),
+            artifact_operation_duration: Family::new_with_constructor(histogram),
+            admission: AdmissionGauges::default(),
             active_reconciliations: Gauge::default(),
             storage_bytes: Family::default(),
             ready: Family::default(),
@@ -144,6 +157,26 @@ impl Metrics {
             "externalsource_artifact_operation",
             "Storage operations by kind and result",
             self.artifact_operations.clone(),
+        );
+        registry.register(
+            "externalsource_artifact_operation_duration_seconds",
+            "Duration of storage operations by kind",
+            self.artifact_operation_duration.clone(),
+        );
+        registry.register(
+            "externalsource_memory_budget_bytes",
+            "The memory budget of in-flight fetches (fetch.memory_budget)",
+            self.admission.budget.clone(),
+        );
+        registry.register(
+            "externalsource_memory_reserved_bytes",
+            "Bytes of the memory budget reserved by fetches in flight",
+            self.admission.reserved.clone(),
+        );
+        registry.register(
+            "externalsource_memory_waiting_fetches",
+            "Fetches waiting for room in the memory budget",
+            self.admission.waiting.clone(),
         );
         registry.register(
             "externalsource_active_reconciliations",
@@ -234,13 +267,20 @@ impl Metrics {
         self.reconcile_series.lock().unwrap_or_else(|p| p.into_inner()).entry(object).or_default().insert(labels);
     }
 
-    pub fn operation(&self, operation: &str, ok: bool) {
-        self.artifact_operations
-            .get_or_create(&OperationLabels {
-                operation: operation.into(),
-                result: if ok { "success" } else { "error" }.into(),
-            })
-            .inc();
+    /// Runs one storage operation, counting it by result and timing it.
+    pub async fn storage_call<T, E>(
+        &self,
+        operation: &str,
+        call: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = call.await;
+        let name = OperationNameLabels { operation: operation.into() };
+        self.artifact_operation_duration.get_or_create(&name).observe(started.elapsed().as_secs_f64());
+        let result_label = if result.is_ok() { "success" } else { "error" };
+        let labels = OperationLabels { operation: operation.into(), result: result_label.into() };
+        self.artifact_operations.get_or_create(&labels).inc();
+        result
     }
 
     /// Counts one hook attempt of `namespace/name`.

@@ -147,7 +147,7 @@ struct ClientKey {
 /// knows which of the source's Secrets the redirect would have exposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Credential {
-    /// From `headersSecretRef` or `secretRef` (an Authorization header).
+    /// From `headersSecretRef`, `secretRef` or `serviceAccountName` (an Authorization header).
     SecretHeaders,
     /// From `certSecretRef` (mTLS).
     ClientCertificate,
@@ -168,10 +168,10 @@ impl Credential {
 impl std::fmt::Display for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Self::SecretHeaders => "headers from a Secret (headersSecretRef or secretRef)",
+            Self::SecretHeaders => "credential headers (headersSecretRef, secretRef or serviceAccountName)",
             Self::ClientCertificate => "a client certificate (certSecretRef)",
             Self::Both => {
-                "headers from a Secret (headersSecretRef or secretRef) and a client certificate (certSecretRef)"
+                "credential headers (headersSecretRef, secretRef or serviceAccountName) and a client certificate (certSecretRef)"
             }
         })
     }
