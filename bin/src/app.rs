@@ -5,16 +5,21 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use externalsource_core::config::{Config, ControllerConfig, MemoryCheck, OpsConfig, ServerConfig};
+use externalsource_core::config::{Config, ControllerConfig, MemoryCheck, OpsConfig, ReceiverConfig, ServerConfig};
 use externalsource_core::controller::context::Context;
+use externalsource_core::controller::receiver::Receiver;
 use externalsource_core::controller::runtime::leader::{LeaderElector, Timings};
-use externalsource_core::controller::runtime::metrics::Metrics;
+use externalsource_core::controller::runtime::metrics::{Metrics, PushLabels};
 use externalsource_core::controller::runtime::restore_pass::RestorePass;
 use externalsource_core::controller::{self, StartError};
 use externalsource_core::restore::Restoring;
 use externalsource_core::units::format_size;
 use externalsource_core::{BuildError, Storage};
-use externalsource_server::{ArtifactRoutes, ArtifactService, OpsService, Readiness, ServeOptions, ServerMetrics};
+use externalsource_server::{
+    ArtifactRoutes, ArtifactService, OpsService, Readiness, ReceiverService, ServeOptions, ServerMetrics,
+};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -154,14 +159,26 @@ pub async fn run(config: Config, mode: Command) -> Result<(), AppError> {
             .map(|r| r.with_restoring(restoring.clone()));
         servers.push(start_artifact_server(&config, routes, &servers_stop).await?);
     }
+    // `serve` needs no Kubernetes access; the controller and the receiver do.
+    let client = match mode {
+        Command::Serve => None,
+        _ => Some(kube::Client::try_default().await.map_err(AppError::Kube)?),
+    };
+    if let Some(client) = client.as_ref().filter(|_| config.receiver.enabled) {
+        let pushes = telemetry.metrics.receiver_pushes.clone();
+        servers.push(start_receiver(&config, client.clone(), pushes, &servers_stop).await?);
+    }
     stop_servers_after_delay(&config, &shutdown, &servers_stop, &readiness);
-    let result = match mode {
-        Command::Serve => {
+    let result = match client {
+        None => {
             readiness.set(true);
             shutdown.cancelled().await;
             Ok(())
         }
-        _ => run_controller(&config, storage, telemetry.metrics, readiness.clone(), restoring, shutdown.clone()).await,
+        Some(client) => {
+            let metrics = telemetry.metrics;
+            run_controller(&config, client, storage, metrics, readiness.clone(), restoring, shutdown.clone()).await
+        }
     };
     readiness.set(false);
     shutdown.cancel();
@@ -263,6 +280,28 @@ async fn start_artifact_server(
     }))
 }
 
+/// The receiver listener of `spec.receiver`, on every replica (a push becomes a reconcile request
+/// through the API, which the leader handles), with the watch that keeps its paths current.
+async fn start_receiver(
+    config: &Config,
+    client: kube::Client,
+    pushes: Family<PushLabels, Counter>,
+    stop: &CancellationToken,
+) -> Result<JoinHandle<()>, AppError> {
+    let r = &config.receiver;
+    let listener = bind(ReceiverConfig::port, &r.bind_address, r.port).await?;
+    tracing::info!(addr = ?listener.local_addr().ok(), "receiver listening (POST /hook/<digest>)");
+    let receiver = Receiver::new(client, r.max_body, pushes);
+    let options = ServeOptions { max_connections: r.max_connections as usize, ..ServeOptions::from(&config.server) };
+    let selector = config.controller.watch_label_selector.clone();
+    let token = stop.clone();
+    Ok(tokio::spawn(async move {
+        let paths = tokio::spawn(receiver.clone().maintain(selector));
+        externalsource_server::serve(listener, ReceiverService::new(receiver), options, token.cancelled_owned()).await;
+        paths.abort();
+    }))
+}
+
 /// Shutdown in the order endpoints need: not-Ready at once (so the Service stops sending new
 /// clients), both listeners still accepting for `server.shutdown_delay` (endpoint updates take a
 /// few seconds to reach every node), then stop accepting and drain.
@@ -285,6 +324,7 @@ fn stop_servers_after_delay(
 
 async fn run_controller(
     config: &Config,
+    client: kube::Client,
     storage: Arc<dyn Storage>,
     metrics: Arc<Metrics>,
     readiness: Readiness,
@@ -292,7 +332,6 @@ async fn run_controller(
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
     crate::legacy_env::warn_unread();
-    let client = kube::Client::try_default().await.map_err(AppError::Kube)?;
     controller::check_crds(&client).await?;
     let shared = storage.capabilities().shared;
     // With a shared store every replica serves the same objects, so every replica is Ready;

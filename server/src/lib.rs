@@ -35,11 +35,15 @@ mod idle;
 mod metrics;
 mod ops;
 mod path;
+#[cfg(feature = "receiver")]
+mod receiver;
 mod routes;
 mod serve;
 
 pub use body::Body;
 pub use metrics::ServerMetrics;
 pub use ops::{OpsService, Readiness, serve_ops};
+#[cfg(feature = "receiver")]
+pub use receiver::ReceiverService;
 pub use routes::{ArtifactRoutes, ArtifactService};
 pub use serve::{ServeOptions, serve};

@@ -37,6 +37,7 @@ CASES: dict[str, tuple[list[str], tuple[str, str], str]] = {
                  ("overlay", "s3-proxy"), "s3"),
     "networkpolicy": (["networkPolicy.enabled=true"], ("overlay", "networkpolicy"), "memory"),
     "hooks": (["hooks.enabled=true"], ("fixture", "hooks"), "memory"),
+    "receiver": (["receiver.enabled=true"], ("fixture", "receiver"), "memory"),
     "egress-policy": (["networkPolicy.egress.enabled=true"], ("fixture", "egress-policy"), "memory"),
     "monitoring": (["serviceMonitor.enabled=true", "prometheusRule.enabled=true", "grafanaDashboard.enabled=true"],
                    ("fixture", "monitoring"), "memory"),

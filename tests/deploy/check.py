@@ -65,11 +65,12 @@ OVERLAYS: dict[str, str] = {
 # Fixtures rendered like overlays (path relative to tests/deploy/fixtures).
 FIXTURE_OVERLAYS: dict[str, str] = {
     "name-prefix": "memory", "egress-policy": "memory", "hooks": "memory", "monitoring": "memory",
+    "receiver": "memory",
 }
 # Components: rendered through a fixture.
 COMPONENTS = {
     "components/networkpolicy", "components/egress-policy", "components/s3", "components/hooks",
-    "components/monitoring", "flux-feature-gate",
+    "components/monitoring", "components/receiver", "flux-feature-gate",
 }
 
 SHARED_BACKENDS = {"s3"}  # every replica Ready; the others: only the leader is Ready
@@ -90,6 +91,7 @@ KNOWN_KEYS: dict[str, set[str]] = {
         "min_send_rate",
     },
     "ops": {"bind_address", "port"},
+    "receiver": {"enabled", "bind_address", "port", "max_body", "max_connections"},
     "storage": {"backend", "namespace_quota"},
     "controller": {
         "concurrency", "namespace_concurrency", "min_interval", "retention", "finalizer_attempts",

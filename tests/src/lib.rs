@@ -12,6 +12,7 @@ pub mod process;
 pub mod promql;
 pub mod protected_upstream;
 pub mod proxy;
+pub mod receiver;
 pub mod sources;
 
 pub use controller::TestController;

@@ -26,8 +26,8 @@ pub use self::declare::Key;
 use self::declare::Section;
 use self::reader::Layered;
 pub use self::sections::{
-    ControllerConfig, FetchConfig, HooksConfig, LogConfig, LogFormat, MemoryCheck, OpsConfig, ServerConfig,
-    StorageConfig, TransformConfig,
+    ControllerConfig, FetchConfig, HooksConfig, LogConfig, LogFormat, MemoryCheck, OpsConfig, ReceiverConfig,
+    ServerConfig, StorageConfig, TransformConfig,
 };
 use crate::backend::{EnvVar, Invalid};
 use crate::registry::{self, BackendContext, BackendSettings, Env};
@@ -92,6 +92,7 @@ pub struct Config {
     pub transform: TransformConfig,
     pub hooks: HooksConfig,
     pub log: LogConfig,
+    pub receiver: ReceiverConfig,
 }
 
 /// A table of the configuration file: its name, its doc comment and its keys.
@@ -110,6 +111,7 @@ pub fn sections() -> Vec<SectionDoc> {
     vec![
         section::<ServerConfig>(),
         section::<OpsConfig>(),
+        section::<ReceiverConfig>(),
         section::<StorageConfig>(),
         section::<ControllerConfig>(),
         section::<FetchConfig>(),
@@ -214,6 +216,7 @@ impl ConfigLoader {
         let backend_tables = take_backend_tables(&mut storage_table)?;
         let server = read_section(root.take("server")?)?;
         let ops = read_section(root.take("ops")?)?;
+        let receiver = read_section(root.take("receiver")?)?;
         let storage: StorageConfig = read_section(storage_table)?;
         let controller: ControllerConfig = read_section(root.take("controller")?)?;
         let fetch = read_section(root.take("fetch")?)?;
@@ -241,6 +244,7 @@ impl ConfigLoader {
             transform,
             hooks,
             log,
+            receiver,
         };
         config.check().map_err(|bad| self.across_keys_error(bad))?;
         Ok(config)
@@ -310,6 +314,7 @@ impl Config {
         if server.enabled && ops.port == server.port && ops.bind_address == server.bind_address {
             return Err(Invalid::new(OpsConfig::port, ops.port, format!("must differ from {}", ServerConfig::port)));
         }
+        self.check_receiver()?;
         if c.namespace_concurrency > c.concurrency {
             let rule = format!("must be an integer from 1 to {}", c.concurrency);
             return Err(Invalid::new(ControllerConfig::namespace_concurrency, c.namespace_concurrency, rule));
@@ -333,6 +338,22 @@ impl Config {
             return Err(Invalid::new(ControllerConfig::retry_period, format_duration(c.retry_period), rule));
         }
         self.check_limits()
+    }
+
+    /// The receiver's port is its own: neither the artifact server's nor the ops port.
+    fn check_receiver(&self) -> Result<(), Invalid> {
+        let (r, server, ops) = (&self.receiver, &self.server, &self.ops);
+        if !r.enabled {
+            return Ok(());
+        }
+        if server.enabled && r.port == server.port && r.bind_address == server.bind_address {
+            let rule = format!("must differ from {}", ServerConfig::port);
+            return Err(Invalid::new(ReceiverConfig::port, r.port, rule));
+        }
+        if r.port == ops.port && r.bind_address == ops.bind_address {
+            return Err(Invalid::new(ReceiverConfig::port, r.port, format!("must differ from {}", OpsConfig::port)));
+        }
+        Ok(())
     }
 
     /// [`check`](Self::check)'s rules on fetches, transforms and hooks.
@@ -404,6 +425,7 @@ impl Config {
             transform: &'a TransformConfig,
             hooks: &'a HooksConfig,
             log: &'a LogConfig,
+            receiver: &'a ReceiverConfig,
         }
         let section = StorageConfig { backend: self.backend.to_owned(), namespace_quota: self.namespace_quota };
         let mut storage = toml::Table::try_from(&section).unwrap_or_default();
@@ -417,6 +439,7 @@ impl Config {
             transform: &self.transform,
             hooks: &self.hooks,
             log: &self.log,
+            receiver: &self.receiver,
         };
         toml::to_string(&printed).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
     }

@@ -70,6 +70,27 @@ section! {
 }
 
 section! {
+    /// The push receiver: the webhooks of sources with `spec.receiver`, on their own listener so
+    /// that only it needs to be reachable from outside the cluster (an Ingress to this port).
+    /// Every replica serves it and asks for the reconcile through the API, so the leader fetches
+    /// whichever replica received the push.
+    pub struct ReceiverConfig in "receiver" {
+        /// Whether the receiver listener runs (off by default: an opt-in entry point).
+        enabled: bool as Bool = false, env "RECEIVER_ENABLED", flag "receiver-enabled";
+        /// Address the receiver listens on.
+        bind_address: String as Text = "0.0.0.0".to_owned();
+        /// Port of the receiver (notification-controller's receiver port).
+        port: u16 as Port = 9292, env "RECEIVER_PORT", flag "receiver-port";
+        /// Largest request body accepted; a larger push is refused with 413 before any
+        /// signature is computed over it.
+        max_body: u64 as Size<1> = 1 << 20;
+        /// Open connections of the receiver listener at most; beyond it a new connection gets
+        /// `503` with `Retry-After: 1`.
+        max_connections: u32 as Int<u32, 1, 1_000_000> = 256;
+    }
+}
+
+section! {
     /// The backend artifacts are stored in; its own settings are the table
     /// `[storage.<backend>]`.
     pub struct StorageConfig in "storage" {

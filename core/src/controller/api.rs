@@ -83,6 +83,34 @@ pub struct ExternalSourceSpec {
     /// Reshapes a JSON payload before packaging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transform: Option<TransformSpec>,
+    /// A webhook that makes the controller fetch at once when the upstream says it changed
+    /// (push instead of poll); served on the controller's receiver listener at
+    /// `status.webhookPath`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receiver: Option<ReceiverSpec>,
+}
+
+/// `spec.receiver`: how a push is authenticated.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReceiverSpec {
+    /// How a push proves it knows the token: `generic` (the token-derived URL path alone),
+    /// `generic-hmac` (`X-Signature: sha256=<HMAC-SHA256 of the body>`), `github`
+    /// (`X-Hub-Signature-256`) or `gitlab` (`X-Gitlab-Token` equal to the token).
+    #[serde(rename = "type")]
+    pub type_: ReceiverType,
+    /// A Secret in the source's namespace whose key `token` holds the shared secret; the
+    /// webhook path is derived from it.
+    pub secret_ref: SecretReference,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReceiverType {
+    Generic,
+    GenericHmac,
+    Github,
+    Gitlab,
 }
 
 fn interval_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -284,6 +312,10 @@ pub struct ExternalSourceStatus {
     /// The value of the `reconcile.fluxcd.io/requestedAt` annotation last handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// Where `spec.receiver` listens on the receiver listener: `/hook/<sha256 of the token, the
+    /// name and the namespace>`. Point the upstream's webhook at it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_path: Option<String>,
 }
 
 /// An artifact, in Flux's shape (also used in `ExternalArtifact.status.artifact`).

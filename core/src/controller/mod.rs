@@ -7,6 +7,7 @@
 //! - [`finish`]: the single writer of a reconcile's results (statuses, garbage collection,
 //!   Event) and of when it runs next; [`publish`]: the ExternalArtifact; [`writer`]: how writes
 //!   are made (field manager, status patches);
+//! - [`receiver`]: the push receiver's side of `spec.receiver` (paths, signatures, requests);
 //! - [`upstream`]: the HTTP client that fetches, its egress policy and URL redaction;
 //! - [`hooks`]: the reconciler's side of `spec.hooks` (the executor is in
 //!   [`isolated`](crate::isolated));
@@ -21,6 +22,7 @@ pub mod finish;
 pub mod hooks;
 pub mod outcome;
 pub mod publish;
+pub mod receiver;
 pub mod reconcile;
 pub mod requests;
 pub mod revision;
@@ -136,13 +138,20 @@ pub(crate) fn trigger_hash(es: &ExternalSource) -> Option<u64> {
 /// Names of the Secrets a source reads.
 fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
     let http = es.spec.generator.http.as_ref();
-    http.into_iter().flat_map(|h| {
-        [h.headers_secret_ref.as_ref(), h.secret_ref.as_ref(), h.cert_secret_ref.as_ref(), h.proxy_secret_ref.as_ref()]
+    http.into_iter()
+        .flat_map(|h| {
+            [
+                h.headers_secret_ref.as_ref(),
+                h.secret_ref.as_ref(),
+                h.cert_secret_ref.as_ref(),
+                h.proxy_secret_ref.as_ref(),
+            ]
             .into_iter()
             .flatten()
             .map(|r| r.name.as_str())
             .chain(h.ca_bundle_secret_ref.as_ref().map(|r| r.name.as_str()))
-    })
+        })
+        .chain(es.spec.receiver.as_ref().map(|r| r.secret_ref.name.as_str()))
 }
 
 /// Changes of ExternalArtifacts worth a reconcile of their owner: a new generation (someone

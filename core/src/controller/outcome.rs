@@ -233,6 +233,9 @@ pub struct StatusInputs<'a> {
     pub previously_published: Option<&'a str>,
     /// How many published revisions are kept.
     pub retention: usize,
+    /// `status.webhookPath` as derived by this reconcile (`Some(None)`: no receiver); `None`
+    /// keeps the old one.
+    pub webhook_path: Option<Option<&'a str>>,
 }
 
 /// The ExternalSource status after `outcome`. The stored-artifact fields change only in the
@@ -250,6 +253,7 @@ pub fn next_status(old: &ExternalSourceStatus, outcome: &Outcome, inputs: &Statu
             .requested_at
             .map(str::to_owned)
             .or_else(|| old.last_handled_reconcile_at.clone()),
+        webhook_path: inputs.webhook_path.map_or_else(|| old.webhook_path.clone(), |p| p.map(str::to_owned)),
     };
     if let Outcome::Ready { artifact, etag, .. } = outcome {
         status.published_paths = published_paths(old, &artifact.path, inputs.previously_published, inputs.retention);

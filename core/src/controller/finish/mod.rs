@@ -44,6 +44,9 @@ pub struct Schedule {
     pub interval: Option<Duration>,
     /// The `IntervalRaised` message, when it was raised.
     pub interval_warning: Option<String>,
+    /// `status.webhookPath` when the reconcile got far enough to derive it (`Some(None)`: the
+    /// source has no receiver); `None` keeps the one recorded.
+    pub webhook_path: Option<Option<String>>,
 }
 
 /// Writes `outcome`: ExternalArtifact, ExternalSource status, garbage collection, Event; and
@@ -61,6 +64,7 @@ pub async fn finish(ctx: &Context, scope: &Scope<'_>, outcome: Outcome, schedule
         interval_warning: schedule.interval_warning.as_deref(),
         previously_published: previous.as_deref(),
         retention: ctx.settings.retention,
+        webhook_path: schedule.webhook_path.as_ref().map(Option::as_deref),
     };
     let status = outcome::next_status(old, &outcome, &inputs);
     let changed = write_status(ctx, scope, old, &status).await?;

@@ -1,7 +1,8 @@
 //! The reconciler: ExternalSource → fetched payload → stored artifact → ExternalArtifact.
 //!
 //! `apply` is the list of steps, each in its own module and each either handing its result to
-//! the next or ending the reconcile with an [`Outcome`]: [`plan`], [`credentials`], `hooks`
+//! the next or ending the reconcile with an [`Outcome`]: [`plan`], [`receiver`] (the webhook path),
+//! [`credentials`], `hooks`
 //! (before the request), `current`, `fetch`, `hooks` (after it), `transform`, `package` and
 //! `store`. Whatever the outcome, it goes to [`finish`], the only writer of both statuses and of
 //! the Event, which also decides when the source is reconciled next. The decisions between the
@@ -23,6 +24,7 @@ mod package;
 pub mod pages;
 pub mod plan;
 pub mod problem;
+pub mod receiver;
 pub mod scope;
 mod secret_data;
 mod store;
@@ -122,7 +124,9 @@ async fn apply(scope: &mut Scope<'_>, ctx: &Context) -> Result<Report, Error> {
 async fn steps(scope: &mut Scope<'_>, ctx: &Context, schedule: &mut Schedule) -> Result<Outcome, Stop> {
     plan::unless_suspended(scope)?;
     let plan = plan::plan(scope, &ctx.settings.defaults)?;
-    *schedule = Schedule { interval: Some(plan.interval), interval_warning: plan.interval_warning() };
+    *schedule =
+        Schedule { interval: Some(plan.interval), interval_warning: plan.interval_warning(), ..Schedule::default() };
+    schedule.webhook_path = Some(receiver::webhook_path_for(scope, ctx, &plan).await?);
     let credentials = credentials::read_for(scope, ctx, &plan).await?;
     let (outcome, announced) = announce::if_slow(scope, ctx, fetch_to_store(scope, ctx, &plan, credentials)).await?;
     if let Some(status) = announced {

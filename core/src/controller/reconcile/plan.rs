@@ -15,6 +15,7 @@ use crate::controller::hooks::spec::{HookDefaults, HookPlan};
 use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::pages::spec::Pagination;
 use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::reconcile::receiver::{self, ReceiverPlan};
 use crate::controller::reconcile::scope::Scope;
 use crate::controller::reconcile::workload_identity::{self, WorkloadIdentity};
 use crate::controller::upstream::https;
@@ -97,6 +98,8 @@ pub struct Plan {
     pub identity: Option<WorkloadIdentity>,
     /// `spec.generator.http.pagination`: the pages to follow and merge.
     pub pagination: Option<Pagination>,
+    /// `spec.receiver`: the webhook that asks for a fetch at once.
+    pub receiver: Option<ReceiverPlan>,
 }
 
 /// How the payload becomes the artifact (`spec.format`).
@@ -162,7 +165,6 @@ impl Plan {
         };
         let packaging = Packaging::from_spec(spec)?;
         let hooks = HookPlan::from_spec(spec, &defaults.hooks)?;
-        let transform = spec.transform.as_ref().map(|t| Arc::from(t.jq.as_str()));
         let GeneratorType::Http = spec.generator.type_;
         let http = spec.generator.http.as_ref().ok_or_else(|| {
             ConfigProblem::invalid("spec.generator.http", "", "is required when spec.generator.type is http")
@@ -219,9 +221,10 @@ impl Plan {
             cert_secret: http.cert_secret_ref.as_ref().map(|r| r.name.clone()),
             proxy_secret: http.proxy_secret_ref.as_ref().map(|r| r.name.clone()),
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
-            transform,
+            transform: spec.transform.as_ref().map(|t| Arc::from(t.jq.as_str())),
             hooks,
             pagination: Pagination::from_spec(spec, defaults.max_pages)?,
+            receiver: receiver::plan(spec)?,
         })
     }
 
@@ -303,6 +306,7 @@ mod tests {
             },
             timeout: None,
             max_size: None,
+            receiver: None,
             transform: None,
         }
     }

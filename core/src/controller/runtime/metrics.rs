@@ -54,6 +54,12 @@ pub struct HookObjectLabels {
     pub hook: String,
 }
 
+/// Labels of `externalsource_receiver_pushes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    pub result: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationNameLabels {
     pub operation: String,
@@ -96,6 +102,9 @@ pub struct Metrics {
     hook_series: Mutex<HashMap<ObjectLabels, HashSet<HookLabels>>>,
     /// Flux events posted to notification-controller, by result.
     pub flux_events: Family<crate::controller::events::flux::EventResultLabels, Counter>,
+    /// Pushes to the receiver listener, by answer (no series per source: unknown paths must
+    /// not make series).
+    pub receiver_pushes: Family<PushLabels, Counter>,
     /// Whether duration histograms have a series per source (`ops.per_source_histograms`) or
     /// one per namespace (`name=""`, which Prometheus stores as no label).
     per_source_histograms: bool,
@@ -135,6 +144,7 @@ impl Metrics {
             hook_duration: Family::new_with_constructor(histogram),
             hook_series: Mutex::default(),
             flux_events: Family::default(),
+            receiver_pushes: Family::default(),
             per_source_histograms,
         }
     }
@@ -182,6 +192,11 @@ impl Metrics {
             "externalsource_flux_events",
             "Flux events for notification-controller (the controller's events address) by result: sent, duplicate, dropped (queue full), failed",
             self.flux_events.clone(),
+        );
+        registry.register(
+            "externalsource_receiver_pushes",
+            "Pushes to the receiver listener by answer: accepted, coalesced (joined a request in flight), ping, refused (401), not_found, too_large, unavailable, method_not_allowed",
+            self.receiver_pushes.clone(),
         );
     }
 
