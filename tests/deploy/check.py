@@ -120,6 +120,7 @@ REQUIRED_CLUSTER_GRANTS = [
     ("source.toolkit.fluxcd.io", "externalartifacts", ["get", "list", "watch", "create", "update", "patch", "delete"]),
     ("source.toolkit.fluxcd.io", "externalartifacts/status", ["get", "update", "patch"]),
     ("", "secrets", ["get", "list", "watch"]),
+    ("", "configmaps", ["get", "list", "watch"]),
     ("events.k8s.io", "events", ["create", "patch"]),
     ("", "events", ["create", "patch"]),
 ]
@@ -651,12 +652,13 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                     wild.append(f"{role['kind']}/{name_of(role)} {field}")
             if rule.get("nonResourceURLs"):
                 nonres.append(f"{role['kind']}/{name_of(role)}")
-            if "" in (rule.get("apiGroups") or []) and "secrets" in (rule.get("resources") or []):
+            read_only = {"secrets", "configmaps"} & set(rule.get("resources") or [])
+            if "" in (rule.get("apiGroups") or []) and read_only:
                 extra = set(rule.get("verbs") or []) - SECRET_VERBS
                 if extra:
-                    secret_bad.append(f"{role['kind']}/{name_of(role)}: {sorted(extra)}")
+                    secret_bad.append(f"{role['kind']}/{name_of(role)} {sorted(read_only)}: {sorted(extra)}")
     r.check(scope, "RBAC: no '*' in apiGroups, resources, verbs or resourceNames", not wild, "; ".join(wild))
-    r.check(scope, "RBAC: secrets only get/list/watch", not secret_bad, "; ".join(secret_bad))
+    r.check(scope, "RBAC: secrets and configmaps only get/list/watch", not secret_bad, "; ".join(secret_bad))
     r.check(scope, "RBAC: no nonResourceURLs", not nonres, "; ".join(nonres))
     lease_cluster = [name_of(cr) for cr in ren.of_kind("ClusterRole")
                      if any("leases" in (rule.get("resources") or []) for rule in cr.get("rules") or [])]

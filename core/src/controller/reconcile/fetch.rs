@@ -20,6 +20,8 @@ use crate::controller::upstream::client::{FetchOutcome, FetchRequest};
 pub struct Fetched {
     pub body: Bytes,
     pub etag: Option<String>,
+    /// The response's `Content-Type`, as sent.
+    pub content_type: Option<String>,
     /// Held until the body and its copies are gone.
     pub memory: Reservation,
 }
@@ -76,7 +78,7 @@ pub async fn fetch(
 
     let recorded_etag = old.last_handled_e_tag.as_deref();
     match fetched {
-        Ok(FetchOutcome::Fetched { body, etag }) => Ok(Fetched { body, etag, memory }),
+        Ok(FetchOutcome::Fetched { body, etag, content_type }) => Ok(Fetched { body, etag, content_type, memory }),
         Ok(FetchOutcome::NotModified) => {
             Err(outcome::after_fetch(current, recorded_etag, sent_if_none_match, Unfetched::NotModified))
         }

@@ -2,8 +2,8 @@
 //!
 //! `apply` is the list of steps, each in its own module and each either handing its result to
 //! the next or ending the reconcile with an [`Outcome`]: [`plan`], [`credentials`], `hooks`
-//! (before the request), `current`, `fetch`, `hooks` (after it), `transform`, `package` and
-//! `store`. Whatever the outcome, it goes to [`finish`], the only writer of both statuses and of
+//! (before the request), `current`, `fetch`, `hooks` (after it), [`validate`], `transform`,
+//! `package` and `store`. Whatever the outcome, it goes to [`finish`], the only writer of both statuses and of
 //! the Event, which also decides when the source is reconciled next. The decisions between the
 //! steps are the pure functions of [`outcome`](crate::controller::outcome).
 
@@ -25,6 +25,7 @@ pub mod scope;
 mod secret_data;
 mod store;
 mod transform;
+pub mod validate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,7 +122,9 @@ async fn steps(scope: &mut Scope<'_>, ctx: &Context, schedule: &mut Schedule) ->
     let plan = plan::plan(scope, &ctx.settings.defaults)?;
     *schedule = Schedule { interval: Some(plan.interval), interval_warning: plan.interval_warning() };
     let credentials = credentials::read_for(scope, ctx, &plan).await?;
-    let (outcome, announced) = announce::if_slow(scope, ctx, fetch_to_store(scope, ctx, &plan, credentials)).await?;
+    let checks = validate::read_for(scope, ctx, &plan).await?;
+    let fetched_to_stored = fetch_to_store(scope, ctx, &plan, credentials, &checks);
+    let (outcome, announced) = announce::if_slow(scope, ctx, fetched_to_stored).await?;
     if let Some(status) = announced {
         scope.status = status;
     }
@@ -135,6 +138,7 @@ async fn fetch_to_store(
     ctx: &Context,
     plan: &Plan,
     mut credentials: credentials::Credentials,
+    checks: &validate::Checks,
 ) -> Outcome {
     let steps = async {
         // One budget of retries for every hook of this reconcile (`spec.maxRetries`).
@@ -145,6 +149,7 @@ async fn fetch_to_store(
         // Held until the body and its copies are gone, at the end of these steps.
         let _memory = fetched.memory;
         let body = hooks::post_request(scope, ctx, plan, fetched.body, &mut retries_left).await?;
+        validate::validate(ctx, checks, &body, fetched.content_type.as_deref()).await?;
         let body = transform::transform(ctx, plan, body).await?;
         let packaged = package::package(plan, body).await?;
         Ok::<_, Outcome>(store::store(scope, ctx, plan, packaged, fetched.etag.as_deref(), current).await)

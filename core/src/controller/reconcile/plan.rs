@@ -14,6 +14,7 @@ use crate::controller::hooks::spec::{HookDefaults, HookPlan};
 use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::validate::rules::Rules;
 use crate::package::DestinationPath;
 use crate::package::archive::Layout;
 use crate::units::{format_duration, parse_duration, parse_size};
@@ -82,6 +83,8 @@ pub struct Plan {
     pub transform: Option<Arc<str>>,
     /// `spec.hooks`, run through the hook executor.
     pub hooks: HookPlan,
+    /// `spec.validate`.
+    pub validation: Rules,
 }
 
 /// How the payload becomes the artifact (`spec.format`).
@@ -213,6 +216,7 @@ impl Plan {
             insecure_skip_verify: http.insecure_skip_verify.unwrap_or(false),
             transform,
             hooks,
+            validation: Rules::from_spec(spec)?,
         })
     }
 
@@ -274,6 +278,7 @@ mod tests {
             timeout: None,
             max_size: None,
             transform: None,
+            validate: None,
         }
     }
 

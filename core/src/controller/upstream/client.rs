@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, IF_NONE_MATCH, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
 
 use crate::controller::runtime::memory::Reservation;
@@ -69,6 +69,8 @@ pub enum FetchOutcome {
     Fetched {
         body: Bytes,
         etag: Option<String>,
+        /// The response's `Content-Type`, as sent (`spec.validate.contentType` checks it).
+        content_type: Option<String>,
     },
 }
 
@@ -358,6 +360,8 @@ impl Fetcher {
             memory.shrink_to_body(n);
         }
         let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let content_type =
+            response.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         // Pre-sized when the length is declared: no reallocation holding two buffers at once.
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
@@ -366,7 +370,7 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(FetchOutcome::Fetched { body: body.freeze(), etag })
+        Ok(FetchOutcome::Fetched { body: body.freeze(), etag, content_type })
     }
 }
 
