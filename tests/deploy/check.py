@@ -18,6 +18,7 @@ Prints one line per check and finally `N passed, M failed`; exits 1 on any failu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -1049,14 +1050,25 @@ def check_examples(r: Report, scope: str) -> None:
         by_file.setdefault(f, []).append(d)
     r.check(scope, "deploy/examples has the examples users look for",
             {"first-source.yaml", "authenticated-api.yaml", "custom-ca.yaml", "jq-transform.yaml", "hooks.yaml",
-             "helm-chart.yaml", "release-archive.yaml", "alerts.yaml", "oauth2-client-credentials.yaml"}
+             "helm-chart.yaml", "release-archive.yaml", "alerts.yaml", "oauth2-client-credentials.yaml",
+             "validated-source.yaml"}
             <= {f.name for f in by_file}, f"{sorted(f.name for f in by_file)}")
     for f, docs in by_file.items():
         sources = [d for d in docs if d.get("kind") == "ExternalSource"]
         r.check(scope, f"{f.name}: has an ExternalSource", bool(sources))
         secrets = {(ns_of(d), name_of(d)): {**(d.get("data") or {}), **(d.get("stringData") or {})}
                    for d in docs if d.get("kind") == "Secret"}
+        config_maps = {(ns_of(d), name_of(d)): d.get("data") or {} for d in docs if d.get("kind") == "ConfigMap"}
         for es in sources:
+            schema_ref = ((es.get("spec", {}).get("validate") or {}).get("jsonSchema") or {}).get("configMapRef")
+            if schema_ref:
+                schema = config_maps.get((ns_of(es), schema_ref.get("name")), {}).get(schema_ref.get("key"))
+                try:
+                    parsed = isinstance(json.loads(schema), (dict, bool)) if schema is not None else False
+                except ValueError:
+                    parsed = False
+                r.check(scope, f"{f.name}: {name_of(es)}.validate.jsonSchema names a JSON Schema of the example",
+                        parsed, f"{schema_ref}")
             http = es.get("spec", {}).get("generator", {}).get("http", {})
             # The keys each reference needs (Flux's names); a {name, key} reference needs its key.
             needs = {"headersSecretRef": [], "caBundleSecretRef": [], "secretRef": [["bearerToken"], ["username", "password"], ["tokenURL", "clientID", "clientSecret"]],
