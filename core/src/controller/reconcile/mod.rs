@@ -1,11 +1,12 @@
 //! The reconciler: ExternalSource → fetched payload → stored artifact → ExternalArtifact.
 //!
 //! `apply` is the list of steps, each in its own module and each either handing its result to
-//! the next or ending the reconcile with an [`Outcome`]: [`plan`], [`credentials`], `hooks`
-//! (before the request), `current`, `fetch`, `hooks` (after it), [`validate`], `transform`,
-//! `package` and `store`. Whatever the outcome, it goes to [`finish`], the only writer of both statuses and of
-//! the Event, which also decides when the source is reconciled next. The decisions between the
-//! steps are the pure functions of [`outcome`](crate::controller::outcome).
+//! the next or ending the reconcile with an [`Outcome`]: [`plan`], [`credentials`] (and the
+//! JSON Schema of [`validate`]), `hooks` (before the request), `current`, `fetch`, `hooks` (after
+//! it), [`validate`], `transform`, `package` and `store`. Whatever the outcome, it goes to
+//! [`finish`], the only writer of both statuses and of the Event, which also decides when the
+//! source is reconciled next. The decisions between the steps are the pure functions of
+//! [`outcome`](crate::controller::outcome).
 
 mod announce;
 pub mod backoff;

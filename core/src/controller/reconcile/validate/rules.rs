@@ -133,7 +133,12 @@ pub fn schema_origin(reference: &ConfigMapKeyReference) -> String {
 /// A payload `spec.validate` refused, or a rule that could not be checked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
-    #[error("{CONTENT_TYPE_FIELD}: expected {:?}, received {}", expected.as_str(), received.as_deref().unwrap_or("no Content-Type header"))]
+    /// `received` is the header as sent, quoted and cut; `None` when there was none.
+    #[error(
+        "{CONTENT_TYPE_FIELD}: expected {:?}, received {}",
+        expected.as_str(),
+        received.as_deref().unwrap_or("no Content-Type header")
+    )]
     ContentType { expected: MediaType, received: Option<String> },
     #[error("{JQ_FIELD} {expression:?} {verdict}")]
     Predicate { expression: Arc<str>, verdict: Verdict },
