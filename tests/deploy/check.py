@@ -18,6 +18,7 @@ Prints one line per check and finally `N passed, M failed`; exits 1 on any failu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -123,6 +124,7 @@ REQUIRED_CLUSTER_GRANTS = [
     ("source.toolkit.fluxcd.io", "externalartifacts/status", ["get", "update", "patch"]),
     ("", "secrets", ["get", "list", "watch"]),
     ("", "serviceaccounts/token", ["create"]),
+    ("", "configmaps", ["get", "list", "watch"]),
     ("events.k8s.io", "events", ["create", "patch"]),
     ("", "events", ["create", "patch"]),
 ]
@@ -654,12 +656,13 @@ def check_rbac(r: Report, scope: str, ren: Render, wls: list[dict]) -> None:
                     wild.append(f"{role['kind']}/{name_of(role)} {field}")
             if rule.get("nonResourceURLs"):
                 nonres.append(f"{role['kind']}/{name_of(role)}")
-            if "" in (rule.get("apiGroups") or []) and "secrets" in (rule.get("resources") or []):
+            read_only = {"secrets", "configmaps"} & set(rule.get("resources") or [])
+            if "" in (rule.get("apiGroups") or []) and read_only:
                 extra = set(rule.get("verbs") or []) - SECRET_VERBS
                 if extra:
-                    secret_bad.append(f"{role['kind']}/{name_of(role)}: {sorted(extra)}")
+                    secret_bad.append(f"{role['kind']}/{name_of(role)} {sorted(read_only)}: {sorted(extra)}")
     r.check(scope, "RBAC: no '*' in apiGroups, resources, verbs or resourceNames", not wild, "; ".join(wild))
-    r.check(scope, "RBAC: secrets only get/list/watch", not secret_bad, "; ".join(secret_bad))
+    r.check(scope, "RBAC: secrets and configmaps only get/list/watch", not secret_bad, "; ".join(secret_bad))
     r.check(scope, "RBAC: no nonResourceURLs", not nonres, "; ".join(nonres))
     lease_cluster = [name_of(cr) for cr in ren.of_kind("ClusterRole")
                      if any("leases" in (rule.get("resources") or []) for rule in cr.get("rules") or [])]
@@ -1051,14 +1054,25 @@ def check_examples(r: Report, scope: str) -> None:
     r.check(scope, "deploy/examples has the examples users look for",
             {"first-source.yaml", "authenticated-api.yaml", "custom-ca.yaml", "jq-transform.yaml", "hooks.yaml",
              "helm-chart.yaml", "release-archive.yaml", "alerts.yaml", "oauth2-client-credentials.yaml",
-             "workload-identity.yaml", "paged-api.yaml"}
+             "workload-identity.yaml", "paged-api.yaml",
+             "validated-source.yaml"}
             <= {f.name for f in by_file}, f"{sorted(f.name for f in by_file)}")
     for f, docs in by_file.items():
         sources = [d for d in docs if d.get("kind") == "ExternalSource"]
         r.check(scope, f"{f.name}: has an ExternalSource", bool(sources))
         secrets = {(ns_of(d), name_of(d)): {**(d.get("data") or {}), **(d.get("stringData") or {})}
                    for d in docs if d.get("kind") == "Secret"}
+        config_maps = {(ns_of(d), name_of(d)): d.get("data") or {} for d in docs if d.get("kind") == "ConfigMap"}
         for es in sources:
+            schema_ref = ((es.get("spec", {}).get("validate") or {}).get("jsonSchema") or {}).get("configMapRef")
+            if schema_ref:
+                schema = config_maps.get((ns_of(es), schema_ref.get("name")), {}).get(schema_ref.get("key"))
+                try:
+                    parsed = isinstance(json.loads(schema), (dict, bool)) if schema is not None else False
+                except ValueError:
+                    parsed = False
+                r.check(scope, f"{f.name}: {name_of(es)}.validate.jsonSchema names a JSON Schema of the example",
+                        parsed, f"{schema_ref}")
             http = es.get("spec", {}).get("generator", {}).get("http", {})
             # The keys each reference needs (Flux's names); a {name, key} reference needs its key.
             needs = {"headersSecretRef": [], "caBundleSecretRef": [], "secretRef": [["bearerToken"], ["username", "password"], ["tokenURL", "clientID", "clientSecret"]],

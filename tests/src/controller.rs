@@ -62,6 +62,7 @@ pub fn test_transform_limits() -> TransformConfig {
         timeout: Duration::from_secs(5),
         max_depth: 512,
         concurrency: 2,
+        max_schema_size: 256 << 10,
     }
 }
 

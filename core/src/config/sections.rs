@@ -205,7 +205,8 @@ section! {
 }
 
 section! {
-    /// Limits of each `spec.transform` run.
+    /// Limits of each run in the sandbox: `spec.transform`, and the jq and JSON Schema checks of
+    /// `spec.validate`.
     pub struct TransformConfig in "transform" {
         /// CPU time of one run, in whole seconds (rounded up).
         max_cpu: Duration as Span<1000> = secs(2);
@@ -217,6 +218,8 @@ section! {
         max_depth: u32 as Int<u32, 1, 100_000> = 512;
         /// Runs at once, across all sources; at most `controller.concurrency`.
         concurrency: usize as Int<usize, 1, 1024> = 2, shown "half of `controller.concurrency`, at least 1";
+        /// The largest JSON Schema `spec.validate.jsonSchema` may name (the ConfigMap value).
+        max_schema_size: u64 as Size<1024> = 256 << 10;
     }
 }
 

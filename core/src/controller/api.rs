@@ -88,6 +88,11 @@ pub struct ExternalSourceSpec {
     /// `status.webhookPath`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub receiver: Option<ReceiverSpec>,
+    /// Checks the payload must pass before it is published. They see the response as received
+    /// (after the post-request hooks, before `transform`); a payload that fails one is not
+    /// published: `Ready=False` reason `ValidationFailed`, and the last good artifact stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<ValidateSpec>,
 }
 
 /// `spec.receiver`: how a push is authenticated.
@@ -286,6 +291,40 @@ pub struct SecretKeyReference {
 pub struct TransformSpec {
     /// A jq expression applied to the JSON payload.
     pub jq: String,
+}
+
+/// `spec.validate`: every rule set must pass, in this order.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidateSpec {
+    /// The media type the response must declare in `Content-Type`, such as `application/json`:
+    /// type and subtype compared without case, parameters such as `charset` ignored. Catches an
+    /// HTML login page answered with 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<String>,
+    /// A jq expression over the JSON payload that must yield exactly one value, `true`, such as
+    /// `.items | length > 0`. It runs in the transform sandbox, under its limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jq: Option<String>,
+    /// A JSON Schema (draft 4 to 2020-12; 2020-12 without `$schema`) the JSON payload must
+    /// satisfy, read from a ConfigMap of the source's namespace. Checked in the transform
+    /// sandbox; references to other documents are not loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_schema: Option<JsonSchemaSpec>,
+}
+
+/// Where the JSON Schema of `spec.validate.jsonSchema` is kept.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonSchemaSpec {
+    /// The ConfigMap (in the source's namespace) and its key holding the schema document.
+    pub config_map_ref: ConfigMapKeyReference,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ConfigMapKeyReference {
+    pub name: String,
+    pub key: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]

@@ -3,7 +3,7 @@
 //! - `Reconciling=True` (reason `Progressing`) while a new generation is being worked on, and
 //!   (reason `ProgressingWithRetry`) while a transient failure is retried with backoff;
 //! - `Stalled=True` for problems a retry cannot fix (an invalid spec, a missing Secret, a
-//!   conflicting ExternalArtifact);
+//!   conflicting ExternalArtifact, a missing ConfigMap);
 //! - every condition carries the `observedGeneration` it describes.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -25,9 +25,14 @@ pub enum Reason {
     ArchiveRefused,
     /// A `spec.hooks` command failed (its name is in the message).
     HookFailed,
+    /// The payload failed a `spec.validate` rule (the rule and the first offending path are in
+    /// the message); it was not published.
+    ValidationFailed,
     StorageOperationFailed,
     InvalidSpec,
     SecretNotFound,
+    /// The ConfigMap (or its key) holding `spec.validate.jsonSchema` does not exist.
+    ConfigMapNotFound,
     ArtifactConflict,
     Unsupported,
     Progressing,
@@ -49,9 +54,11 @@ impl Reason {
             Self::TransformFailed => "TransformFailed",
             Self::ArchiveRefused => "ArchiveRefused",
             Self::HookFailed => "HookFailed",
+            Self::ValidationFailed => "ValidationFailed",
             Self::StorageOperationFailed => "StorageOperationFailed",
             Self::InvalidSpec => "InvalidSpec",
             Self::SecretNotFound => "SecretNotFound",
+            Self::ConfigMapNotFound => "ConfigMapNotFound",
             Self::ArtifactConflict => "ArtifactConflict",
             Self::Unsupported => "Unsupported",
             Self::Progressing => "Progressing",

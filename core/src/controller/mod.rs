@@ -35,7 +35,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use kube::core::PartialObjectMeta;
@@ -154,6 +154,12 @@ fn referenced_secrets(es: &ExternalSource) -> impl Iterator<Item = &str> {
         .chain(es.spec.receiver.as_ref().map(|r| r.secret_ref.name.as_str()))
 }
 
+/// Names of the ConfigMaps a source reads (the JSON Schema of `spec.validate`).
+fn referenced_config_maps(es: &ExternalSource) -> impl Iterator<Item = &str> {
+    let validate = es.spec.validate.as_ref();
+    validate.and_then(|v| v.json_schema.as_ref()).map(|s| s.config_map_ref.name.as_str()).into_iter()
+}
+
 /// Changes of ExternalArtifacts worth a reconcile of their owner: a new generation (someone
 /// edited the spec) or a deletion. Our own status writes do not bump the generation, and our own
 /// creations are not changes, so neither echoes back as a reconcile. Metadata is all this needs
@@ -244,10 +250,26 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
             .map(|es| ObjectRef::from_obj(es.as_ref()))
             .collect::<Vec<_>>()
     };
+    // So do ConfigMap changes (a JSON Schema edited or created after its source).
+    let config_maps = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    let store = reader.clone();
+    let config_map_mapper = move |config_map: PartialObjectMeta<ConfigMap>| {
+        let ns = config_map.namespace();
+        let name = config_map.name_any();
+        store
+            .state()
+            .into_iter()
+            .filter(|es| es.namespace() == ns && referenced_config_maps(es).any(|c| c == name))
+            .map(|es| ObjectRef::from_obj(es.as_ref()))
+            .collect::<Vec<_>>()
+    };
     let artifacts = artifact_changes(client, shard(watcher::Config::default()), ctx.clone(), reader.clone());
     Controller::for_stream(sources, reader)
         .owns_stream(artifacts)
         .watches_stream(secrets, secret_mapper)
+        .watches_stream(config_maps, config_map_mapper)
         .with_config(controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

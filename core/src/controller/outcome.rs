@@ -13,6 +13,7 @@ use std::time::Duration;
 use crate::controller::api::{Artifact, ExternalArtifactStatus, ExternalSourceStatus};
 use crate::controller::conditions::{self, Reason};
 use crate::controller::reconcile::problem::ConfigProblem;
+use crate::controller::reconcile::validate::rules::Rejection;
 use crate::controller::upstream::client::FetchError;
 use crate::isolated::transform::TransformError;
 use crate::package::archive::ArchiveError;
@@ -191,6 +192,21 @@ pub fn hook_failure(e: &crate::controller::hooks::chain::HookFailure) -> Outcome
         message: e.to_string(),
         retry: if e.is_permanent() { Retry::AtInterval } else { Retry::Backoff { after: None } },
     })
+}
+
+/// A payload `spec.validate` refused: `ValidationFailed` naming the rule and the first offending
+/// path; nothing is packaged or published and the last good artifact stays. The same payload is
+/// refused again, so it waits for the interval; a rule that does not compile (the jq expression,
+/// or the schema in its ConfigMap) is a spec problem, `Stalled` until the spec or ConfigMap
+/// changes; a sandbox that could not run the rule at all backs off.
+pub fn validation_failure(rejection: &Rejection) -> Outcome {
+    let message = rejection.to_string();
+    if rejection.is_spec_error() {
+        let problem = ConfigProblem { reason: Reason::InvalidSpec, message };
+        return Outcome::Stalled { problem, recheck_at_interval: false };
+    }
+    let retry = if rejection.is_transient() { Retry::Backoff { after: None } } else { Retry::AtInterval };
+    Outcome::Failed(Failure { reason: Reason::ValidationFailed, kind: "validation", message, retry })
 }
 
 /// Pre-request hooks printed something that is not headers (the same output next time).

@@ -223,6 +223,7 @@ fn no_failure_changes_what_is_stored() {
             Stored::Failed(StorageError::Unavailable { operation: "put", key: "k".into(), message: "m".into() }),
             Some("\"v2\""),
         ),
+        validation_failure(&predicate_refusal()),
     ];
     for outcome in failures {
         let mut inputs = inputs();
@@ -380,4 +381,39 @@ fn a_whitelist_refusal_stalls_while_a_busy_executor_backs_off() {
     assert!(recheck_at_interval, "a whitelist change can resolve it without a spec change");
     let Outcome::Failed(f) = hook_failure(&failure(FailureKind::Busy)) else { panic!("busy is transient") };
     assert_eq!((f.reason, f.retry), (Reason::HookFailed, Retry::Backoff { after: None }));
+}
+
+fn predicate_refusal() -> Rejection {
+    use crate::controller::reconcile::validate::rules::Verdict;
+    Rejection::Predicate { expression: ".items | length > 0".into(), verdict: Verdict::Other("false".into()) }
+}
+
+#[test]
+fn a_refused_payload_is_validation_failed_until_the_interval() {
+    let outcome = validation_failure(&predicate_refusal());
+    let Outcome::Failed(f) = &outcome else { panic!("{outcome:?}") };
+    assert_eq!((f.reason, f.kind, f.retry), (Reason::ValidationFailed, "validation", Retry::AtInterval));
+    assert_eq!(f.message, "spec.validate.jq \".items | length > 0\" yielded false, not true");
+    assert_eq!(
+        outcome.message(),
+        "spec.validate.jq \".items | length > 0\" yielded false, not true; retrying at the next interval"
+    );
+    // The ExternalArtifact keeps its artifact; only its Ready condition says why nothing new came.
+    let old = ExternalArtifactStatus { artifact: Some(artifact("a", None)), conditions: Vec::new() };
+    let next = next_artifact_status(&old, &outcome, Some(2)).unwrap();
+    assert_eq!(next.artifact, old.artifact);
+
+    // A limit of the sandbox is the payload's failure too; a sandbox that cannot start backs off.
+    let unchecked = |error| Rejection::Unchecked { rule: "spec.validate.jq \".\"".into(), error };
+    let Outcome::Failed(f) = validation_failure(&unchecked(TransformError::CpuExceeded(2))) else { panic!() };
+    assert_eq!((f.reason, f.retry), (Reason::ValidationFailed, Retry::AtInterval));
+    assert_eq!(f.message, "spec.validate.jq \".\" exceeded 2s CPU (transform.max_cpu)");
+    let Outcome::Failed(f) = validation_failure(&unchecked(TransformError::Worker("EAGAIN".into()))) else { panic!() };
+    assert_eq!(f.retry, Retry::Backoff { after: None });
+    // A rule that does not compile waits for the spec (or its ConfigMap) to change.
+    let outcome = validation_failure(&unchecked(TransformError::Compile("1 parse error(s)".into())));
+    assert!(
+        matches!(&outcome, Outcome::Stalled { problem, recheck_at_interval: false } if problem.reason == Reason::InvalidSpec),
+        "{outcome:?}"
+    );
 }

@@ -21,6 +21,8 @@ use crate::controller::upstream::client::{FetchOutcome, FetchRequest};
 pub struct Fetched {
     pub body: Bytes,
     pub etag: Option<String>,
+    /// The response's `Content-Type`, as sent.
+    pub content_type: Option<String>,
     /// Held until the body and its copies are gone.
     pub memory: Reservation,
 }
@@ -61,7 +63,7 @@ pub async fn fetch(
         let paged = pages::fetch_all(ctx, ns, plan, pagination, request, oauth2.as_ref()).await;
         ctx.metrics.observe_source_request(ns, name, started.elapsed());
         count_request(ctx, scope, if paged.is_ok() { "success" } else { "error" });
-        return paged.map(|body| Fetched { body, etag: None, memory });
+        return paged.map(|(body, content_type)| Fetched { body, etag: None, content_type, memory });
     }
     let fetched = match (&oauth2, &plan.identity) {
         (Some(client), _) => {
@@ -88,7 +90,7 @@ pub async fn fetch(
 
     let recorded_etag = old.last_handled_e_tag.as_deref();
     match fetched {
-        Ok(FetchOutcome::Fetched { body, etag, .. }) => Ok(Fetched { body, etag, memory }),
+        Ok(FetchOutcome::Fetched { body, etag, content_type, .. }) => Ok(Fetched { body, etag, content_type, memory }),
         Ok(FetchOutcome::NotModified) => {
             Err(outcome::after_fetch(current, recorded_etag, sent_if_none_match, Unfetched::NotModified))
         }

@@ -22,6 +22,7 @@ pub fn labels(ended: Ended<'_>) -> (&'static str, &'static str) {
         Ended::Nothing | Ended::Concluded(Outcome::Ready { .. } | Outcome::Suspended) => return ("success", "none"),
         Ended::Concluded(Outcome::Stalled { problem, .. }) => match problem.reason {
             Reason::SecretNotFound => "secret_not_found",
+            Reason::ConfigMapNotFound => "config_map_not_found",
             Reason::ArtifactConflict => "artifact_conflict",
             Reason::Unsupported => "unsupported",
             Reason::HookFailed => "hook_refused",

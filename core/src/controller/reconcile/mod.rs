@@ -2,11 +2,11 @@
 //!
 //! `apply` is the list of steps, each in its own module and each either handing its result to
 //! the next or ending the reconcile with an [`Outcome`]: [`plan`], [`receiver`] (the webhook path),
-//! [`credentials`], `hooks`
-//! (before the request), `current`, `fetch`, `hooks` (after it), `transform`, `package` and
-//! `store`. Whatever the outcome, it goes to [`finish`], the only writer of both statuses and of
-//! the Event, which also decides when the source is reconciled next. The decisions between the
-//! steps are the pure functions of [`outcome`](crate::controller::outcome).
+//! [`credentials`] (and the JSON Schema of [`validate`]), `hooks` (before the request), `current`,
+//! `fetch`, `hooks` (after it), [`validate`], `transform`, `package` and `store`. Whatever the
+//! outcome, it goes to [`finish`], the only writer of both statuses and of the Event, which also
+//! decides when the source is reconciled next. The decisions between the steps are the pure
+//! functions of [`outcome`](crate::controller::outcome).
 
 mod announce;
 pub mod backoff;
@@ -29,6 +29,7 @@ pub mod scope;
 mod secret_data;
 mod store;
 mod transform;
+pub mod validate;
 pub mod workload_identity;
 
 use std::sync::Arc;
@@ -128,7 +129,9 @@ async fn steps(scope: &mut Scope<'_>, ctx: &Context, schedule: &mut Schedule) ->
         Schedule { interval: Some(plan.interval), interval_warning: plan.interval_warning(), ..Schedule::default() };
     schedule.webhook_path = Some(receiver::webhook_path_for(scope, ctx, &plan).await?);
     let credentials = credentials::read_for(scope, ctx, &plan).await?;
-    let (outcome, announced) = announce::if_slow(scope, ctx, fetch_to_store(scope, ctx, &plan, credentials)).await?;
+    let checks = validate::read_for(scope, ctx, &plan).await?;
+    let fetched_to_stored = fetch_to_store(scope, ctx, &plan, credentials, &checks);
+    let (outcome, announced) = announce::if_slow(scope, ctx, fetched_to_stored).await?;
     if let Some(status) = announced {
         scope.status = status;
     }
@@ -142,6 +145,7 @@ async fn fetch_to_store(
     ctx: &Context,
     plan: &Plan,
     mut credentials: credentials::Credentials,
+    checks: &validate::Checks,
 ) -> Outcome {
     let steps = async {
         // One budget of retries for every hook of this reconcile (`spec.maxRetries`).
@@ -152,6 +156,7 @@ async fn fetch_to_store(
         // Held until the body and its copies are gone, at the end of these steps.
         let _memory = fetched.memory;
         let body = hooks::post_request(scope, ctx, plan, fetched.body, &mut retries_left).await?;
+        validate::validate(ctx, checks, &body, fetched.content_type.as_deref()).await?;
         let body = transform::transform(ctx, plan, body).await?;
         let packaged = package::package(plan, body).await?;
         Ok::<_, Outcome>(store::store(scope, ctx, plan, packaged, fetched.etag.as_deref(), current).await)

@@ -17,6 +17,7 @@ use crate::controller::reconcile::pages::spec::Pagination;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::receiver::{self, ReceiverPlan};
 use crate::controller::reconcile::scope::Scope;
+use crate::controller::reconcile::validate::rules::Rules;
 use crate::controller::reconcile::workload_identity::{self, WorkloadIdentity};
 use crate::controller::upstream::https;
 use crate::controller::upstream::redact::redact_url;
@@ -100,6 +101,8 @@ pub struct Plan {
     pub pagination: Option<Pagination>,
     /// `spec.receiver`: the webhook that asks for a fetch at once.
     pub receiver: Option<ReceiverPlan>,
+    /// `spec.validate`.
+    pub validation: Rules,
 }
 
 /// How the payload becomes the artifact (`spec.format`).
@@ -225,6 +228,7 @@ impl Plan {
             hooks,
             pagination: Pagination::from_spec(spec, defaults.max_pages)?,
             receiver: receiver::plan(spec)?,
+            validation: Rules::from_spec(spec)?,
         })
     }
 
@@ -308,6 +312,7 @@ mod tests {
             max_size: None,
             receiver: None,
             transform: None,
+            validate: None,
         }
     }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use reqwest::header::{ETAG, HeaderMap, IF_NONE_MATCH, LINK, RETRY_AFTER, USER_AGENT};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, IF_NONE_MATCH, LINK, RETRY_AFTER, USER_AGENT};
 use reqwest::{Method, StatusCode, Url, redirect};
 
 use crate::controller::runtime::memory::Reservation;
@@ -73,6 +73,8 @@ pub enum FetchOutcome {
         etag: Option<String>,
         /// The `Link` header values (RFC 8288), for paged sources.
         links: Vec<String>,
+        /// The response's `Content-Type`, as sent (`spec.validate.contentType` checks it).
+        content_type: Option<String>,
     },
 }
 
@@ -380,6 +382,8 @@ impl Fetcher {
         let etag = response.headers().get(ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let links =
             response.headers().get_all(LINK).iter().filter_map(|v| v.to_str().ok()).map(str::to_owned).collect();
+        let content_type =
+            response.headers().get(CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
         // Pre-sized when the length is declared: no reallocation holding two buffers at once.
         let mut body = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = response.chunk().await.map_err(transport)? {
@@ -388,7 +392,7 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(FetchOutcome::Fetched { body: body.freeze(), etag, links })
+        Ok(FetchOutcome::Fetched { body: body.freeze(), etag, links, content_type })
     }
 }
 

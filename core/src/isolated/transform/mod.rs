@@ -8,8 +8,12 @@
 //! runs. `env` is not registered and `$ENV` is not defined (the controller's environment holds
 //! credentials, and the child starts with an empty one anyway). Outputs are written like
 //! `jq -c`: one compact JSON value per line.
+//!
+//! The same sandbox runs `spec.validate`: its jq predicate like any filter, and its JSON Schema
+//! check ([`schema`]), whose schema is tenant input too.
 
 pub mod sandbox;
+pub mod schema;
 pub mod worker;
 
 use crate::config::{FetchConfig, TransformConfig};
@@ -56,6 +60,10 @@ pub enum TransformError {
     Killed(String),
     #[error("could not be run: {0}")]
     Worker(String),
+    /// A JSON Schema check found the payload invalid: the instance path (a JSON Pointer, empty
+    /// for the document itself) of the first error, and the error.
+    #[error("does not hold at instance path {path:?}: {message}")]
+    Invalid { path: String, message: String },
 }
 
 impl TransformError {

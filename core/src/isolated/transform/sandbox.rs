@@ -1,5 +1,5 @@
-//! The parent side of the transform sandbox: each run is a fresh `transform-worker` child with an
-//! empty environment, no inherited descriptors but its pipes, and these limits:
+//! The parent side of the transform sandbox: each run (a `spec.transform` filter, or one check of
+//! `spec.validate`) is a fresh `transform-worker` child with an empty environment, no inherited descriptors but its pipes, and these limits:
 //! - CPU time (`RLIMIT_CPU`, `transform.max_cpu`): the kernel sends SIGXCPU;
 //! - address space (`RLIMIT_AS`, `transform.max_memory`): an allocation fails and the worker aborts;
 //! - wall-clock time (`transform.timeout`): the parent kills it, which also covers a filter that
@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::config::TransformConfig;
 use crate::isolated::child::{die_first, set_rlimit};
 use crate::isolated::transform::TransformError;
-use crate::isolated::transform::worker::{MAX_MESSAGE, Request, exit};
+use crate::isolated::transform::worker::{Job, MAX_MESSAGE, Request, exit};
 
 /// The subcommand that runs [`crate::isolated::transform::worker::main`].
 pub const WORKER_SUBCOMMAND: &str = "transform-worker";
@@ -42,8 +42,22 @@ impl Sandbox {
         Self { program, limits, slots }
     }
 
-    /// Runs `code` over `payload`; the output is at most `max_output` bytes.
+    /// Runs the jq filter `code` over `payload`; the output is at most `max_output` bytes.
     pub async fn run(&self, code: &str, payload: &[u8], max_output: u64) -> Result<Vec<u8>, TransformError> {
+        self.run_job(Job::Jq, code, payload, max_output).await
+    }
+
+    /// Checks `payload` against the JSON Schema `schema`: `Invalid` names the first error.
+    pub async fn check_schema(&self, schema: &str, payload: &[u8]) -> Result<(), TransformError> {
+        self.run_job(Job::Schema, schema, payload, 0).await.map(drop)
+    }
+
+    /// The sandbox's limits, which also bound what is sent to it.
+    pub fn limits(&self) -> &TransformConfig {
+        &self.limits
+    }
+
+    async fn run_job(&self, job: Job, code: &str, payload: &[u8], max_output: u64) -> Result<Vec<u8>, TransformError> {
         let _slot = self.slots.acquire().await.map_err(|_| TransformError::Worker("the sandbox is closed".into()))?;
         let cpu_secs = self.limits.max_cpu.as_secs_f64().ceil().max(1.0) as u64;
         let memory = self.limits.max_memory;
@@ -63,7 +77,7 @@ impl Sandbox {
         let mut child = command.spawn().map_err(|e| {
             TransformError::Worker(format!("cannot start {} {WORKER_SUBCOMMAND}: {e}", self.program.display()))
         })?;
-        let header = Request::encode_header(max_output, self.limits.max_depth, code);
+        let header = Request::encode_header(job, max_output, self.limits.max_depth, code);
         let exchanged = tokio::time::timeout(self.limits.timeout, exchange(&mut child, &header, payload, max_output));
         match exchanged.await {
             Ok(Ok(answer)) => classify(answer, &self.limits, cpu_secs, max_output),
@@ -155,6 +169,11 @@ fn classify(
         Some(code) if code == i32::from(exit::RUN) => Err(TransformError::Run(message())),
         Some(code) if code == i32::from(exit::TOO_LARGE) => Err(TransformError::TooLarge(max_output)),
         Some(code) if code == i32::from(exit::TOO_DEEP) => Err(TransformError::TooDeep(limits.max_depth)),
+        Some(code) if code == i32::from(exit::INVALID) => {
+            let message = message();
+            let (path, message) = message.split_once('\n').unwrap_or(("", &message));
+            Err(TransformError::Invalid { path: path.to_owned(), message: message.to_owned() })
+        }
         Some(exit::STACK) => Err(TransformError::StackExceeded),
         Some(code) => Err(TransformError::Worker(format!("the worker exited with code {code}: {}", message()))),
         None => Err(TransformError::Worker("the worker ended without an exit status".into())),

@@ -90,7 +90,7 @@ pub async fn fetch_all(
     pagination: &Pagination,
     mut request: FetchRequest,
     oauth2: Option<&ClientCredentials>,
-) -> Result<Bytes, Outcome> {
+) -> Result<(Bytes, Option<String>), Outcome> {
     let origin = request.url.origin();
     let program = merge::page_program(
         match &pagination.next {
@@ -101,6 +101,8 @@ pub async fn fetch_all(
     );
     request.if_none_match = None;
     let (mut merged, mut fetched) = (Merged::default(), 0u64);
+    // `spec.validate.contentType` is checked against the first page's; every page must be JSON.
+    let mut content_type = None;
     for page in 1..=pagination.max_pages {
         let failed = |e: PageError, url: &Url| failure(page, url, e);
         let remaining = plan.max_size.saturating_sub(fetched);
@@ -108,7 +110,7 @@ pub async fn fetch_all(
             return Err(failed(PageError::TooLarge { limit: plan.max_size }, &request.url));
         }
         request.max_size = remaining;
-        let (body, links) = match one_page(ctx, namespace, plan, &mut request, oauth2).await? {
+        let (body, links, page_type) = match one_page(ctx, namespace, plan, &mut request, oauth2).await? {
             Ok(page) => page,
             Err(PageError::Fetch(FetchError::TooLarge { .. })) if page > 1 => {
                 return Err(failed(PageError::TooLarge { limit: plan.max_size }, &request.url));
@@ -116,6 +118,9 @@ pub async fn fetch_all(
             Err(e) => return Err(failed(e, &request.url)),
         };
         fetched += body.len() as u64;
+        if page == 1 {
+            content_type = page_type;
+        }
         let output_cap = plan.max_size.saturating_sub(merged.finished_len()).max(64);
         let out = match ctx.transforms.run(&program, &body, output_cap).await {
             Ok(out) => merge::read_output(out).map_err(|e| failed(PageError::Output(e), &request.url))?,
@@ -135,7 +140,7 @@ pub async fn fetch_all(
             NextPage::Link => link::next_target(&links),
             NextPage::Jq(_) => out.next,
         };
-        let Some(next) = next else { return Ok(merged.finish().into()) };
+        let Some(next) = next else { return Ok((merged.finish().into(), content_type)) };
         if page == pagination.max_pages {
             return Err(failed(PageError::TooMany { max: pagination.max_pages }, &request.url));
         }
@@ -170,7 +175,7 @@ async fn one_page(
     plan: &Plan,
     request: &mut FetchRequest,
     oauth2: Option<&ClientCredentials>,
-) -> Result<Result<(Bytes, Vec<String>), PageError>, Outcome> {
+) -> Result<Result<(Bytes, Vec<String>, Option<String>), PageError>, Outcome> {
     // The source's reservation counts every page; a page's declared length must not shrink it.
     let mut memory = Reservation::detached();
     let fetched = match (oauth2, &plan.identity) {
@@ -189,7 +194,7 @@ async fn one_page(
         (None, None) => ctx.fetcher.fetch(request, &mut memory).await,
     };
     Ok(match fetched {
-        Ok(FetchOutcome::Fetched { body, links, .. }) => Ok((body, links)),
+        Ok(FetchOutcome::Fetched { body, links, content_type, .. }) => Ok((body, links, content_type)),
         Ok(FetchOutcome::NotModified) => Err(PageError::NotModified),
         Err(e) => Err(PageError::Fetch(e)),
     })
