@@ -6,6 +6,7 @@ pub mod controller;
 pub mod controlplane;
 pub mod fixture;
 pub mod flux;
+pub mod hidden;
 pub mod log_capture;
 pub mod oauth2_server;
 pub mod process;

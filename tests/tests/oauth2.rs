@@ -12,13 +12,13 @@ use externalsource_core::controller::api::ExternalSource;
 use externalsource_core::controller::upstream::egress::EgressPolicy;
 use externalsource_tests::controller::Options;
 use externalsource_tests::fixture::mutual_tls_material;
+use externalsource_tests::hidden::assert_never_shown;
 use externalsource_tests::log_capture::Captured;
 use externalsource_tests::oauth2_server::{OAuth2Server, ProtectedUpstream};
 use externalsource_tests::sources::{artifact, download, ready, request_reconcile, source, wait_failing, wait_ready};
 use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, free_port, sha256};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use serde_json::json;
 
 const CLIENT_ID: &str = "flux-reader";
@@ -138,37 +138,10 @@ async fn client_credentials_from_a_real_oauth2_server() {
     let mut hidden: Vec<String> = upstream.distinct_tokens();
     hidden.push(CLIENT_SECRET.into());
     hidden.push(WRONG_SECRET.into());
-    let statuses: Vec<String> = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|es| serde_json::to_string(&es.status).unwrap())
-        .collect();
-    let events: Vec<String> = Api::<Event>::namespaced(cp.client(), &ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|e| format!("{} {}", e.note.clone().unwrap_or_default(), e.reason.clone().unwrap_or_default()))
-        .collect();
-    assert!(events.iter().any(|e| e.contains("invalid_client")), "the failure was reported: {events:?}");
-    let mut metrics = String::new();
-    prometheus_client::encoding::text::encode(&mut metrics, &ctl.registry).unwrap();
     let log = log.text();
     assert!(log.contains("obtained an OAuth2 access token"), "the log is captured");
-    for value in &hidden {
-        for (what, text) in [
-            ("a status", statuses.join("\n")),
-            ("an Event", events.join("\n")),
-            ("metrics", metrics.clone()),
-            ("the log", log.clone()),
-        ] {
-            assert!(!text.contains(value.as_str()), "a secret value ({} chars) appears in {what}", value.len());
-        }
-    }
+    let events = assert_never_shown(&cp.client(), &ns, &ctl.registry, &log, &hidden).await;
+    assert!(events.iter().any(|e| e.contains("invalid_client")), "the failure was reported: {events:?}");
     ctl.stop().await;
 }
 

@@ -10,6 +10,7 @@
 
 use externalsource_core::controller::api::ExternalSource;
 use externalsource_tests::controller::Options;
+use externalsource_tests::hidden::assert_never_shown;
 use externalsource_tests::log_capture::Captured;
 use externalsource_tests::protected_upstream::{ProtectedUpstream, authenticated_for};
 use externalsource_tests::sources::{
@@ -18,9 +19,8 @@ use externalsource_tests::sources::{
 use externalsource_tests::{ControlPlane, Reply, TestController, Upstream, eventually, repo_root, sha256};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 const ACCOUNT_FIELD: &str = "spec.generator.http.serviceAccountName";
@@ -174,37 +174,10 @@ async fn a_service_account_token_opens_an_upstream_that_reviews_it() {
     let mut hidden = upstream.distinct_tokens();
     hidden.push(sent.to_owned());
     assert!(hidden.len() >= 3, "{} tokens", hidden.len());
-    let statuses: Vec<String> = api
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|es| serde_json::to_string(&es.status).unwrap())
-        .collect();
-    let events: Vec<String> = Api::<Event>::namespaced(cp.client(), &ns)
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .map(|e| format!("{} {}", e.note.clone().unwrap_or_default(), e.reason.clone().unwrap_or_default()))
-        .collect();
-    assert!(events.iter().any(|e| e.contains("not found in namespace")), "the failure was reported: {events:?}");
-    let mut metrics = String::new();
-    prometheus_client::encoding::text::encode(&mut metrics, &ctl.registry).unwrap();
     let log = log.text();
     assert!(log.contains("obtained a ServiceAccount token"), "the log is captured");
-    for token in &hidden {
-        for (what, text) in [
-            ("a status", statuses.join("\n")),
-            ("an Event", events.join("\n")),
-            ("metrics", metrics.clone()),
-            ("the log", log.clone()),
-        ] {
-            assert!(!text.contains(token.as_str()), "a token ({} chars) appears in {what}", token.len());
-        }
-    }
+    let events = assert_never_shown(&cp.client(), &ns, &ctl.registry, &log, &hidden).await;
+    assert!(events.iter().any(|e| e.contains("not found in namespace")), "the failure was reported: {events:?}");
     ctl.stop().await;
 }
 

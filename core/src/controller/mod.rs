@@ -160,6 +160,35 @@ fn referenced_config_maps(es: &ExternalSource) -> impl Iterator<Item = &str> {
     validate.and_then(|v| v.json_schema.as_ref()).map(|s| s.config_map_ref.name.as_str()).into_iter()
 }
 
+/// A metadata-only watch of the objects of kind `K` (no data is cached, a Secret's least of
+/// all), and the sources each change concerns: those of its namespace that `refers` says name it.
+#[allow(clippy::type_complexity, reason = "the two halves Controller::watches_stream takes")]
+fn referenced_by<K>(
+    client: &kube::Client,
+    sources: reflector::Store<ExternalSource>,
+    refers: fn(&ExternalSource, &str) -> bool,
+) -> (
+    impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static,
+    impl Fn(PartialObjectMeta<K>) -> Vec<ObjectRef<ExternalSource>> + Send + Sync + 'static,
+)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let changes = watcher(Api::<PartialObjectMeta<K>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .touched_objects();
+    let concerned = move |object: PartialObjectMeta<K>| {
+        let (ns, name) = (object.namespace(), object.name_any());
+        sources
+            .state()
+            .into_iter()
+            .filter(|es| es.namespace() == ns && refers(es, &name))
+            .map(|es| ObjectRef::from_obj(es.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    (changes, concerned)
+}
+
 /// Changes of ExternalArtifacts worth a reconcile of their owner: a new generation (someone
 /// edited the spec) or a deletion. Our own status writes do not bump the generation, and our own
 /// creations are not changes, so neither echoes back as a reconcile. Metadata is all this needs
@@ -235,36 +264,11 @@ pub async fn run(ctx: Arc<Context>, concurrency: u16, shutdown: impl Future<Outp
         .reflect(writer)
         .applied_objects()
         .predicate_filter(trigger_hash, Default::default());
-    // Secret changes arrive through a metadata-only watch: no Secret data is cached.
-    let secrets = watcher(Api::<PartialObjectMeta<Secret>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .touched_objects();
-    let store = reader.clone();
-    let secret_mapper = move |secret: PartialObjectMeta<Secret>| {
-        let ns = secret.namespace();
-        let name = secret.name_any();
-        store
-            .state()
-            .into_iter()
-            .filter(|es| es.namespace() == ns && referenced_secrets(es).any(|s| s == name))
-            .map(|es| ObjectRef::from_obj(es.as_ref()))
-            .collect::<Vec<_>>()
-    };
-    // So do ConfigMap changes (a JSON Schema edited or created after its source).
-    let config_maps = watcher(Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .touched_objects();
-    let store = reader.clone();
-    let config_map_mapper = move |config_map: PartialObjectMeta<ConfigMap>| {
-        let ns = config_map.namespace();
-        let name = config_map.name_any();
-        store
-            .state()
-            .into_iter()
-            .filter(|es| es.namespace() == ns && referenced_config_maps(es).any(|c| c == name))
-            .map(|es| ObjectRef::from_obj(es.as_ref()))
-            .collect::<Vec<_>>()
-    };
+    // Changes of the Secrets and ConfigMaps (JSON Schemas) a source names reconcile it.
+    let (secrets, secret_mapper) =
+        referenced_by::<Secret>(&client, reader.clone(), |es, name| referenced_secrets(es).any(|s| s == name));
+    let (config_maps, config_map_mapper) =
+        referenced_by::<ConfigMap>(&client, reader.clone(), |es, name| referenced_config_maps(es).any(|c| c == name));
     let artifacts = artifact_changes(client, shard(watcher::Config::default()), ctx.clone(), reader.clone());
     Controller::for_stream(sources, reader)
         .owns_stream(artifacts)
