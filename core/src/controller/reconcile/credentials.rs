@@ -20,7 +20,7 @@ use crate::controller::reconcile::plan::{self, Plan};
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
 use crate::controller::reconcile::secret_data::{AUTH_FIELD, Data, invalid, missing_key, text};
-use crate::controller::reconcile::workload_identity;
+use crate::controller::reconcile::workload_identity::spec as workload_identity;
 use crate::controller::upstream::client::{ProxySettings, SecretBytes, TlsSettings};
 
 /// Everything a fetch needs from Secrets.

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use reqwest::header::HeaderValue;
 
 use crate::controller::reconcile::oauth2::client_key::ClientKey;
-use crate::controller::reconcile::workload_identity::AccountKey;
+use crate::controller::reconcile::workload_identity::spec::AccountKey;
 
 /// Tokens kept at most; past it the expired ones go, then all (Secrets rotate, sources go).
 const MAX_ENTRIES: usize = 1024;

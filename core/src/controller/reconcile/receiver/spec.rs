@@ -1,25 +1,7 @@
-//! `spec.receiver` in the reconcile: the webhook path, derived from the Secret's token and
-//! written to `status.webhookPath`, which is where the receiver listener of every replica takes
-//! its paths from (see [`crate::controller::receiver`]).
-//!
-//! A missing Secret or `token` key stalls the source like any other Secret it names (the Secret
-//! is watched, so fixing it reconciles at once).
-
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+//! The plan's part of `spec.receiver`: which receiver, and the Secret holding its token.
 
 use crate::controller::api::{ExternalSourceSpec, ReceiverType};
-use crate::controller::context::Context;
-use crate::controller::outcome::Outcome;
-use crate::controller::receiver::index::{TOKEN_KEY, trimmed};
-use crate::controller::receiver::signature::webhook_path;
-use crate::controller::reconcile::error::Stop;
-use crate::controller::reconcile::plan::Plan;
 use crate::controller::reconcile::problem::ConfigProblem;
-use crate::controller::reconcile::scope::Scope;
-use crate::controller::reconcile::secret_data::missing_key;
-
-const FIELD: &str = "spec.receiver.secretRef";
 
 /// `spec.receiver`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,22 +18,6 @@ pub fn plan(spec: &ExternalSourceSpec) -> Result<Option<ReceiverPlan>, ConfigPro
         return Err(ConfigProblem::invalid("spec.receiver.secretRef.name", secret, "must name a Secret"));
     }
     Ok(Some(ReceiverPlan { kind: receiver.type_, secret: secret.to_owned() }))
-}
-
-/// The step: the path to publish in `status.webhookPath` (`None`: the source has no receiver).
-pub async fn webhook_path_for(scope: &Scope<'_>, ctx: &Context, plan: &Plan) -> Result<Option<String>, Stop> {
-    let Some(receiver) = &plan.receiver else { return Ok(None) };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &scope.namespace);
-    let stalled = |problem| Stop::from(Outcome::Stalled { problem, recheck_at_interval: false });
-    let Some(secret) = secrets.get_opt(&receiver.secret).await? else {
-        let message = format!("{FIELD}: Secret {:?} not found in namespace {:?}", receiver.secret, scope.namespace);
-        let reason = crate::controller::conditions::Reason::SecretNotFound;
-        return Err(stalled(ConfigProblem { reason, message }));
-    };
-    let data = secret.data.unwrap_or_default();
-    let token = data.get(TOKEN_KEY).map(|v| trimmed(&v.0)).filter(|t| !t.is_empty());
-    let token = token.ok_or_else(|| stalled(missing_key(FIELD, &receiver.secret, TOKEN_KEY, "the webhook's token")))?;
-    Ok(Some(webhook_path(token, &scope.name, &scope.namespace)))
 }
 
 #[cfg(test)]

@@ -20,124 +20,27 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
-use reqwest::Url;
 use reqwest::header::HeaderValue;
 
-use crate::config::FetchConfig;
-use crate::controller::api::HttpGeneratorSpec;
 use crate::controller::conditions::Reason;
 use crate::controller::context::Context;
 use crate::controller::outcome::{Failure, Outcome, Retry};
 use crate::controller::reconcile::bearer::token_cache::TokenKey;
 use crate::controller::reconcile::bearer::{self, Bearer, Issuer};
-use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::runtime::memory::Reservation;
 use crate::controller::upstream::client::{FetchError, FetchOutcome, FetchRequest};
 use crate::controller::upstream::redact::redact_url;
 
-pub const ACCOUNT_FIELD: &str = "spec.generator.http.serviceAccountName";
-pub const AUDIENCE_FIELD: &str = "spec.generator.http.audience";
+pub mod spec;
+
+use self::spec::{ACCOUNT_FIELD, AUDIENCE_FIELD, AccountKey, WorkloadIdentity};
+
 /// The lifetime a token is asked for (the API server may grant less; never under 10 minutes).
 pub const REQUESTED_LIFETIME: Duration = Duration::from_secs(3600);
-/// The longest audience accepted.
-const MAX_AUDIENCE: usize = 1024;
-
-/// A validated `serviceAccountName` and the audience its tokens are for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadIdentity {
-    pub account: String,
-    pub audience: String,
-}
-
-/// The cache key of a ServiceAccount's token: it holds no secret.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct AccountKey {
-    pub namespace: String,
-    pub account: String,
-    pub audience: String,
-}
-
-impl AccountKey {
-    pub fn new(namespace: &str, account: &str, audience: &str) -> Self {
-        Self { namespace: namespace.to_owned(), account: account.to_owned(), audience: audience.to_owned() }
-    }
-}
-
-/// The audience a token is for when `spec.generator.http.audience` is unset: the URL's origin
-/// (`https://api.example.com`, the port only when it is not the scheme's default).
-pub fn default_audience(url: &Url) -> String {
-    url.origin().ascii_serialization()
-}
-
 /// How long a token the API server granted for `lifetime` is sent: until a fifth of its
 /// lifetime is left.
 pub fn usable_for(lifetime: Duration) -> Duration {
     lifetime - lifetime / 5
-}
-
-/// The plan's part: `serviceAccountName` and `audience` validated against the operator's switch
-/// (`enabled`, `fetch.workload_identity`) and the other credential fields.
-pub fn from_spec(
-    http: &HttpGeneratorSpec,
-    url: &Url,
-    enabled: bool,
-) -> Result<Option<WorkloadIdentity>, ConfigProblem> {
-    let Some(account) = http.service_account_name.as_deref() else {
-        return match &http.audience {
-            Some(audience) => {
-                Err(ConfigProblem::invalid(AUDIENCE_FIELD, audience, format!("applies only with {ACCOUNT_FIELD}")))
-            }
-            None => Ok(None),
-        };
-    };
-    if !enabled {
-        return Err(ConfigProblem {
-            reason: Reason::Unsupported,
-            message: format!(
-                "{ACCOUNT_FIELD}: {account:?} asks for workload identity, which this controller has turned off \
-                 ({} = false); ask the operator to turn it on, or use spec.generator.http.secretRef",
-                FetchConfig::workload_identity
-            ),
-        });
-    }
-    if http.secret_ref.is_some() {
-        return Err(ConfigProblem::invalid(
-            ACCOUNT_FIELD,
-            account,
-            "cannot be combined with spec.generator.http.secretRef (basic, bearer or OAuth2 credentials): a source \
-             sends one credential; keep one of them",
-        ));
-    }
-    if !is_dns_subdomain(account) {
-        return Err(ConfigProblem::invalid(
-            ACCOUNT_FIELD,
-            account,
-            "is not a ServiceAccount name (a DNS subdomain: lowercase letters, digits, '-' and '.', at most 253)",
-        ));
-    }
-    let audience = match http.audience.as_deref().map(str::trim) {
-        None => default_audience(url),
-        Some(a) if a.is_empty() || a.len() > MAX_AUDIENCE || a.chars().any(char::is_control) => {
-            return Err(ConfigProblem::invalid(
-                AUDIENCE_FIELD,
-                a,
-                format!("must be 1 to {MAX_AUDIENCE} characters without control characters"),
-            ));
-        }
-        Some(a) => a.to_owned(),
-    };
-    Ok(Some(WorkloadIdentity { account: account.to_owned(), audience }))
-}
-
-/// RFC 1123 subdomain, as Kubernetes names most objects.
-fn is_dns_subdomain(name: &str) -> bool {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    name.len() <= 253 && name.split('.').all(label_ok)
 }
 
 /// Why no token was had, or the upstream refused it. Never holds a token.
@@ -292,7 +195,11 @@ pub async fn fetch_with_identity(
 
 #[cfg(test)]
 mod tests {
+    use reqwest::Url;
+
+    use super::spec::{default_audience, from_spec};
     use super::*;
+    use crate::controller::api::HttpGeneratorSpec;
     use crate::controller::api::SecretReference;
     use crate::controller::reconcile::bearer::token_cache::TokenCache;
 
