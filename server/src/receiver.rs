@@ -3,19 +3,23 @@
 //!
 //! What an unauthenticated sender can make it do is bounded: an unknown path is a map lookup and
 //! a 404 before the body is read; a body is read only for a receiver type whose signature covers
-//! it, and only up to `receiver.max_body` (413 beyond, announced or not); the signature is then
-//! one HMAC over at most that many bytes. Tokens and signatures appear in no response or log.
+//! it, and only up to `receiver.max_body` (413 beyond, announced or not; the rest of such a body
+//! is read and dropped, up to 8 MiB within 5 s, so that the sender reads the 413 rather than a
+//! connection reset); the signature is then one HMAC over at most that many bytes. Tokens and
+//! signatures appear in no response or log.
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use externalsource_core::controller::receiver::signature::needs_body;
 use externalsource_core::controller::receiver::trigger::Requested;
 use externalsource_core::controller::receiver::{Receiver, Verdict};
 use futures::future::BoxFuture;
-use http::header::{ALLOW, CONTENT_LENGTH};
+use http::header::{ALLOW, CONNECTION, CONTENT_LENGTH};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use crate::body::{Body, text};
@@ -44,21 +48,19 @@ impl ReceiverService {
         let (parts, body) = request.into_parts();
         let announced = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if announced.is_some_and(|len| len > max) {
-            self.0.count("too_large");
-            return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+            return self.too_large(body).await;
         }
         let body = if needs_body(target.kind) {
-            let limit = usize::try_from(max).unwrap_or(usize::MAX);
-            match Limited::new(body, limit).collect().await {
-                Ok(collected) => collected.to_bytes(),
-                // Too large, or the client went away mid-body.
-                Err(_) => {
+            match read_capped(body, usize::try_from(max).unwrap_or(usize::MAX)).await {
+                Ok(body) => body,
+                Err(Unread::TooLarge(rest)) => return self.too_large(rest).await,
+                Err(Unread::BrokenOff) => {
                     self.0.count("too_large");
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large or incomplete\n");
+                    return text(StatusCode::BAD_REQUEST, "incomplete body\n");
                 }
             }
         } else {
-            bytes::Bytes::new()
+            Bytes::new()
         };
         let verdict = self.0.push(&target, &parts.headers, &body).await;
         self.0.count(match verdict {
@@ -80,6 +82,59 @@ impl ReceiverService {
                 response
             }
         }
+    }
+}
+
+/// How much of a refused body is read and dropped before the 413 goes out, and for how long: a
+/// socket closed with unread data resets the connection, and the sender would see that reset
+/// instead of the answer. Beyond either bound the connection is simply closed.
+const DRAIN_BYTES: u64 = 8 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// Why a body was not read whole.
+enum Unread {
+    /// Over the limit; what is left of it.
+    TooLarge(Incoming),
+    /// The sender went away mid-body.
+    BrokenOff,
+}
+
+/// Reads `body` if it is at most `max` bytes.
+async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, Unread> {
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| Unread::BrokenOff)?.into_data() else { continue };
+        if out.len() + data.len() > max {
+            return Err(Unread::TooLarge(body));
+        }
+        out.extend_from_slice(&data);
+    }
+    Ok(out.freeze())
+}
+
+/// Reads and drops up to [`DRAIN_BYTES`] of `body` within [`DRAIN_TIME`].
+async fn drain(mut body: Incoming) {
+    let mut left = DRAIN_BYTES;
+    let reading = async {
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else { continue };
+            left = left.saturating_sub(data.len() as u64);
+            if left == 0 {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
+}
+
+impl ReceiverService {
+    /// The answer to a body over `receiver.max_body`, once the sender can read it.
+    async fn too_large(&self, rest: Incoming) -> Response<Body> {
+        self.0.count("too_large");
+        drain(rest).await;
+        let mut response = text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        response
     }
 }
 
