@@ -35,8 +35,9 @@ use crate::controller::runtime::memory::Reservation;
 use crate::controller::upstream::client::{
     FetchError, FetchOutcome, FetchRequest, Fetcher, ProxySettings, SecretBytes, TlsSettings, error_chain,
 };
-use crate::controller::upstream::egress::{self, Denied};
-use crate::controller::upstream::https::{self, PlainHttp};
+use crate::controller::upstream::egress::Denied;
+use crate::controller::upstream::found_in_chain;
+use crate::controller::upstream::https::PlainHttp;
 use crate::controller::upstream::redact::redact_url;
 
 pub const TOKEN_URL: &str = "tokenURL";
@@ -272,9 +273,9 @@ async fn request_token(
     headers.insert(AUTHORIZATION, client.basic_authorization());
     let http = fetcher.client_for(tls, proxy, &headers).map_err(TokenError::Client)?;
     let transport = |e: reqwest::Error| {
-        if let Some(denied) = egress::denied_in(&e) {
+        if let Some(denied) = found_in_chain::<Denied>(&e) {
             TokenError::Denied { url: url.clone(), denied: denied.clone() }
-        } else if let Some(refused) = https::refused_in(&e) {
+        } else if let Some(refused) = found_in_chain::<PlainHttp>(&e) {
             TokenError::PlainHttp(refused.clone())
         } else if e.is_timeout() {
             TokenError::Timeout { url: url.clone(), timeout }

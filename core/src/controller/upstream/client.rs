@@ -16,8 +16,9 @@ use reqwest::header::{CONTENT_TYPE, ETAG, HeaderMap, IF_NONE_MATCH, LINK, RETRY_
 use reqwest::{Method, StatusCode, Url, redirect};
 
 use crate::controller::runtime::memory::Reservation;
-use crate::controller::upstream::egress::{self, Denied, EgressPolicy};
-use crate::controller::upstream::https::{self, PlainHttp};
+use crate::controller::upstream::egress::{Denied, EgressPolicy};
+use crate::controller::upstream::found_in_chain;
+use crate::controller::upstream::https::PlainHttp;
 use crate::controller::upstream::redact::redact_url;
 
 /// What to fetch and how.
@@ -349,9 +350,9 @@ impl Fetcher {
             builder = builder.header(IF_NONE_MATCH, etag);
         }
         let transport = |e: reqwest::Error| {
-            if let Some(denied) = egress::denied_in(&e) {
+            if let Some(denied) = found_in_chain::<Denied>(&e) {
                 FetchError::Denied { url: url.clone(), denied: denied.clone() }
-            } else if let Some(refused) = https::refused_in(&e) {
+            } else if let Some(refused) = found_in_chain::<PlainHttp>(&e) {
                 FetchError::PlainHttp { url: url.clone(), refused: refused.clone() }
             } else if e.is_timeout() {
                 FetchError::Timeout { url: url.clone(), timeout: req.timeout }

@@ -147,18 +147,6 @@ impl Resolve for GuardedResolver {
     }
 }
 
-/// The policy refusal somewhere in an error's source chain (reqwest wraps resolver errors).
-pub fn denied_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Denied> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(denied) = e.downcast_ref::<Denied>() {
-            return Some(denied);
-        }
-        current = e.source();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,7 +197,11 @@ mod tests {
             Err(e) => e,
             Ok(addrs) => panic!("localhost resolved to allowed {:?}", addrs.collect::<Vec<_>>()),
         };
-        assert!(denied_in(err.as_ref()).is_some_and(|d| d.rule.contains("fetch.deny_cidrs")), "{err}");
+        assert!(
+            crate::controller::upstream::found_in_chain::<Denied>(err.as_ref())
+                .is_some_and(|d| d.rule.contains("fetch.deny_cidrs")),
+            "{err}"
+        );
         let v6_denied = Arc::new(EgressPolicy::new(nets(&["::1"]), None));
         let addrs: Vec<SocketAddr> =
             v6_denied.resolver().resolve("localhost".parse().unwrap()).await.unwrap().collect();

@@ -32,18 +32,6 @@ pub fn check(require_https: bool, url: &Url, redirect: bool) -> Result<(), Plain
     Ok(())
 }
 
-/// The refusal somewhere in an error's source chain (reqwest wraps redirect policy errors).
-pub fn refused_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a PlainHttp> {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if let Some(refused) = e.downcast_ref::<PlainHttp>() {
-            return Some(refused);
-        }
-        current = e.source();
-    }
-    None
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,7 +70,7 @@ mod tests {
         struct Outer(#[source] PlainHttp);
         let refused = PlainHttp { url: "http://x/".into(), redirect: true };
         let outer = Outer(refused.clone());
-        assert_eq!(refused_in(&outer), Some(&refused));
-        assert_eq!(refused_in(&std::fmt::Error), None);
+        assert_eq!(crate::controller::upstream::found_in_chain::<PlainHttp>(&outer), Some(&refused));
+        assert_eq!(crate::controller::upstream::found_in_chain::<PlainHttp>(&std::fmt::Error), None);
     }
 }
