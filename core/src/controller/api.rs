@@ -202,7 +202,7 @@ pub enum GeneratorType {
     Http,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HttpGeneratorSpec {
     /// The URL fetched (http or https).

@@ -206,16 +206,9 @@ mod tests {
     fn http(account: Option<&str>, audience: Option<&str>) -> HttpGeneratorSpec {
         HttpGeneratorSpec {
             url: "https://api.example.com/v1/items".into(),
-            method: None,
-            headers_secret_ref: None,
-            ca_bundle_secret_ref: None,
-            secret_ref: None,
-            cert_secret_ref: None,
-            proxy_secret_ref: None,
-            insecure_skip_verify: None,
             service_account_name: account.map(Into::into),
             audience: audience.map(Into::into),
-            pagination: None,
+            ..Default::default()
         }
     }
 
