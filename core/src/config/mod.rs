@@ -256,10 +256,9 @@ impl ConfigLoader {
     }
 }
 
-/// One section, its unknown keys refused first (naming the known ones).
-fn read_section<T: serde::de::DeserializeOwned>(layered: Layered) -> Result<T, ConfigError> {
-    layered.reject_unknown::<T>()?;
-    layered.read()
+/// One section of the core's configuration.
+fn read_section<T: Section>(layered: Layered) -> Result<T, ConfigError> {
+    T::read(&layered)
 }
 
 /// A table that is no section of the configuration file.
@@ -415,32 +414,34 @@ impl Config {
 
     /// The effective configuration as TOML, with secrets redacted (for `--print-config`).
     pub fn to_toml(&self) -> String {
-        #[derive(serde::Serialize)]
-        struct Printed<'a> {
-            server: &'a ServerConfig,
-            ops: &'a OpsConfig,
-            storage: toml::Table,
-            controller: &'a ControllerConfig,
-            fetch: &'a FetchConfig,
-            transform: &'a TransformConfig,
-            hooks: &'a HooksConfig,
-            log: &'a LogConfig,
-            receiver: &'a ReceiverConfig,
-        }
         let section = StorageConfig { backend: self.backend.to_owned(), namespace_quota: self.namespace_quota };
-        let mut storage = toml::Table::try_from(&section).unwrap_or_default();
-        storage.insert(self.backend.to_owned(), toml::Value::Table(self.storage.redacted()));
-        let printed = Printed {
-            server: &self.server,
-            ops: &self.ops,
-            storage,
-            controller: &self.controller,
-            fetch: &self.fetch,
-            transform: &self.transform,
-            hooks: &self.hooks,
-            log: &self.log,
-            receiver: &self.receiver,
-        };
+        let mut storage = section.entries();
+        storage.push((self.backend, toml::Value::Table(self.storage.redacted())));
+        let printed = Ordered(vec![
+            (ServerConfig::NAME, Ordered(self.server.entries())),
+            (OpsConfig::NAME, Ordered(self.ops.entries())),
+            (StorageConfig::NAME, Ordered(storage)),
+            (ControllerConfig::NAME, Ordered(self.controller.entries())),
+            (FetchConfig::NAME, Ordered(self.fetch.entries())),
+            (TransformConfig::NAME, Ordered(self.transform.entries())),
+            (HooksConfig::NAME, Ordered(self.hooks.entries())),
+            (LogConfig::NAME, Ordered(self.log.entries())),
+            (ReceiverConfig::NAME, Ordered(self.receiver.entries())),
+        ]);
         toml::to_string(&printed).unwrap_or_else(|e| format!("# cannot render configuration: {e}\n"))
+    }
+}
+
+/// A table whose keys are printed in the order given (a [`toml::Table`] would sort them).
+struct Ordered<V>(Vec<(&'static str, V)>);
+
+impl<V: serde::Serialize> serde::Serialize for Ordered<V> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (key, value) in &self.0 {
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
     }
 }

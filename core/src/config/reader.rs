@@ -124,10 +124,9 @@ impl Layered {
         if self.prefix.is_empty() { key.to_owned() } else { format!("{}.{key}", self.prefix) }
     }
 
-    /// Refuses a key `T` does not declare, naming the ones it does (the core's sections; a
-    /// backend's unknown key is refused by its `deny_unknown_fields`).
-    pub fn reject_unknown<T: DeserializeOwned>(&self) -> Result<(), ConfigError> {
-        let known = field_names::<T>();
+    /// Refuses a key that is not one of `known` (the core's sections; a backend's unknown key is
+    /// refused by its `deny_unknown_fields`), naming the known ones.
+    pub fn reject_unknown(&self, known: &[&str]) -> Result<(), ConfigError> {
         match self.table.keys().find(|k| !known.contains(&k.as_str())) {
             None => Ok(()),
             Some(key) => Err(ConfigError::UnknownKey {
@@ -137,6 +136,12 @@ impl Layered {
                 known: known.join(", "),
             }),
         }
+    }
+
+    /// The error for `key`, whose `value` breaks `rule`. A scalar is shown; a table or an array
+    /// is named, never shown (it may hold a secret).
+    pub fn invalid_value(&self, key: &str, value: &toml::Value, rule: impl Into<String>) -> ConfigError {
+        self.invalid(key, Some(shown(value)), rule)
     }
 
     /// The table as a `T`; a value `T` refuses is named with its key, its source and the rule.
@@ -153,7 +158,7 @@ impl Layered {
         let field = path.split(['.', '[']).next().unwrap_or_default();
         let rule = e.inner().message().trim().to_owned();
         match self.table.get(field).filter(|_| field_names::<T>().contains(&field)) {
-            Some(value) => self.invalid(&path, Some(shown(value)), rule),
+            Some(value) => self.invalid_value(&path, value, rule),
             // The error is the table's (an unknown key, perhaps a misspelt secret): name the
             // keys, never their values.
             None => ConfigError::Invalid {
