@@ -165,7 +165,7 @@ impl Metrics {
         );
         registry.register(
             "externalsource_memory_budget_bytes",
-            "The memory budget of in-flight fetches (fetch.memory_budget)",
+            format!("The memory budget of in-flight fetches ({})", crate::config::FetchConfig::memory_budget),
             self.admission.budget.clone(),
         );
         registry.register(
