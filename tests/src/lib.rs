@@ -64,8 +64,31 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// A free loopback port (bound and released; the tiny race is acceptable in tests).
+/// A free loopback port for a process to listen on, checked by binding it and releasing it.
+///
+/// Taken below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), which the
+/// kernel hands to every outgoing connection and to every bind of port 0: a port taken from
+/// that range could be given to some process's API server connection before the child binds
+/// it ("address already in use", seen in CI). Each port is handed out once per process, from
+/// a starting point that differs per process, so test binaries run side by side do not pick
+/// the same ones.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOWEST: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral.saturating_sub(LOWEST).max(1);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let port = LOWEST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else { continue };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
