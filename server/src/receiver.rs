@@ -55,7 +55,7 @@ impl ReceiverService {
                 Ok(body) => body,
                 Err(Unread::TooLarge(rest)) => return self.too_large(rest).await,
                 Err(Unread::BrokenOff) => {
-                    self.0.count("too_large");
+                    self.0.count("incomplete");
                     return text(StatusCode::BAD_REQUEST, "incomplete body\n");
                 }
             }
@@ -92,15 +92,18 @@ const DRAIN_BYTES: u64 = 8 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(5);
 
 /// Why a body was not read whole.
-enum Unread {
+enum Unread<B> {
     /// Over the limit; what is left of it.
-    TooLarge(Incoming),
+    TooLarge(B),
     /// The sender went away mid-body.
     BrokenOff,
 }
 
 /// Reads `body` if it is at most `max` bytes.
-async fn read_capped(mut body: Incoming, max: usize) -> Result<Bytes, Unread> {
+async fn read_capped<B>(mut body: B, max: usize) -> Result<Bytes, Unread<B>>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let mut out = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame.map_err(|_| Unread::BrokenOff)?.into_data() else { continue };
@@ -146,5 +149,32 @@ impl hyper::service::Service<Request<Incoming>> for ReceiverService {
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move { Ok(this.respond(request).await) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::stream;
+    use http_body::Frame;
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    fn chunks(parts: Vec<Result<&'static [u8], &'static str>>) -> impl http_body::Body<Data = Bytes> + Unpin {
+        StreamBody::new(stream::iter(
+            parts.into_iter().map(|p| p.map(|b| Frame::data(Bytes::from_static(b))).map_err(std::io::Error::other)),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_body_is_read_whole_refused_over_the_limit_or_found_broken_off() {
+        let whole = read_capped(chunks(vec![Ok(b"ab"), Ok(b"cd")]), 4).await;
+        assert!(matches!(whole, Ok(ref b) if b.as_ref() == b"abcd"));
+        let over = read_capped(chunks(vec![Ok(b"ab"), Ok(b"cde"), Ok(b"f")]), 4).await;
+        let Err(Unread::TooLarge(rest)) = over else { panic!("over the limit") };
+        let left = rest.collect().await.map(|c| c.to_bytes());
+        assert_eq!(left.ok().as_deref(), Some(&b"f"[..]), "the rest is left to drain");
+        let broken = read_capped(chunks(vec![Ok(b"ab"), Err("reset")]), 4).await;
+        assert!(matches!(broken, Err(Unread::BrokenOff)));
     }
 }

@@ -35,13 +35,14 @@ pub async fn assert_never_shown(
         .collect();
     let mut metrics = String::new();
     prometheus_client::encoding::text::encode(&mut metrics, registry).unwrap();
+    let shown = [
+        ("a status", statuses.join("\n")),
+        ("an Event", events.join("\n")),
+        ("metrics", metrics),
+        ("the log", log.to_owned()),
+    ];
     for value in hidden {
-        for (what, text) in [
-            ("a status", statuses.join("\n")),
-            ("an Event", events.join("\n")),
-            ("metrics", metrics.clone()),
-            ("the log", log.to_owned()),
-        ] {
+        for (what, text) in &shown {
             assert!(!text.contains(value.as_str()), "a hidden value ({} chars) appears in {what}", value.len());
         }
     }

@@ -214,20 +214,20 @@ impl ConfigLoader {
         let root = &mut self.layered;
         let mut storage_table = root.take("storage")?;
         let backend_tables = take_backend_tables(&mut storage_table)?;
-        let server = read_section(root.take("server")?)?;
-        let ops = read_section(root.take("ops")?)?;
-        let receiver = read_section(root.take("receiver")?)?;
-        let storage: StorageConfig = read_section(storage_table)?;
-        let controller: ControllerConfig = read_section(root.take("controller")?)?;
-        let fetch = read_section(root.take("fetch")?)?;
+        let server = ServerConfig::read(&root.take("server")?)?;
+        let ops = OpsConfig::read(&root.take("ops")?)?;
+        let receiver = ReceiverConfig::read(&root.take("receiver")?)?;
+        let storage = StorageConfig::read(&storage_table)?;
+        let controller = ControllerConfig::read(&root.take("controller")?)?;
+        let fetch = FetchConfig::read(&root.take("fetch")?)?;
         let transform_table = root.take("transform")?;
-        let mut transform: TransformConfig = read_section(transform_table.clone())?;
+        let mut transform = TransformConfig::read(&transform_table)?;
         if !transform_table.table().contains_key("concurrency") {
             // Half the reconcile slots: filters are CPU-bound and the machine has other work.
             transform.concurrency = usize::from(controller.concurrency / 2).max(1);
         }
-        let hooks = read_section(root.take("hooks")?)?;
-        let log = read_section(root.take("log")?)?;
+        let hooks = HooksConfig::read(&root.take("hooks")?)?;
+        let log = LogConfig::read(&root.take("log")?)?;
         reject_unknown_tables(root)?;
         let descriptor = registry::find(&storage.backend)?;
         let empty = toml::Table::new();
@@ -254,11 +254,6 @@ impl ConfigLoader {
     fn across_keys_error(&self, bad: Invalid) -> ConfigError {
         self.layered.invalid(bad.key, Some(format!("{:?}", bad.value)), bad.rule)
     }
-}
-
-/// One section of the core's configuration.
-fn read_section<T: Section>(layered: Layered) -> Result<T, ConfigError> {
-    T::read(&layered)
 }
 
 /// A table that is no section of the configuration file.

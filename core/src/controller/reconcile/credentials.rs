@@ -11,7 +11,6 @@ use kube::Api;
 use reqwest::Url;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 
-use crate::controller::conditions::Reason;
 use crate::controller::context::Context;
 use crate::controller::outcome::Outcome;
 use crate::controller::reconcile::error::Stop;
@@ -19,7 +18,7 @@ use crate::controller::reconcile::oauth2::{self, ClientCredentials};
 use crate::controller::reconcile::plan::{self, Plan};
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
-use crate::controller::reconcile::secret_data::{AUTH_FIELD, Data, invalid, missing_key, text};
+use crate::controller::reconcile::secret_data::{self, AUTH_FIELD, Data, invalid, missing_key, text};
 use crate::controller::reconcile::workload_identity::spec as workload_identity;
 use crate::controller::upstream::client::{ProxySettings, SecretBytes, TlsSettings};
 
@@ -118,23 +117,6 @@ pub fn proxy(secret: &str, data: &Data) -> Result<ProxySettings, ConfigProblem> 
     Ok(ProxySettings { url, username, password })
 }
 
-/// The data of Secret `name`, or the problem naming `field` when it does not exist.
-async fn secret_data(
-    secrets: &Api<Secret>,
-    ns: &str,
-    field: &str,
-    name: &str,
-) -> Result<Result<Data, ConfigProblem>, kube::Error> {
-    Ok(match secrets.get_opt(name).await? {
-        Some(secret) => Ok(secret.data.unwrap_or_default()),
-        None => Err(ConfigProblem {
-            reason: Reason::SecretNotFound,
-            message: format!("{field}: Secret {name:?} not found in namespace {ns:?}"),
-        }),
-    })
-}
-
-/// Reads every Secret `plan` references. `Ok(Err(_))` is a configuration problem.
 /// The credentials step: what the plan names, read from Secrets of the source's namespace. A
 /// missing Secret or key stalls the source until the Secret changes.
 pub async fn read_for(scope: &Scope<'_>, ctx: &Context, plan: &Plan) -> Result<Credentials, Stop> {
@@ -145,6 +127,7 @@ pub async fn read_for(scope: &Scope<'_>, ctx: &Context, plan: &Plan) -> Result<C
     }
 }
 
+/// Reads every Secret `plan` references. `Ok(Err(_))` is a configuration problem.
 pub async fn read(
     secrets: &Api<Secret>,
     ns: &str,
@@ -165,7 +148,7 @@ pub async fn read(
     }
     macro_rules! data {
         ($field:expr, $name:expr) => {
-            check!(secret_data(secrets, ns, $field, $name).await?)
+            check!(secret_data::read(secrets, ns, $field, $name).await?)
         };
     }
     if let Some(name) = &plan.headers_secret {
@@ -226,6 +209,7 @@ pub async fn read(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::controller::conditions::Reason;
 
     fn data(pairs: &[(&str, &str)]) -> Data {
         pairs.iter().map(|(k, v)| ((*k).to_owned(), k8s_openapi::ByteString(v.as_bytes().to_vec()))).collect()

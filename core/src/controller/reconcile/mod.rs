@@ -129,8 +129,8 @@ async fn steps(scope: &mut Scope<'_>, ctx: &Context, schedule: &mut Schedule) ->
         Schedule { interval: Some(plan.interval), interval_warning: plan.interval_warning(), ..Schedule::default() };
     schedule.webhook_path = Some(receiver::webhook_path_for(scope, ctx, &plan).await?);
     let credentials = credentials::read_for(scope, ctx, &plan).await?;
-    let checks = validate::read_for(scope, ctx, &plan).await?;
-    let fetched_to_stored = fetch_to_store(scope, ctx, &plan, credentials, &checks);
+    let schema = validate::read_for(scope, ctx, &plan).await?;
+    let fetched_to_stored = fetch_to_store(scope, ctx, &plan, credentials, schema.as_deref());
     let (outcome, announced) = announce::if_slow(scope, ctx, fetched_to_stored).await?;
     if let Some(status) = announced {
         scope.status = status;
@@ -145,7 +145,7 @@ async fn fetch_to_store(
     ctx: &Context,
     plan: &Plan,
     mut credentials: credentials::Credentials,
-    checks: &validate::Checks,
+    schema: Option<&str>,
 ) -> Outcome {
     let steps = async {
         // One budget of retries for every hook of this reconcile (`spec.maxRetries`).
@@ -156,7 +156,7 @@ async fn fetch_to_store(
         // Held until the body and its copies are gone, at the end of these steps.
         let _memory = fetched.memory;
         let body = hooks::post_request(scope, ctx, plan, fetched.body, &mut retries_left).await?;
-        validate::validate(ctx, checks, &body, fetched.content_type.as_deref()).await?;
+        validate::validate(ctx, &plan.validation, schema, &body, fetched.content_type.as_deref()).await?;
         let body = transform::transform(ctx, plan, body).await?;
         let packaged = package::package(plan, body).await?;
         Ok::<_, Outcome>(store::store(scope, ctx, plan, packaged, fetched.etag.as_deref(), current).await)

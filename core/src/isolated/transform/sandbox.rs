@@ -1,5 +1,6 @@
 //! The parent side of the transform sandbox: each run (a `spec.transform` filter, or one check of
-//! `spec.validate`) is a fresh `transform-worker` child with an empty environment, no inherited descriptors but its pipes, and these limits:
+//! `spec.validate`) is a fresh `transform-worker` child with an empty environment, no inherited
+//! descriptors but its pipes, and these limits:
 //! - CPU time (`RLIMIT_CPU`, `transform.max_cpu`): the kernel sends SIGXCPU;
 //! - address space (`RLIMIT_AS`, `transform.max_memory`): an allocation fails and the worker aborts;
 //! - wall-clock time (`transform.timeout`): the parent kills it, which also covers a filter that

@@ -14,9 +14,8 @@ use crate::controller::receiver::index::{TOKEN_KEY, trimmed};
 use crate::controller::receiver::signature::webhook_path;
 use crate::controller::reconcile::error::Stop;
 use crate::controller::reconcile::plan::Plan;
-use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
-use crate::controller::reconcile::secret_data::missing_key;
+use crate::controller::reconcile::secret_data::{self, missing_key};
 
 pub mod spec;
 
@@ -27,12 +26,7 @@ pub async fn webhook_path_for(scope: &Scope<'_>, ctx: &Context, plan: &Plan) -> 
     let Some(receiver) = &plan.receiver else { return Ok(None) };
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &scope.namespace);
     let stalled = |problem| Stop::from(Outcome::Stalled { problem, recheck_at_interval: false });
-    let Some(secret) = secrets.get_opt(&receiver.secret).await? else {
-        let message = format!("{FIELD}: Secret {:?} not found in namespace {:?}", receiver.secret, scope.namespace);
-        let reason = crate::controller::conditions::Reason::SecretNotFound;
-        return Err(stalled(ConfigProblem { reason, message }));
-    };
-    let data = secret.data.unwrap_or_default();
+    let data = secret_data::read(&secrets, &scope.namespace, FIELD, &receiver.secret).await?.map_err(stalled)?;
     let token = data.get(TOKEN_KEY).map(|v| trimmed(&v.0)).filter(|t| !t.is_empty());
     let token = token.ok_or_else(|| stalled(missing_key(FIELD, &receiver.secret, TOKEN_KEY, "the webhook's token")))?;
     Ok(Some(webhook_path(token, &scope.name, &scope.namespace)))

@@ -25,23 +25,14 @@ use crate::controller::reconcile::plan::Plan;
 use crate::controller::reconcile::problem::ConfigProblem;
 use crate::controller::reconcile::scope::Scope;
 
-/// The rules of a reconcile, with the schema document they name.
-#[derive(Debug, Default)]
-pub struct Checks {
-    rules: Rules,
-    /// `rules.json_schema` and the document read from it.
-    schema: Option<(ConfigMapKeyReference, String)>,
-}
-
-/// Reads the JSON Schema `plan` names, if any. A missing ConfigMap or key, or a schema over the
-/// size limit, stalls the source until the ConfigMap (or the spec) changes.
-pub async fn read_for(scope: &Scope<'_>, ctx: &Context, plan: &Plan) -> Result<Checks, Stop> {
-    let rules = plan.validation.clone();
-    let Some(reference) = &rules.json_schema else { return Ok(Checks { rules, schema: None }) };
+/// Reads the JSON Schema document `plan` names, if any. A missing ConfigMap or key, or a schema
+/// over the size limit, stalls the source until the ConfigMap (or the spec) changes.
+pub async fn read_for(scope: &Scope<'_>, ctx: &Context, plan: &Plan) -> Result<Option<String>, Stop> {
+    let Some(reference) = &plan.validation.json_schema else { return Ok(None) };
     let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &scope.namespace);
     let config_map = config_maps.get_opt(&reference.name).await?;
     match schema_document(config_map.as_ref(), &scope.namespace, reference, ctx.transforms.limits()) {
-        Ok(schema) => Ok(Checks { schema: Some((reference.clone(), schema)), rules }),
+        Ok(schema) => Ok(Some(schema)),
         Err(problem) => Err(Outcome::Stalled { problem, recheck_at_interval: false }.into()),
     }
 }
@@ -84,9 +75,15 @@ fn schema_document(
     Ok(document.to_owned())
 }
 
-/// Runs the rules in order (content type, jq, JSON Schema) and stops at the first that fails.
-pub async fn validate(ctx: &Context, checks: &Checks, body: &[u8], content_type: Option<&str>) -> Result<(), Outcome> {
-    let rules = &checks.rules;
+/// Runs `rules` in order (content type, jq, JSON Schema, whose document [`read_for`] read) and
+/// stops at the first that fails.
+pub async fn validate(
+    ctx: &Context,
+    rules: &Rules,
+    schema: Option<&str>,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Result<(), Outcome> {
     let refused = |rejection| {
         tracing::debug!(error = %rejection, "payload refused by spec.validate");
         outcome::validation_failure(&rejection)
@@ -98,7 +95,7 @@ pub async fn validate(ctx: &Context, checks: &Checks, body: &[u8], content_type:
         let run = ctx.transforms.run(expression, body, rules::PREDICATE_OUTPUT).await;
         predicate_result(expression, run).map_err(refused)?;
     }
-    if let Some((reference, schema)) = &checks.schema {
+    if let (Some(reference), Some(schema)) = (&rules.json_schema, schema) {
         let run = ctx.transforms.check_schema(schema, body).await;
         schema_result(reference, run).map_err(refused)?;
     }
@@ -114,14 +111,7 @@ mod tests {
     use super::*;
 
     fn limits() -> TransformConfig {
-        TransformConfig {
-            max_cpu: std::time::Duration::from_secs(1),
-            max_memory: 64 << 20,
-            timeout: std::time::Duration::from_secs(1),
-            max_depth: 64,
-            concurrency: 1,
-            max_schema_size: 1024,
-        }
+        TransformConfig { max_schema_size: 1024, ..Default::default() }
     }
 
     fn reference() -> ConfigMapKeyReference {
